@@ -1,0 +1,86 @@
+"""A checkpoint is a directory: config.json, vocab.json and model.safetensors. Loading never unpickles."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from model.config import IntentRecConfig
+from model.intentrec import IntentRec
+from model.vocab import Vocabularies
+
+CONFIG_FILE = "config.json"
+VOCAB_FILE = "vocab.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A model directory that cannot be loaded; the message says what to fix."""
+
+
+def save_checkpoint(directory: Path, model: IntentRec, vocab: Vocabularies, metadata: dict) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"model": model.config.to_dict(), **metadata}
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    vocab.save(directory / VOCAB_FILE)
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE))
+
+
+def load_checkpoint(directory: Path) -> tuple[IntentRec, Vocabularies, dict]:
+    """Returns (model in eval mode, vocabularies, config.json contents)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(
+            f"model directory {directory} does not exist; train one with `intentstream train LOG --out DIR`"
+        )
+    for name in (CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{directory} is not a model directory: {name} is missing")
+    try:
+        meta = json.loads((directory / CONFIG_FILE).read_text())
+        config = IntentRecConfig.from_dict(meta["model"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{directory / CONFIG_FILE} is not a valid model config: {error}") from None
+    try:
+        vocab = Vocabularies.load(directory / VOCAB_FILE)
+    except ValueError as error:
+        raise CheckpointError(f"{directory / VOCAB_FILE} is not valid: {error}") from None
+    try:
+        state = load_file(str(directory / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{directory / WEIGHTS_FILE} is not a readable safetensors file: {error}") from None
+    model = IntentRec(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"{directory / WEIGHTS_FILE} does not match {CONFIG_FILE}: {str(error).splitlines()[0]}"
+        ) from None
+    check_sizes(config, vocab, directory)
+    model.eval()
+    return model, vocab, meta
+
+
+def check_sizes(config: IntentRecConfig, vocab: Vocabularies, directory: Path) -> None:
+    pairs = {
+        "items": (config.n_items, vocab.items),
+        "actions": (config.n_actions, vocab.actions),
+        "kinds": (config.n_kinds, vocab.kinds),
+        "release": (config.n_release_buckets, vocab.release),
+        "devices": (config.n_devices, vocab.devices),
+        "genres": (config.n_genres, vocab.genres),
+    }
+    for name, (size, vocabulary) in pairs.items():
+        if size != len(vocabulary):
+            raise CheckpointError(
+                f"{directory}: vocab.json has {len(vocabulary)} {name} but the model expects {size}"
+            )
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,113 @@
+"""IntentRec hyper-parameters and the paper's ablations (V0-V3), all from one dataclass.
+
+The paper (arXiv 2408.05353) publishes no dimensions, depths, sequence lengths or lambda; the defaults
+below are ours, chosen to train in minutes on two CPU cores (see README: Model defaults).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+INTENT_TASKS = ("action", "genre", "kind", "release")
+VARIANTS = ("V0", "V1", "V2", "V3")
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class IntentRecConfig:
+    # Vocabulary sizes, each including the padding (0) and unknown (1) indices.
+    n_items: int
+    n_actions: int
+    n_kinds: int
+    n_release_buckets: int
+    n_devices: int
+    n_genres: int
+    # Feature embeddings
+    d_item: int = 64
+    d_small: int = 16  # action, kind, release bucket, device, genre
+    # Transformers
+    d_model: int = 64
+    n_heads: int = 2
+    n_layers_short: int = 1
+    n_layers_intent: int = 1
+    n_layers_item: int = 2
+    dropout: float = 0.1
+    attention_window: int = 50  # L: every layer attends to at most the last L interactions
+    short_term_window_ms: int = 7 * DAY_MS  # H: the short-term encoder sees only the last week
+    time_origin_ms: int = 0  # absolute time encodings count hours from here
+    # Intent
+    d_proj: int = 32  # size of the intent embedding Z
+    intent_tasks: tuple[str, ...] = INTENT_TASKS
+    use_short_term: bool = True
+    hierarchical: bool = True  # feed Z to the item encoder (H-MTL); False = heads in parallel
+    intent_loss_weight: float = 0.5  # lambda
+    variant: str = "V3"
+
+    def __post_init__(self):
+        unknown = set(self.intent_tasks) - set(INTENT_TASKS)
+        if unknown:
+            raise ValueError(f"unknown intent tasks {sorted(unknown)}; known: {INTENT_TASKS}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be a multiple of n_heads={self.n_heads}")
+        if self.attention_window < 1:
+            raise ValueError("attention_window must be >= 1")
+
+    @property
+    def feeds_intent(self) -> bool:
+        return bool(self.intent_tasks) and self.hierarchical
+
+    @property
+    def receptive_field(self) -> int:
+        """How many of the most recent interactions a prediction can depend on.
+
+        Each attention layer reaches L-1 interactions further back; the encoders are chained only
+        through per-position inputs, so the reach of a path is the sum of its layers.
+        """
+        short = self.n_layers_short if self.use_short_term else 0
+        intent = self.n_layers_intent if self.intent_tasks else 0
+        item_path = short + self.n_layers_item + (intent if self.feeds_intent else 0)
+        intent_path = short + intent
+        return max(item_path, intent_path) * (self.attention_window - 1) + 1
+
+    @property
+    def history_len(self) -> int:
+        """Interactions a scorer needs: the receptive field plus one, whose timestamp gives the
+        first one its gap feature."""
+        return self.receptive_field + 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "IntentRecConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        raw = dict(raw)
+        raw["intent_tasks"] = tuple(raw.get("intent_tasks", INTENT_TASKS))
+        return cls(**raw)
+
+
+def variant_overrides(variant: str) -> dict:
+    """The paper's ablations. V0: no intent tasks. V1: intent heads in parallel (Z not fed to the
+    item encoder). V2: hierarchical without the short-term encoder. V3: the full model."""
+    table = {
+        "V0": dict(intent_tasks=()),
+        "V1": dict(hierarchical=False),
+        "V2": dict(use_short_term=False),
+        "V3": dict(),
+    }
+    if variant not in table:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+    return {**table[variant], "variant": variant}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    patience: int = 3  # epochs without a better validation NDCG@10 before stopping
+    batch_size: int = 32  # sequences per step
+    chunk_len: int = 200  # interactions per training sequence
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    seed: int = 0

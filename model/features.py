@@ -1,0 +1,109 @@
+"""Per-interaction features: the compact row a user's history is stored as, and its embedding F_k.
+
+A history is a 1-D numpy array of `ROW_DTYPE`, in event-time order. The stream keeps exactly these
+arrays as per-user state; training, evaluation and serving all featurize through `featurize`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.config import IntentRecConfig
+from model.vocab import PAD, Vocabularies, release_bucket
+from schemas import PlayEvent
+
+GENRE_SLOTS = 4  # genres kept per interaction (a title rarely has more)
+ROW_DTYPE = np.dtype(
+    [
+        ("item", np.int32),
+        ("action", np.int16),
+        ("kind", np.int8),
+        ("release", np.int8),
+        ("device", np.int16),
+        ("genres", np.int16, (GENRE_SLOTS,)),
+        ("ts", np.int64),  # epoch ms
+        ("watch_s", np.float32),
+    ]
+)
+MAX_WATCH_S = 4 * 3600.0
+MAX_GAP_S = 365 * 86_400.0
+
+
+def featurize(event: PlayEvent, vocab: Vocabularies) -> np.ndarray:
+    row = np.zeros((), dtype=ROW_DTYPE)
+    row["item"] = vocab.items.lookup(event.item_id)
+    row["action"] = vocab.actions.lookup(event.action)
+    row["kind"] = vocab.kinds.lookup(event.kind)
+    row["release"] = vocab.release.lookup(release_bucket(event.ts, event.release_ts))
+    row["device"] = vocab.devices.lookup(event.device)
+    genres = [vocab.genres.lookup(g) for g in event.genres[:GENRE_SLOTS]]
+    row["genres"][: len(genres)] = genres
+    row["ts"] = event.ts
+    row["watch_s"] = event.duration_s
+    return row
+
+
+def featurize_all(events, vocab: Vocabularies) -> np.ndarray:
+    rows = np.zeros(len(events), dtype=ROW_DTYPE)
+    for i, event in enumerate(events):
+        rows[i] = featurize(event, vocab)
+    return rows
+
+
+def batch_tensors(histories, length: int) -> dict[str, torch.Tensor]:
+    """Right-pad histories to `length` and turn each field into a tensor; `valid` marks real rows."""
+    batch = np.zeros((len(histories), length), dtype=ROW_DTYPE)
+    valid = np.zeros((len(histories), length), dtype=bool)
+    for b, history in enumerate(histories):
+        batch[b, : len(history)] = history
+        valid[b, : len(history)] = True
+    tensors = {name: torch.from_numpy(batch[name].copy()) for name in ROW_DTYPE.names}
+    tensors["valid"] = torch.from_numpy(valid)
+    return tensors
+
+
+class FeatureEmbedding(nn.Module):
+    """F_k = [item; action; kind; release bucket; device; mean of genres; log watch; log gap]."""
+
+    def __init__(self, config: IntentRecConfig):
+        super().__init__()
+        c = config
+        self.item = nn.Embedding(c.n_items, c.d_item, padding_idx=PAD)
+        self.action = nn.Embedding(c.n_actions, c.d_small, padding_idx=PAD)
+        self.kind = nn.Embedding(c.n_kinds, c.d_small, padding_idx=PAD)
+        self.release = nn.Embedding(c.n_release_buckets, c.d_small, padding_idx=PAD)
+        self.device = nn.Embedding(c.n_devices, c.d_small, padding_idx=PAD)
+        self.genre = nn.Embedding(c.n_genres, c.d_small, padding_idx=PAD)
+        self.dim = c.d_item + 5 * c.d_small + 2
+
+    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        genres = x["genres"].long()
+        genre_count = (genres != PAD).sum(-1, keepdim=True).clamp(min=1)
+        genre_mean = self.genre(genres).sum(-2) / genre_count
+        return torch.cat(
+            [
+                self.item(x["item"].long()),
+                self.action(x["action"].long()),
+                self.kind(x["kind"].long()),
+                self.release(x["release"].long()),
+                self.device(x["device"].long()),
+                genre_mean,
+                scaled_log(x["watch_s"], MAX_WATCH_S).unsqueeze(-1),
+                scaled_log(gap_seconds(x["ts"]), MAX_GAP_S).unsqueeze(-1),
+            ],
+            dim=-1,
+        )
+
+
+def scaled_log(value: torch.Tensor, maximum: float) -> torch.Tensor:
+    return (torch.log1p(value.float().clamp(min=0)) / math.log1p(maximum)).clamp(max=1.0)
+
+
+def gap_seconds(ts: torch.Tensor) -> torch.Tensor:
+    """Seconds since the previous interaction; the first one of a sequence counts as the longest gap."""
+    gap = torch.full_like(ts, int(MAX_GAP_S * 1000))
+    gap[:, 1:] = ts[:, 1:] - ts[:, :-1]
+    return gap.float() / 1000.0

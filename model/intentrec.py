@@ -1,0 +1,260 @@
+"""IntentRec (Oh et al., Netflix, arXiv 2408.05353): hierarchical multi-task next-item prediction.
+
+Reading order follows the paper:
+  1. features F_k of every interaction                      (model.features.FeatureEmbedding)
+  2. short-term encoder S_k over the last week               (ShortTermEncoder)
+  3. intent encoder on F_k + S_k, one head per intent task   (IntentEncoder, IntentHeads)
+  4. intent embedding Z_k = sum_i softmax(alpha)_i Proj_i(p_k^i)  (IntentFusion)
+  5. item encoder on F_k + S_k + Z_k, softmax over the catalogue (ItemEncoder)
+
+Streaming constraints, kept everywhere:
+  - positions come from each interaction's own timestamp (sinusoidal encoding of absolute time), so a
+    past interaction's representation never changes when a new one arrives;
+  - attention is causal and limited to the last L interactions (the short-term encoder also to the
+    last H of time), with explicit padding masks; training uses exactly the masks serving uses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import IntentRecConfig
+from model.features import FeatureEmbedding
+from model.vocab import PAD, UNKNOWN
+
+HOUR_MS = 3_600_000.0
+
+
+def task_sizes(config: IntentRecConfig) -> dict[str, int]:
+    sizes = {
+        "action": config.n_actions,
+        "genre": config.n_genres,
+        "kind": config.n_kinds,
+        "release": config.n_release_buckets,
+    }
+    return {task: sizes[task] for task in config.intent_tasks}
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+class TimeEncoding(nn.Module):
+    """Sinusoidal encoding of absolute time in hours, periods from one hour to about ten years."""
+
+    def __init__(self, dim: int, origin_ms: int):
+        super().__init__()
+        periods = torch.logspace(0, math.log10(24 * 365 * 10), dim // 2)
+        self.register_buffer("frequencies", 2 * math.pi / periods, persistent=False)
+        self.origin_ms = origin_ms
+
+    def forward(self, ts: torch.Tensor) -> torch.Tensor:
+        hours = ((ts - self.origin_ms).double() / HOUR_MS).unsqueeze(-1)
+        # Phases in float64: hours since the origin reach 1e5, too many for float32 sin().
+        phases = torch.remainder(hours * self.frequencies.double(), 2 * math.pi).float()
+        return torch.cat([phases.sin(), phases.cos()], dim=-1)
+
+
+def attention_mask(valid: torch.Tensor, ts: torch.Tensor, window: int, max_age_ms: int | None):
+    """(B, 1, T, T) boolean mask, True where query k may attend to key j: j <= k, k - j < window,
+    j is a real interaction and, if max_age_ms is given, T_k - T_j <= max_age_ms.
+    Padding queries attend to themselves only, so no row is empty."""
+    T = valid.shape[1]
+    pos = torch.arange(T, device=valid.device)
+    distance = pos.view(T, 1) - pos.view(1, T)
+    allowed = (distance >= 0) & (distance < window)
+    mask = allowed.unsqueeze(0) & valid.unsqueeze(1) & valid.unsqueeze(2)
+    if max_age_ms is not None:
+        age = ts.unsqueeze(2) - ts.unsqueeze(1)
+        mask = mask & (age <= max_age_ms)
+    mask = mask | (torch.eye(T, dtype=torch.bool, device=valid.device) & ~valid.unsqueeze(2))
+    return mask.unsqueeze(1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attention = SelfAttention(d_model, n_heads, dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.norm1(x), mask))
+        return x + self.dropout(self.mlp(self.norm2(x)))
+
+
+class CausalTransformer(nn.Module):
+    """Input FC + LayerNorm, absolute-time encoding, then causal blocks."""
+
+    def __init__(self, d_in: int, config: IntentRecConfig, n_layers: int):
+        super().__init__()
+        self.input = nn.Sequential(nn.Linear(d_in, config.d_model), nn.LayerNorm(config.d_model))
+        self.time = TimeEncoding(config.d_model, config.time_origin_ms)
+        self.blocks = nn.ModuleList(
+            Block(config.d_model, config.n_heads, config.dropout) for _ in range(n_layers)
+        )
+        self.norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, x: torch.Tensor, ts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.input(x) + self.time(ts)
+        for block in self.blocks:
+            h = block(h, mask)
+        return self.norm(h)
+
+
+# --------------------------------------------------------------------------- the paper's components
+
+
+class ShortTermEncoder(nn.Module):
+    """S_k = Enc_short(F_pos..F_k): what the user did in the last H (a week by default)."""
+
+    def __init__(self, d_features: int, config: IntentRecConfig):
+        super().__init__()
+        self.transformer = CausalTransformer(d_features, config, config.n_layers_short)
+
+    def forward(self, features, ts, short_mask):
+        return self.transformer(features, ts, short_mask)
+
+
+class IntentEncoder(nn.Module):
+    """FC + LayerNorm on F_k (+) S_k, then a causal transformer."""
+
+    def __init__(self, d_in: int, config: IntentRecConfig):
+        super().__init__()
+        self.transformer = CausalTransformer(d_in, config, config.n_layers_intent)
+
+    def forward(self, x, ts, mask):
+        return self.transformer(x, ts, mask)
+
+
+class IntentHeads(nn.Module):
+    """One head per intent task, predicting the labels of the *next* interaction (logits)."""
+
+    def __init__(self, config: IntentRecConfig):
+        super().__init__()
+        self.heads = nn.ModuleDict(
+            {task: nn.Linear(config.d_model, n) for task, n in task_sizes(config).items()}
+        )
+
+    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {task: head(h) for task, head in self.heads.items()}
+
+
+def intent_probabilities(logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """p_k^i: genres are multi-label (sigmoid), every other task picks one label (softmax).
+    The padding and unknown labels are never predicted."""
+    probs = {}
+    for task, z in logits.items():
+        z = z.clone()
+        z[..., PAD] = z[..., UNKNOWN] = float("-inf")
+        probs[task] = torch.sigmoid(z) if task == "genre" else torch.softmax(z, dim=-1)
+    return probs
+
+
+class IntentFusion(nn.Module):
+    """Z_k = sum_i softmax(alpha)_i Proj_i(p_k^i), with alpha_i = FC_att(Proj_i(p_k^i))."""
+
+    def __init__(self, config: IntentRecConfig):
+        super().__init__()
+        self.projections = nn.ModuleDict(
+            {task: nn.Linear(n, config.d_proj) for task, n in task_sizes(config).items()}
+        )
+        self.attention = nn.Linear(config.d_proj, 1)
+
+    def forward(self, probs: dict[str, torch.Tensor]):
+        projected = torch.stack([self.projections[t](probs[t]) for t in self.projections], dim=-2)
+        weights = torch.softmax(self.attention(projected).squeeze(-1), dim=-1)  # (B, T, tasks)
+        z = (weights.unsqueeze(-1) * projected).sum(-2)
+        return z, weights
+
+
+class ItemEncoder(nn.Module):
+    """FC + LayerNorm on F_k (+) S_k (+) Z_k, a causal transformer of its own (not shared with the
+    intent encoder), then scores over the catalogue through the item embeddings (weight tying)."""
+
+    def __init__(self, d_in: int, config: IntentRecConfig):
+        super().__init__()
+        self.transformer = CausalTransformer(d_in, config, config.n_layers_item)
+        self.to_item_space = nn.Linear(config.d_model, config.d_item)
+
+    def forward(self, x, ts, mask, item_embeddings: torch.Tensor):
+        h = self.transformer(x, ts, mask)
+        logits = self.to_item_space(h) @ item_embeddings.T
+        logits[..., PAD] = logits[..., UNKNOWN] = float("-inf")
+        return logits
+
+
+# --------------------------------------------------------------------------- the whole model
+
+
+@dataclass
+class IntentRecOutput:
+    item_logits: torch.Tensor  # (B, T, n_items): next-item scores after each interaction
+    intent_logits: dict[str, torch.Tensor]  # task -> (B, T, n_labels)
+    intent_probs: dict[str, torch.Tensor]
+    intent_embedding: torch.Tensor | None  # Z: (B, T, d_proj), None without intent tasks
+    intent_weights: torch.Tensor | None  # (B, T, tasks)
+
+
+class IntentRec(nn.Module):
+    def __init__(self, config: IntentRecConfig):
+        super().__init__()
+        self.config = c = config
+        self.features = FeatureEmbedding(c)
+        d = self.features.dim
+        self.short_term = ShortTermEncoder(d, c) if c.use_short_term else None
+        d_context = d + (c.d_model if c.use_short_term else 0)
+        if c.intent_tasks:
+            self.intent_encoder = IntentEncoder(d_context, c)
+            self.intent_heads = IntentHeads(c)
+            self.intent_fusion = IntentFusion(c)
+        self.item_encoder = ItemEncoder(d_context + (c.d_proj if c.feeds_intent else 0), c)
+
+    def forward(self, x: dict[str, torch.Tensor]) -> IntentRecOutput:
+        c = self.config
+        valid, ts = x["valid"], x["ts"]
+        mask = attention_mask(valid, ts, c.attention_window, None)
+        features = self.features(x)
+
+        context = [features]
+        if self.short_term is not None:
+            short_mask = attention_mask(valid, ts, c.attention_window, c.short_term_window_ms)
+            context.append(self.short_term(features, ts, short_mask))
+        context = torch.cat(context, dim=-1)
+
+        intent_logits, intent_probs, z, weights = {}, {}, None, None
+        if c.intent_tasks:
+            h_intent = self.intent_encoder(context, ts, mask)
+            intent_logits = self.intent_heads(h_intent)
+            intent_probs = intent_probabilities(intent_logits)
+            z, weights = self.intent_fusion(intent_probs)
+
+        item_input = torch.cat([context, z], dim=-1) if c.feeds_intent else context
+        item_logits = self.item_encoder(item_input, ts, mask, self.features.item.weight)
+        return IntentRecOutput(item_logits, intent_logits, intent_probs, z, weights)

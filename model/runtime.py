@@ -1,0 +1,138 @@
+"""The scorer: one loaded checkpoint answering micro-batches of user histories.
+
+Live serving, replays and `intentstream evaluate` all call `Scorer.score` (or `Scorer.predict`
+beneath it), so a streamed update equals the offline prediction for the same history.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from model.checkpoint import CheckpointError, load_checkpoint
+from model.features import ROW_DTYPE, batch_tensors, featurize
+from model.intentrec import IntentRec
+from model.vocab import FIRST_REAL, Vocabularies
+from schemas import ItemScore, LabelScore, ModelRef, PlayEvent
+
+__all__ = ["CheckpointError", "Predictions", "Scorer", "Scores", "padded_length"]
+
+MIN_BUCKET = 8
+TOP_LABELS = 3
+
+
+def padded_length(longest: int, limit: int) -> int:
+    """Pad batches to powers of two (at least MIN_BUCKET, at most `limit`) so that compiled graphs
+    and allocator blocks are reused across batches."""
+    bucket = MIN_BUCKET
+    while bucket < longest:
+        bucket *= 2
+    return min(bucket, limit)
+
+
+@dataclass
+class Predictions:
+    """Model outputs after the last interaction of each history, as numpy arrays."""
+
+    item_scores: np.ndarray  # (B, n_items) softmax over the catalogue; pad/unknown are 0
+    intent_probs: dict[str, np.ndarray]  # task -> (B, n_labels)
+    intent_embedding: np.ndarray | None  # (B, d_proj)
+    intent_weights: np.ndarray | None  # (B, tasks)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The parts of an IntentUpdate that come from the model."""
+
+    intent_embedding: tuple[float, ...]
+    intents: dict[str, tuple[LabelScore, ...]]
+    intent_weights: dict[str, float]
+    next_items: tuple[ItemScore, ...]
+
+
+class Scorer:
+    row_dtype = ROW_DTYPE
+
+    def __init__(self, model: IntentRec, vocab: Vocabularies, model_ref: ModelRef):
+        self.model = model.eval()
+        self.vocab = vocab
+        self.model_ref = model_ref
+        self.config = model.config
+        self.history_len = model.config.history_len
+        self._task_vocab = {
+            "action": vocab.actions,
+            "genre": vocab.genres,
+            "kind": vocab.kinds,
+            "release": vocab.release,
+        }
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> "Scorer":
+        model, vocab, meta = load_checkpoint(Path(model_dir))
+        name = meta.get("name", f"intentrec-{model.config.variant}")
+        return cls(model, vocab, ModelRef(name=name, version=str(meta.get("version", "0"))))
+
+    def featurize(self, event: PlayEvent) -> np.ndarray:
+        return featurize(event, self.vocab)
+
+    def empty_history(self) -> np.ndarray:
+        return np.zeros(0, dtype=ROW_DTYPE)
+
+    @torch.inference_mode()
+    def predict(self, histories: Sequence[np.ndarray]) -> Predictions:
+        histories = [h[-self.history_len :] for h in histories]
+        if not histories or min(len(h) for h in histories) == 0:
+            raise ValueError("every history must hold at least the interaction being scored")
+        lengths = np.array([len(h) for h in histories])
+        length = padded_length(int(lengths.max()), self.history_len)
+        out = self.model(batch_tensors(histories, length))
+        last = torch.from_numpy(lengths - 1)
+        rows = torch.arange(len(histories))
+        item_scores = torch.softmax(out.item_logits[rows, last], dim=-1)
+        return Predictions(
+            item_scores=item_scores.numpy(),
+            intent_probs={t: p[rows, last].numpy() for t, p in out.intent_probs.items()},
+            intent_embedding=None if out.intent_embedding is None else out.intent_embedding[rows, last].numpy(),
+            intent_weights=None if out.intent_weights is None else out.intent_weights[rows, last].numpy(),
+        )
+
+    def score(self, histories: Sequence[np.ndarray], top_k: int = 10) -> list[Scores]:
+        predictions = self.predict(histories)
+        tasks = list(predictions.intent_probs)
+        scores = []
+        for b in range(len(histories)):
+            top_items = top_indices(predictions.item_scores[b], top_k)
+            intents = {
+                task: tuple(
+                    LabelScore(self._task_vocab[task].token(i), float(predictions.intent_probs[task][b, i]))
+                    for i in top_indices(predictions.intent_probs[task][b], TOP_LABELS)
+                )
+                for task in tasks
+            }
+            scores.append(
+                Scores(
+                    intent_embedding=()
+                    if predictions.intent_embedding is None
+                    else tuple(predictions.intent_embedding[b].tolist()),
+                    intents=intents,
+                    intent_weights={}
+                    if predictions.intent_weights is None
+                    else dict(zip(tasks, predictions.intent_weights[b].tolist())),
+                    next_items=tuple(
+                        ItemScore(self.vocab.items.token(i), float(predictions.item_scores[b, i]))
+                        for i in top_items
+                    ),
+                )
+            )
+        return scores
+
+
+def top_indices(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest real labels (never pad/unknown), largest first."""
+    real = values[FIRST_REAL:]
+    k = min(k, len(real))
+    part = np.argpartition(-real, k - 1)[:k]
+    return part[np.argsort(-real[part], kind="stable")] + FIRST_REAL

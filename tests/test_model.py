@@ -1,0 +1,162 @@
+"""IntentRec's streaming constraints, variants and checkpoints."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.config import IntentRecConfig, variant_overrides
+from model.features import ROW_DTYPE, batch_tensors
+from model.intentrec import IntentRec, attention_mask
+from model.runtime import Scorer, padded_length
+from model.vocab import Vocabularies, Vocabulary
+from schemas import ModelRef
+
+HOUR = 3_600_000
+
+
+def tiny_config(**overrides) -> IntentRecConfig:
+    base = IntentRecConfig(
+        n_items=30, n_actions=6, n_kinds=4, n_release_buckets=6, n_devices=5, n_genres=9,
+        d_item=16, d_small=4, d_model=16, d_proj=8, n_heads=2, attention_window=4,
+        n_layers_short=1, n_layers_intent=1, n_layers_item=2, dropout=0.0,
+        short_term_window_ms=10 * HOUR, time_origin_ms=1_600_000_000_000,
+    )
+    return replace(base, **overrides)
+
+
+def random_history(n: int, seed: int = 0, max_gap_ms: int = 20 * HOUR) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows = np.zeros(n, dtype=ROW_DTYPE)
+    rows["item"] = rng.integers(2, 30, n)
+    rows["action"] = rng.integers(2, 6, n)
+    rows["kind"] = rng.integers(2, 4, n)
+    rows["release"] = rng.integers(1, 6, n)
+    rows["device"] = rng.integers(1, 5, n)
+    rows["genres"][:, :2] = rng.integers(2, 9, (n, 2))
+    rows["ts"] = 1_600_000_000_000 + np.cumsum(rng.integers(60_000, max_gap_ms, n))
+    rows["watch_s"] = rng.uniform(0, 3600, n)
+    return rows
+
+
+def tiny_vocab() -> Vocabularies:
+    return Vocabularies(
+        items=Vocabulary(f"i{i}" for i in range(28)),
+        actions=Vocabulary(["a", "b", "c", "d"]),
+        kinds=Vocabulary(["movie", "show"]),
+        release=Vocabulary(["new", "recent", "catalog", "classic"]),
+        devices=Vocabulary(["tv", "web", "mobile"]),
+        genres=Vocabulary(f"g{i}" for i in range(7)),
+    )
+
+
+def run(model, histories):
+    return model(batch_tensors(histories, max(len(h) for h in histories)))
+
+
+def test_attention_mask_is_causal_windowed_time_limited_and_padded():
+    ts = torch.tensor([[0, 1, 2, 20, 21, 0]]) * HOUR
+    valid = torch.tensor([[True] * 5 + [False]])
+    mask = attention_mask(valid, ts, window=3, max_age_ms=10 * HOUR)[0, 0]
+    assert mask[2].tolist() == [True, True, True, False, False, False]
+    assert mask[4].tolist() == [False, False, False, True, True, False]  # 2 is 19 h older than 4
+    assert mask[3].tolist() == [False, False, False, True, False, False]  # window 3, but 1..2 too old
+    assert mask[5].tolist() == [False] * 5 + [True]  # padding attends only to itself
+    assert not mask[:, 5][:5].any()  # nobody attends to padding
+
+
+@pytest.mark.parametrize("variant", ["V0", "V1", "V2", "V3"])
+def test_past_outputs_do_not_change_when_an_event_arrives(variant):
+    model = IntentRec(tiny_config(**variant_overrides(variant))).eval()
+    history = random_history(12)
+    with torch.no_grad():
+        full = run(model, [history])
+        prefix = run(model, [history[:7]])
+    torch.testing.assert_close(full.item_logits[0, :7], prefix.item_logits[0, :7])
+    if full.intent_embedding is not None:
+        torch.testing.assert_close(full.intent_embedding[0, :7], prefix.intent_embedding[0, :7])
+
+
+@pytest.mark.parametrize("variant", ["V0", "V1", "V2", "V3"])
+def test_the_last_history_len_interactions_decide_the_prediction(variant):
+    config = tiny_config(**variant_overrides(variant))
+    model = IntentRec(config).eval()
+    history = random_history(config.history_len + 9, max_gap_ms=HOUR)  # all within the short-term window
+    with torch.no_grad():
+        full = run(model, [history]).item_logits[0, -1]
+        cut = run(model, [history[-config.history_len :]]).item_logits[0, -1]
+        too_short = run(model, [history[-(config.history_len // 2) :]]).item_logits[0, -1]
+    torch.testing.assert_close(full, cut)
+    assert (full - too_short)[2:].abs().max() > 1e-4  # older interactions do matter
+
+
+def test_padding_and_batch_composition_do_not_change_a_prediction():
+    model = IntentRec(tiny_config()).eval()
+    short, long = random_history(1, seed=1), random_history(9, seed=2)
+    with torch.no_grad():
+        alone = run(model, [short]).item_logits[0, 0]
+        batched = model(batch_tensors([short, long], 16)).item_logits[0, 0]
+    torch.testing.assert_close(alone, batched)
+    assert torch.isfinite(alone[2:]).all()  # a user with one interaction is valid input
+
+
+def test_variants_differ_as_the_paper_describes():
+    v0 = tiny_config(**variant_overrides("V0"))
+    v1 = tiny_config(**variant_overrides("V1"))
+    v2 = tiny_config(**variant_overrides("V2"))
+    assert v0.intent_tasks == () and not v0.feeds_intent
+    assert v1.intent_tasks and not v1.feeds_intent
+    assert not v2.use_short_term and v2.feeds_intent
+    assert IntentRec(v2).short_term is None
+    out = run(IntentRec(v0).eval(), [random_history(3)])
+    assert out.intent_embedding is None and out.intent_logits == {}
+
+
+def test_intent_weights_are_a_distribution_over_tasks():
+    model = IntentRec(tiny_config()).eval()
+    with torch.no_grad():
+        out = run(model, [random_history(5)])
+    assert out.intent_weights.shape == (1, 5, 4)
+    torch.testing.assert_close(out.intent_weights.sum(-1), torch.ones(1, 5))
+
+
+def test_padded_length_buckets():
+    assert [padded_length(n, 100) for n in (1, 8, 9, 33, 99)] == [8, 8, 16, 64, 100]
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = IntentRec(tiny_config()).eval()
+    save_checkpoint(tmp_path, model, tiny_vocab(), {"name": "t", "version": "1"})
+    loaded, vocab, meta = load_checkpoint(tmp_path)
+    history = random_history(6)
+    with torch.no_grad():
+        torch.testing.assert_close(run(model, [history]).item_logits, run(loaded, [history]).item_logits)
+    assert vocab.items.token(2) == "i0" and meta["name"] == "t"
+    scorer = Scorer.load(tmp_path)
+    assert scorer.model_ref == ModelRef("t", "1")
+    (scores,) = scorer.score([history], top_k=5)
+    assert len(scores.next_items) == 5 and len(scores.intent_embedding) == 8
+    assert [s.score for s in scores.next_items] == sorted((s.score for s in scores.next_items), reverse=True)
+
+
+def test_bad_checkpoints_are_refused_with_a_reason(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope")
+    model = IntentRec(tiny_config())
+    save_checkpoint(tmp_path, model, tiny_vocab(), {})
+    (tmp_path / "model.safetensors").write_bytes(b"\x80\x04not a safetensors file")
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, model, tiny_vocab(), {})
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["model"]["d_model"] = 32
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "vocab.json").unlink()
+    with pytest.raises(CheckpointError, match="vocab.json is missing"):
+        load_checkpoint(tmp_path)
