@@ -1,0 +1,147 @@
+"""Offline evaluation: leave-one-out over each user's time-ordered history, full-catalogue ranking.
+
+Per user, the last interaction is the test target and the one before it the validation target (the
+protocol of published SASRec / BERT4Rec results on MovieLens). The candidates are the whole
+catalogue, already-seen items included (rewatching and continuing are real intents here). Ties count
+against the model: rank = 1 + number of other items scored at least as high as the target.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from model.runtime import Predictions
+from model.vocab import FIRST_REAL, PAD, UNKNOWN, Vocabularies
+
+K = 10
+BATCH = 256
+
+
+class Ranker(Protocol):
+    def predict(self, histories: Sequence[np.ndarray]) -> Predictions: ...
+
+
+@dataclass
+class Case:
+    """One judgment: the history before an interaction, and that interaction as the target."""
+
+    history: np.ndarray
+    target: np.ndarray  # one ROW_DTYPE row
+    action: str  # the target's action, for the breakdown
+
+
+def leave_one_out(rows_by_user: dict[str, np.ndarray], vocab: Vocabularies, holdout: int) -> list[Case]:
+    """holdout=1: test cases (target = last interaction); holdout=2: validation (the one before)."""
+    cases = []
+    for rows in rows_by_user.values():
+        n = len(rows) - holdout + 1  # history length + 1
+        if n >= 2:
+            target = rows[n - 1]
+            cases.append(Case(rows[: n - 1], target, vocab.actions.token(int(target["action"]))))
+    return cases
+
+
+def target_ranks(item_scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """1-based rank of each target item; an item the model does not know ranks last."""
+    n_items = item_scores.shape[1]
+    known = targets >= FIRST_REAL
+    safe_targets = np.where(known, targets, FIRST_REAL)
+    target_scores = item_scores[np.arange(len(targets)), safe_targets]
+    at_least = (item_scores[:, FIRST_REAL:] >= target_scores[:, None]).sum(axis=1)  # includes target
+    return np.where(known, at_least, n_items).astype(np.int64)
+
+
+def ranking_metrics(ranks: np.ndarray, k: int = K) -> dict[str, float]:
+    ranks = np.asarray(ranks, dtype=np.float64)
+    hit = ranks <= k
+    return {
+        "users": int(len(ranks)),
+        f"HR@{k}": float(hit.mean()) if len(ranks) else 0.0,
+        f"NDCG@{k}": float(np.where(hit, 1.0 / np.log2(ranks + 1), 0.0).mean()) if len(ranks) else 0.0,
+        f"MRR@{k}": float(np.where(hit, 1.0 / ranks, 0.0).mean()) if len(ranks) else 0.0,
+    }
+
+
+def intent_hits(predictions: Predictions, targets: np.ndarray) -> dict[str, np.ndarray]:
+    """Per task, whether the top predicted label is right; NaN where the target has no label."""
+    hits = {}
+    for task, probs in predictions.intent_probs.items():
+        top = probs.argmax(axis=1)
+        if task == "genre":
+            has_label = (targets["genres"] >= FIRST_REAL).any(axis=1)
+            right = (targets["genres"] == top[:, None]).any(axis=1)
+        else:
+            labels = targets[task].astype(np.int64)  # the row fields are named after the tasks
+            has_label = (labels != PAD) & (labels != UNKNOWN)
+            right = top == labels
+        hits[task] = np.where(has_label, right.astype(np.float64), np.nan)
+    return hits
+
+
+@dataclass
+class Judgments:
+    """Everything measured on a set of cases, kept per case so any slice can be recomputed."""
+
+    ranks: list[np.ndarray] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    hits: dict[str, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
+
+    def summary(self, k: int = K) -> dict:
+        ranks = np.concatenate(self.ranks) if self.ranks else np.zeros(0)
+        hits = {task: np.concatenate(parts) for task, parts in self.hits.items()}
+        actions = np.array(self.actions)
+
+        def block(selector):
+            result = ranking_metrics(ranks[selector], k)
+            for task, values in hits.items():
+                chosen = values[selector]
+                chosen = chosen[~np.isnan(chosen)]
+                result[f"{task}_accuracy"] = float(chosen.mean()) if len(chosen) else None
+            return result
+
+        return {
+            "overall": block(np.ones(len(ranks), dtype=bool)),
+            "by_action": {a: block(actions == a) for a in sorted(set(self.actions))},
+        }
+
+
+def judge(ranker: Ranker, cases: list[Case], batch: int = BATCH, progress=None) -> Judgments:
+    judgments = Judgments()
+    for start in range(0, len(cases), batch):
+        chunk = cases[start : start + batch]
+        predictions = ranker.predict([c.history for c in chunk])
+        targets = np.stack([c.target for c in chunk])
+        judgments.ranks.append(target_ranks(predictions.item_scores, targets["item"].astype(np.int64)))
+        judgments.actions.extend(c.action for c in chunk)
+        for task, values in intent_hits(predictions, targets).items():
+            judgments.hits[task].append(values)
+        if progress is not None:
+            progress.update(len(chunk))
+    return judgments
+
+
+def evaluate(ranker: Ranker, rows_by_user: dict[str, np.ndarray], vocab: Vocabularies, k: int = K) -> dict:
+    return {
+        split: judge(ranker, leave_one_out(rows_by_user, vocab, holdout)).summary(k)
+        for split, holdout in (("test", 1), ("validation", 2))
+    }
+
+
+def format_report(report: dict, k: int = K) -> str:
+    """A plain-text table of the test split, overall and by the target's action."""
+    test = report["test"]
+    columns = [f"HR@{k}", f"NDCG@{k}", f"MRR@{k}"]
+    tasks = sorted(key[: -len("_accuracy")] for key in test["overall"] if key.endswith("_accuracy"))
+    header = ["slice", "users", *columns, *[f"acc:{t}" for t in tasks]]
+    lines = [header]
+    for name, block in [("overall", test["overall"]), *test["by_action"].items()]:
+        accuracy = [block[f"{t}_accuracy"] for t in tasks]
+        lines.append(
+            [name, str(block["users"]), *[f"{block[c]:.4f}" for c in columns],
+             *["-" if a is None else f"{a:.3f}" for a in accuracy]]
+        )
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in lines)

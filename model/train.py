@@ -1,0 +1,200 @@
+"""Training: next-item cross-entropy weighted by watch time, plus lambda x the intent-task losses.
+
+Split per user, in time order: the last interaction is held out for testing and the one before it
+for validation (early stopping); everything earlier is training data.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model.checkpoint import save_checkpoint
+from model.config import IntentRecConfig, TrainConfig, variant_overrides
+from model.evaluate import judge, leave_one_out
+from model.features import ROW_DTYPE, batch_tensors, featurize_all
+from model.intentrec import IntentRec
+from model.logs import LogError, read_user_sequences
+from model.runtime import Scorer
+from model.vocab import FIRST_REAL, PAD, UNKNOWN, Vocabularies
+from schemas import ModelRef
+
+WATCH_FLOOR_S = 60.0  # d_k = watch time + one minute, so a zero-length play still counts a little
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    epochs: int
+    best_epoch: int
+    best_validation_ndcg: float
+    wall_s: float
+    train_events: int
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_rows(log_path, vocab: Vocabularies | None = None, until_ts: int | None = None):
+    """Read a log into featurized per-user arrays (fitting the vocabularies when none are given)."""
+    sequences = read_user_sequences(log_path, until_ts=until_ts)
+    if vocab is None:
+        vocab = Vocabularies.fit(e for events in sequences.values() for e in events)
+    return {user: featurize_all(events, vocab) for user, events in sequences.items()}, vocab
+
+
+def chunk_spans(n: int, chunk_len: int, warmup: int) -> list[tuple[int, int, int]]:
+    """Cut a sequence of n interactions into (start, end, loss_from) windows. Consecutive windows
+    overlap by `warmup` interactions that only give context, so every position is trained once."""
+    spans = [(0, min(n, chunk_len), 0)]
+    while spans[-1][1] < n:
+        start = spans[-1][1] - warmup
+        spans.append((start, min(n, start + chunk_len), warmup))
+    return spans
+
+
+def training_windows(rows_by_user: dict[str, np.ndarray], chunk_len: int, warmup: int):
+    """(rows, loss_from, targets) windows; targets[p] is the row after position p (padding at the end)."""
+    windows = []
+    for rows in rows_by_user.values():
+        train = rows[:-2]  # the last two interactions are the validation and test targets
+        if len(train) < 2:
+            continue
+        following = np.zeros(len(train), dtype=ROW_DTYPE)
+        following[:-1] = train[1:]
+        for start, end, loss_from in chunk_spans(len(train), chunk_len, warmup):
+            windows.append((train[start:end], loss_from, following[start:end]))
+    return windows
+
+
+def intent_targets(task: str, targets: dict[str, torch.Tensor], n_labels: int):
+    """Labels of the next interaction for one task, and which positions have one."""
+    if task == "genre":
+        genres = targets["genres"].long()
+        multi_hot = torch.zeros(*genres.shape[:2], n_labels)
+        multi_hot.scatter_(-1, genres, 1.0)
+        multi_hot[..., PAD] = multi_hot[..., UNKNOWN] = 0.0
+        return multi_hot, multi_hot.sum(-1) > 0
+    labels = targets[task].long()
+    return labels, labels >= FIRST_REAL
+
+
+def loss_of_batch(model: IntentRec, batch, mean_weight: float):
+    rows, loss_from, following = batch
+    length = max(len(r) for r in rows)
+    x = batch_tensors(rows, length)
+    targets = batch_tensors(following, length)
+    in_loss = targets["valid"] & (targets["item"] >= FIRST_REAL)
+    positions = torch.arange(length).unsqueeze(0)
+    in_loss &= positions >= torch.tensor(loss_from).unsqueeze(1)
+
+    out = model(x)
+    item_ce = F.cross_entropy(out.item_logits[in_loss], targets["item"][in_loss].long(), reduction="none")
+    weight = (targets["watch_s"][in_loss] + WATCH_FLOOR_S) / mean_weight
+    loss = (weight * item_ce).sum() / weight.sum()
+
+    for task, logits in out.intent_logits.items():
+        labels, has_label = intent_targets(task, targets, logits.shape[-1])
+        chosen = in_loss & has_label
+        if not chosen.any():
+            continue
+        if task == "genre":
+            task_loss = F.binary_cross_entropy_with_logits(logits[chosen], labels[chosen])
+        else:
+            task_loss = F.cross_entropy(logits[chosen], labels[chosen])
+        loss = loss + model.config.intent_loss_weight * task_loss
+    return loss
+
+
+def validation_ndcg(model: IntentRec, vocab: Vocabularies, cases) -> float:
+    model.eval()
+    scorer = Scorer(model, vocab, ModelRef("validation", "0"))
+    summary = judge(scorer, cases).summary()
+    model.train()
+    return summary["overall"]["NDCG@10"]
+
+
+def train_model(
+    log_path,
+    out_dir,
+    variant: str = "V3",
+    until_ts: int | None = None,
+    train_config: TrainConfig = TrainConfig(),
+    model_overrides: dict | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train IntentRec on a play log and save the best (by validation NDCG@10) checkpoint to out_dir."""
+    started = time.perf_counter()
+    seed_everything(train_config.seed)
+    rows_by_user, vocab = load_rows(log_path, until_ts=until_ts)
+    n_train = sum(max(0, len(r) - 2) for r in rows_by_user.values())
+    if n_train < 2:
+        raise LogError(f"{log_path}: too few events to train on (each user's last two are held out)")
+    all_ts = np.concatenate([r["ts"] for r in rows_by_user.values()])
+    config = IntentRecConfig(
+        n_items=len(vocab.items),
+        n_actions=len(vocab.actions),
+        n_kinds=len(vocab.kinds),
+        n_release_buckets=len(vocab.release),
+        n_devices=len(vocab.devices),
+        n_genres=len(vocab.genres),
+        time_origin_ms=int(all_ts.min()),
+        **variant_overrides(variant),
+    )
+    if model_overrides:
+        config = replace(config, **model_overrides)
+    model = IntentRec(config)
+
+    warmup = min(config.history_len - 1, train_config.chunk_len // 2)
+    windows = training_windows(rows_by_user, train_config.chunk_len, warmup)
+    mean_weight = float(np.mean([w[2]["watch_s"].mean() for w in windows])) + WATCH_FLOOR_S
+    validation_cases = leave_one_out(rows_by_user, vocab, holdout=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
+
+    best = (-1.0, 0, None)  # (validation NDCG@10, epoch, weights)
+    epoch = 0
+    order = np.random.default_rng(train_config.seed)
+    bar = tqdm(total=train_config.epochs, desc=f"train {variant}", unit="epoch", disable=not progress)
+    for epoch in range(1, train_config.epochs + 1):
+        model.train()
+        losses = []
+        # Similar lengths together, shuffled batches: less padding, still random order.
+        by_length = sorted(order.permutation(len(windows)), key=lambda i: len(windows[i][0]))
+        batches = [by_length[i : i + train_config.batch_size] for i in range(0, len(by_length), train_config.batch_size)]
+        for b in order.permutation(len(batches)):
+            chosen = [windows[i] for i in batches[b]]
+            loss = loss_of_batch(model, tuple(zip(*chosen)), mean_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+        ndcg = validation_ndcg(model, vocab, validation_cases)
+        if ndcg > best[0]:
+            best = (ndcg, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_ndcg10=f"{ndcg:.4f}", best_epoch=best[1])
+        if epoch - best[1] >= train_config.patience:
+            break
+    bar.close()
+
+    model.load_state_dict(best[2])
+    model.eval()
+    metadata = {
+        "name": f"intentrec-{variant}",
+        "version": time.strftime("%Y%m%dT%H%M%S"),
+        "trained_on": str(log_path),
+        "until_ts": until_ts,
+        "train": {**train_config.__dict__, "best_epoch": best[1], "validation_ndcg10": best[0]},
+    }
+    save_checkpoint(Path(out_dir), model, vocab, metadata)
+    return TrainResult(Path(out_dir), epoch, best[1], best[0], time.perf_counter() - started, n_train)
