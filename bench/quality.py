@@ -1,0 +1,127 @@
+"""Next-item quality of IntentRec's ablations V0-V3 beside the popularity and recency floors.
+
+    python bench/quality.py [--seeds 3] [--datasets synth,movielens] [--epochs 30]
+
+For each dataset: the floor baselines once (they are deterministic), then every variant with every
+seed, each trained on the same split and judged by the same leave-one-out protocol as
+`intentstream evaluate` (test = each user's last interaction, full-catalogue ranking). Writes
+bench/results/quality.md (mean ± std over seeds, training wall time on this machine) and quality.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from model.baselines import Popularity, Recency  # noqa: E402
+from model.config import VARIANTS, TrainConfig  # noqa: E402
+from model.evaluate import evaluate  # noqa: E402
+from model.logs import write_log  # noqa: E402
+from model.movielens import read_movielens  # noqa: E402
+from model.runtime import Scorer  # noqa: E402
+from model.synth import generate_world  # noqa: E402
+from model.train import load_rows, train_model  # noqa: E402
+
+METRICS = ("NDCG@10", "HR@10", "MRR@10")
+MOVIELENS = ROOT.parent / "shared" / "data" / "ml-100k"
+
+
+def make_log(dataset: str, directory: Path) -> Path:
+    path = directory / f"{dataset}.msgpack"
+    events = generate_world(seed=0) if dataset == "synth" else read_movielens(MOVIELENS)
+    write_log(path, events)
+    return path
+
+
+def floor_baselines(log: Path) -> dict[str, dict]:
+    rows_by_user, vocab = load_rows(log)
+    training_histories = [rows[:-2] for rows in rows_by_user.values()]
+    popularity = Popularity(training_histories, len(vocab.items))
+    recency = Recency(training_histories, len(vocab.items))
+    return {
+        "popularity": evaluate(popularity, rows_by_user, vocab)["test"]["overall"],
+        "recency": evaluate(recency, rows_by_user, vocab)["test"]["overall"],
+    }
+
+
+def train_and_judge(log: Path, variant: str, seed: int, epochs: int, workdir: Path) -> dict:
+    model_dir = workdir / f"{log.stem}-{variant}-{seed}"
+    result = train_model(log, model_dir, variant=variant, train_config=TrainConfig(epochs=epochs, seed=seed), progress=False)
+    scorer = Scorer.load(model_dir)
+    rows_by_user, _ = load_rows(log, vocab=scorer.vocab)
+    test = evaluate(scorer, rows_by_user, scorer.vocab)["test"]["overall"]
+    return {**test, "train_wall_s": result.wall_s, "epochs": result.epochs, "best_epoch": result.best_epoch}
+
+
+def mean_std(values) -> str:
+    values = np.asarray(values, dtype=float)
+    return f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}"
+
+
+def markdown(results: dict, command: str, seeds: int) -> str:
+    lines = [
+        "# Next-item quality: IntentRec ablations vs floor baselines",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
+        f"2 shared CPU cores; {time.strftime('%Y-%m-%d')}  ",
+        f"Protocol: leave-one-out (test = each user's last interaction), full-catalogue ranking, "
+        f"mean ± sample std over {seeds} seeds (baselines are deterministic).",
+        "",
+    ]
+    for dataset, rows in results.items():
+        lines += [f"## {dataset}", "", "| model | " + " | ".join(METRICS) + " | train wall s | epochs |",
+                  "|---" * (len(METRICS) + 3) + "|"]
+        for name, runs in rows.items():
+            if name in ("popularity", "recency"):
+                cells = [f"{runs[m]:.4f}" for m in METRICS] + ["-", "-"]
+            else:
+                cells = [mean_std([r[m] for r in runs]) for m in METRICS]
+                cells += [mean_std([r["train_wall_s"] for r in runs]).replace(".0000", ""),
+                          "/".join(str(r["epochs"]) for r in runs)]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--datasets", default="synth,movielens")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.md")
+    args = parser.parse_args()
+    command = "python bench/quality.py " + shlex.join(sys.argv[1:])
+    variants = args.variants.split(",")
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        jobs = [(d, v, s) for d in args.datasets.split(",") for s in range(args.seeds) for v in variants]
+        logs = {d: make_log(d, workdir) for d in args.datasets.split(",")}
+        for dataset, log in logs.items():
+            results[dataset] = floor_baselines(log)
+        for dataset, variant, seed in tqdm(jobs, desc="quality", unit="model"):
+            run = train_and_judge(logs[dataset], variant, seed, args.epochs, workdir)
+            results[dataset].setdefault(variant, []).append(run)
+            tqdm.write(f"{dataset} {variant} seed {seed}: NDCG@10 {run['NDCG@10']:.4f} ({run['train_wall_s']:.0f}s)")
+            # Rewrite after every model so a long run leaves a usable partial table.
+            args.out.write_text(markdown(results, command, args.seeds))
+            args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    print(markdown(results, command, args.seeds))
+
+
+if __name__ == "__main__":
+    main()

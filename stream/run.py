@@ -1,0 +1,476 @@
+"""`intentstream run`: the streaming scorer as a long-running service.
+
+Every option can also come from an environment variable INTENTSTREAM_<OPTION> (`--batch-size` ->
+INTENTSTREAM_BATCH_SIZE); the command line beats the environment, which beats the default. Kafka
+client settings (security.protocol, sasl.*, ssl.*) pass through from `--kafka-config FILE` and
+INTENTSTREAM_KAFKA_<SETTING> (see stream/kafka_config.py).
+
+Before it consumes anything, `run` checks, in this order, and stops with a message that says what to
+fix: the options (exit status 2), the brokers and the input topic, the model (exit status 1). Only then
+does it change anything: it creates missing output topics (with the input topic's partition count;
+the latest-update topic compacted) and initialises an empty recovery directory.
+
+Recovery directories: Bytewax needs its SQLite partitions created before the first run (`python -m
+bytewax.recovery DIR N`). A single process initialises an absent or empty directory itself, with one
+partition per worker. A cluster (`--process-id`/`--addresses`) does not, because its processes would
+race to create partitions: initialise the directory once before starting the cluster.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sqlite3
+import sys
+from contextlib import closing
+from dataclasses import asdict, fields
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+
+from stream.kafka_config import (
+    KafkaCheckError,
+    KafkaConfigError,
+    check_brokers,
+    create_output_topics,
+    load_kafka_config,
+    redacted,
+)
+from stream.settings import StreamSettings
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "INTENTSTREAM_"
+FORMATS = ("json", "msgpack")
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+EXIT_BAD_OPTION = 2
+EXIT_UNUSABLE = 1  # unreachable broker, missing topic, bad model
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """An option that cannot be used; the message names it and says what to fix."""
+
+
+def _default(name: str):
+    """StreamSettings' default for a field: the one place defaults are written down."""
+    return next(f.default for f in fields(StreamSettings) if f.name == name)
+
+
+def _env(dest: str) -> str:
+    return ENV_PREFIX + dest.upper()
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `run` subcommand's options. Defaults are applied by `settings_from_args`, after the
+    environment, so every option here defaults to None ("not given")."""
+    kafka = parser.add_argument_group("Kafka")
+    _option(kafka, "--brokers", "Kafka bootstrap servers, host:port[,host:port...] (or bootstrap.servers in "
+            "--kafka-config)", metavar="HOST:PORT")
+    _option(kafka, "--kafka-config", "Java-style properties file of Kafka client settings (security.protocol, "
+            "sasl.*, ssl.*, ...); INTENTSTREAM_KAFKA_<SETTING> variables override it", metavar="FILE")
+    _option(kafka, "--input-topic", f"topic of play events (default: {_default('input_topic')})", metavar="TOPIC")
+    _option(kafka, "--output-topic", f"topic of intent updates (default: {_default('output_topic')})",
+            metavar="TOPIC")
+    _option(kafka, "--dlq-topic", f"dead-letter topic (default: {_default('dlq_topic')})", metavar="TOPIC")
+    _option(kafka, "--latest-topic", "compacted topic of each user's latest update; an empty string disables "
+            f"it (default: {_default('latest_topic')})", metavar="TOPIC")
+    _option(kafka, "--format", f"encoding of the input and output topics: {' or '.join(FORMATS)} (default: "
+            f"{_default('format')})", metavar="FORMAT")
+    _option(kafka, "--connect-timeout", "how long to wait for the brokers at start-up (default: "
+            f"{DEFAULT_CONNECT_TIMEOUT_S:g}s)", metavar="DURATION")
+
+    scoring = parser.add_argument_group("Scoring")
+    _option(scoring, "--model", "model directory made by `intentstream train`", metavar="DIR")
+    _option(scoring, "--batch-size", f"most users scored together (default: {_default('batch_size')})", metavar="N")
+    _option(scoring, "--history", "interactions kept per user (default: what the model attends to)", metavar="N")
+    _option(scoring, "--top-k", f"next items per update (default: {_default('top_k')})", metavar="K")
+    _option(scoring, "--ttl", "forget users idle longer than this, in event time (default: 30d)",
+            metavar="DURATION")
+    _option(scoring, "--lateness", "an event older than its user's newest by more than this is a dead letter "
+            "(default: 1h)", metavar="DURATION")
+
+    runtime = parser.add_argument_group("Recovery and scale-out")
+    _option(runtime, "--recovery-dir", "Bytewax recovery directory: state and input offsets are snapshotted "
+            "together (default: no recovery)", metavar="DIR")
+    _option(runtime, "--snapshot-interval", "how often state is snapshotted (default: 10s)", metavar="DURATION")
+    _option(runtime, "--workers", f"worker threads per process (default: {_default('workers')}); prefer "
+            "processes", metavar="N")
+    _option(runtime, "--process-id", "this process's index in --addresses (Bytewax cluster)", metavar="I")
+    _option(runtime, "--addresses", "host:port of every process of the Bytewax cluster, comma-separated",
+            metavar="HOST:PORT,...")
+    _option(runtime, "--stop-at-end", "stop once the input topic's current end is reached (replays, "
+            "backtests)", action=argparse.BooleanOptionalAction)
+
+
+def _option(group, flag: str, help: str, **kwargs) -> None:
+    dest = flag[2:].replace("-", "_")
+    group.add_argument(flag, dest=dest, default=None, help=f"{help} [env: {_env(dest)}]", **kwargs)
+
+
+# --- parsing one value -------------------------------------------------------------------------
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in '30d', '1h', '90s', '500ms', '1h30m' or a bare number of seconds."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError("not a duration: use e.g. 30d, 1h, 90s, 500ms or 1h30m")
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError("not a whole number") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError("must be longer than zero")
+    return value
+
+
+def _non_negative_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in FORMATS:
+        raise ValueError(f"unknown format: use {' or '.join(FORMATS)}")
+    return value
+
+
+def _topic(text: str) -> str:
+    if not _TOPIC_NAME.fullmatch(text) or text in (".", ".."):
+        raise ValueError("not a Kafka topic name (1-249 of letters, digits, '.', '_', '-')")
+    return text
+
+
+def _host_port(text: str) -> str:
+    host, _, port = text.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text.strip()!r} is not host:port")
+    return text.strip()
+
+
+def _host_port_list(text: str) -> tuple[str, ...]:
+    items = [item for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError("empty list: give host:port[,host:port...]")
+    return tuple(_host_port(item) for item in items)
+
+
+def _brokers(text: str) -> str:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError("empty list: give host:port[,host:port...]")
+    for item in items:  # librdkafka also accepts a protocol prefix (SSL://host:port)
+        _host_port(re.sub(r"^[A-Za-z_]+://", "", item))
+    return ",".join(items)
+
+
+def _optional_topic(text: str) -> str | None:
+    return _topic(text) if text else None
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("not a yes/no value: use true or false")
+
+
+# --- resolving an option: command line, then environment, then default ---------------------------
+
+
+def _given(args: argparse.Namespace, environ: Mapping[str, str], dest: str) -> tuple[object, str] | None:
+    """(value, where it came from) or None when neither the command line nor the environment set it."""
+    value = getattr(args, dest, None)
+    if value is not None:
+        return value, f"--{dest.replace('_', '-')}"
+    if _env(dest) in environ:
+        return environ[_env(dest)], _env(dest)
+    return None
+
+
+def _resolve(
+    args: argparse.Namespace, environ: Mapping[str, str], dest: str, parse: Callable[[str], T], default: T
+) -> T:
+    given = _given(args, environ, dest)
+    if given is None:
+        return default
+    value, source = given
+    if not isinstance(value, str):  # already typed by argparse (the --stop-at-end flag)
+        return value
+    try:
+        return parse(value)
+    except ValueError as error:
+        shown = f"{source} {value!r}" if source.startswith("--") else f"{source}={value!r}"
+        raise SettingsError(f"{shown}: {error}") from None
+
+
+def connect_timeout_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> float:
+    return _resolve(args, environ, "connect_timeout", _positive_duration, DEFAULT_CONNECT_TIMEOUT_S)
+
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> StreamSettings:
+    """Resolve and validate every option; raises SettingsError naming the option and what to fix.
+    Looks at the recovery directory but changes nothing."""
+
+    def option(dest: str, parse: Callable[[str], T], field: str | None = None) -> T:
+        """An option whose default is StreamSettings' default for `field` (named like the option)."""
+        return _resolve(args, environ, dest, parse, _default(field or dest))
+
+    config_file = _resolve(args, environ, "kafka_config", Path, None)
+    try:
+        kafka_config = load_kafka_config(config_file, environ)
+    except KafkaConfigError as error:
+        raise SettingsError(str(error)) from None
+    # bootstrap.servers in the client settings is a fallback for --brokers; the brokers travel apart.
+    config_brokers = kafka_config.pop("bootstrap.servers", None)
+    brokers = _resolve(args, environ, "brokers", _brokers, None)
+    if brokers is None and config_brokers:
+        try:
+            brokers = _brokers(config_brokers)
+        except ValueError as error:
+            raise SettingsError(f"bootstrap.servers in the Kafka client settings: {error}") from None
+    if brokers is None:
+        raise SettingsError("no Kafka brokers: pass --brokers HOST:PORT or set INTENTSTREAM_BROKERS")
+
+    model_dir = _resolve(args, environ, "model", Path, None)
+    if model_dir is None:
+        raise SettingsError("no model: pass --model DIR (a directory made by `intentstream train`) or set "
+                            "INTENTSTREAM_MODEL")
+
+    settings = StreamSettings(
+        brokers=brokers,
+        model_dir=model_dir,
+        format=option("format", _format),
+        input_topic=option("input_topic", _topic),
+        output_topic=option("output_topic", _topic),
+        dlq_topic=option("dlq_topic", _topic),
+        latest_topic=option("latest_topic", _optional_topic),
+        batch_size=option("batch_size", _positive_int),
+        history=_resolve(args, environ, "history", _positive_int, None),
+        ttl_s=option("ttl", _positive_duration, "ttl_s"),
+        lateness_s=option("lateness", _non_negative_duration, "lateness_s"),
+        top_k=option("top_k", _positive_int),
+        recovery_dir=_resolve(args, environ, "recovery_dir", Path, None),
+        snapshot_interval_s=option("snapshot_interval", _positive_duration, "snapshot_interval_s"),
+        workers=option("workers", _positive_int),
+        process_id=_resolve(args, environ, "process_id", _non_negative_int, None),
+        addresses=_resolve(args, environ, "addresses", _host_port_list, ()),
+        kafka_config=kafka_config,
+        stop_at_end=option("stop_at_end", _flag),
+    )
+    _check_topics_differ(settings)
+    _check_cluster(settings)
+    if settings.recovery_dir is not None:
+        _check_recovery_dir(settings)
+    return settings
+
+
+def _check_topics_differ(settings: StreamSettings) -> None:
+    seen: dict[str, str] = {}
+    for flag, topic in (
+        ("--input-topic", settings.input_topic),
+        ("--output-topic", settings.output_topic),
+        ("--dlq-topic", settings.dlq_topic),
+        ("--latest-topic", settings.latest_topic),
+    ):
+        if topic is None:
+            continue
+        if topic in seen:
+            raise SettingsError(f"{seen[topic]} and {flag} are both {topic!r}: every topic must be different")
+        seen[topic] = flag
+
+
+def _check_cluster(settings: StreamSettings) -> None:
+    if settings.process_id is None and settings.addresses:
+        raise SettingsError("--addresses is set but --process-id is not: give each process its index in "
+                            "--addresses (INTENTSTREAM_PROCESS_ID)")
+    if settings.process_id is not None and not settings.addresses:
+        raise SettingsError("--process-id needs --addresses: the host:port of every process in the cluster, "
+                            "comma-separated (INTENTSTREAM_ADDRESSES)")
+    if settings.process_id is not None and settings.process_id >= len(settings.addresses):
+        raise SettingsError(f"--process-id {settings.process_id} is out of range: --addresses lists "
+                            f"{len(settings.addresses)} process(es), so it must be 0..{len(settings.addresses) - 1}")
+    if len(set(settings.addresses)) != len(settings.addresses):
+        raise SettingsError("--addresses lists the same host:port twice")
+
+
+# --- the recovery directory --------------------------------------------------------------------
+
+_PARTITION_FILE = re.compile(r"part-(\d+)\.sqlite3")
+
+
+def _partition_files(directory: Path) -> dict[int, Path]:
+    return {
+        int(match.group(1)): path
+        for path in directory.iterdir()
+        if (match := _PARTITION_FILE.fullmatch(path.name))
+    }
+
+
+def _check_recovery_dir(settings: StreamSettings) -> None:
+    directory = settings.recovery_dir
+    init_hint = f"`python -m bytewax.recovery {directory} N` (N = total workers of the cluster)"
+    if directory.exists() and not directory.is_dir():
+        raise SettingsError(f"--recovery-dir {directory} is not a directory")
+    if not directory.exists() or not any(directory.iterdir()):
+        if settings.process_id is not None:
+            raise SettingsError(f"--recovery-dir {directory} holds no recovery partitions; a cluster does not "
+                                f"create them itself: run {init_hint} once before starting the cluster")
+        nearest = directory
+        while not nearest.exists():
+            nearest = nearest.parent
+        if not os.access(nearest, os.W_OK | os.X_OK):
+            raise SettingsError(f"--recovery-dir {directory} cannot be created: {nearest} is not writable")
+        return  # run_command initialises it
+    partitions = _partition_files(directory)
+    if not partitions:
+        raise SettingsError(f"--recovery-dir {directory} is not empty but holds no Bytewax recovery partitions "
+                            f"(part-N.sqlite3): give an empty directory, or initialise this one with {init_hint}")
+    unwritable = [path.name for path in [directory, *partitions.values()] if not os.access(path, os.W_OK)]
+    if unwritable:
+        raise SettingsError(f"--recovery-dir {directory}: not writable: {', '.join(unwritable)}")
+    if settings.process_id is None:  # a single process must see every partition
+        expected = _partition_count(partitions[min(partitions)])
+        missing = sorted(set(range(expected)) - partitions.keys())
+        if missing:
+            raise SettingsError(f"--recovery-dir {directory} lacks recovery partition(s) "
+                                f"{', '.join(f'part-{i}.sqlite3' for i in missing)} of {expected}: restore them, "
+                                f"or delete the directory's part-* files to start from scratch")
+
+
+def _partition_count(path: Path) -> int:
+    try:
+        # immutable: read without locks, so no -wal/-shm files appear next to the partition.
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)) as db:
+            (count,) = db.execute("SELECT part_count FROM parts").fetchone()
+    except (sqlite3.Error, TypeError):
+        raise SettingsError(f"{path} is not a Bytewax recovery partition") from None
+    return count
+
+
+def prepare_recovery_dir(settings: StreamSettings) -> None:
+    """Create the recovery partitions of an absent or empty directory (one per worker)."""
+    from bytewax.recovery import init_db_dir
+
+    directory = settings.recovery_dir
+    if directory is None or (directory.is_dir() and any(directory.iterdir())):
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    init_db_dir(directory, settings.workers)
+    log.info("initialised recovery directory %s with %d partition(s)", directory, settings.workers)
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def describe(settings: StreamSettings) -> str:
+    """The settings as one log line, Kafka secrets masked."""
+    shown = asdict(settings)
+    shown["kafka_config"] = redacted(settings.kafka_config)
+    return ", ".join(f"{name}={value}" for name, value in shown.items())
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`intentstream run`: check everything, then run the dataflow until it ends or is interrupted."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_args(args, os.environ)
+        connect_timeout = connect_timeout_from_args(args, os.environ)
+    except SettingsError as error:
+        print(f"intentstream run: {error}", file=sys.stderr)
+        return EXIT_BAD_OPTION
+    log.info("intentstream run: %s", describe(settings))
+
+    output_topics = [settings.output_topic, settings.dlq_topic]
+    if settings.latest_topic:
+        output_topics.append(settings.latest_topic)
+    try:
+        check = check_brokers(settings.brokers, settings.kafka_config, settings.input_topic, output_topics,
+                              timeout=connect_timeout)
+    except KafkaCheckError as error:
+        print(f"intentstream run: {error}", file=sys.stderr)
+        return EXIT_UNUSABLE
+
+    from model.runtime import CheckpointError, Scorer  # torch is slow to import: only once the options are good
+
+    try:
+        scorer = Scorer.load(settings.model_dir)
+    except CheckpointError as error:
+        print(f"intentstream run: {error}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if settings.history is not None and settings.history < scorer.history_len:
+        log.warning("--history %d is shorter than the %d interactions the model attends to: updates will "
+                    "differ from offline predictions", settings.history, scorer.history_len)
+    del scorer  # each worker loads its own
+
+    try:
+        create_output_topics(settings.brokers, settings.kafka_config, check,
+                             compacted=[settings.latest_topic] if settings.latest_topic else [])
+    except KafkaCheckError as error:
+        print(f"intentstream run: {error}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if check.missing_topics:
+        log.info("created topic(s) %s with %d partition(s)", ", ".join(check.missing_topics),
+                 check.input_partitions)
+    prepare_recovery_dir(settings)
+
+    from bytewax.recovery import RecoveryConfig
+    from bytewax.run import cli_main
+
+    from stream.dataflow import build_flow
+
+    flow = build_flow(settings)
+    try:
+        cli_main(
+            flow,
+            workers_per_process=settings.workers,
+            process_id=settings.process_id,
+            addresses=list(settings.addresses) or None,
+            epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
+            recovery_config=RecoveryConfig(settings.recovery_dir) if settings.recovery_dir else None,
+        )
+    except KeyboardInterrupt:
+        log.info("interrupted; a restart with the same --recovery-dir resumes from the last snapshot")
+        return 130
+    return 0

@@ -1,0 +1,119 @@
+"""Training, offline evaluation, baselines and the CLI commands around them, on a small synthetic world."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from model.baselines import Popularity, Recency
+from model.checkpoint import load_checkpoint
+from model.config import TrainConfig
+from model.evaluate import evaluate, leave_one_out, ranking_metrics, target_ranks
+from model.features import ROW_DTYPE
+from model.logs import LogError, read_log, write_log
+from model.runtime import Scorer
+from model.synth import generate_world
+from model.train import chunk_spans, load_rows, train_model
+from stream.cli import SMALL_MODEL, main
+
+
+@pytest.fixture(scope="module")
+def world_log(tmp_path_factory):
+    path = tmp_path_factory.mktemp("world") / "world.msgpack"
+    write_log(path, generate_world(seed=3, n_users=60, n_titles=120, days=20))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(world_log, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "m"
+    result = train_model(world_log, out, train_config=TrainConfig(epochs=2), model_overrides=SMALL_MODEL, progress=False)
+    return out, result
+
+
+def test_ranks_count_ties_against_the_model_and_unknown_targets_rank_last():
+    scores = np.array([[0, 0, 0.5, 0.2, 0.5, 0.1], [0, 0, 0.1, 0.2, 0.3, 0.4]])
+    assert target_ranks(scores, np.array([2, 5])).tolist() == [2, 1]
+    assert target_ranks(scores, np.array([1, 3])).tolist() == [6, 3]  # index 1 = unknown item
+
+
+def test_ranking_metrics_by_hand():
+    metrics = ranking_metrics(np.array([1, 3, 11]), k=10)
+    assert metrics["HR@10"] == pytest.approx(2 / 3)
+    assert metrics["NDCG@10"] == pytest.approx((1 + 1 / np.log2(4)) / 3)
+    assert metrics["MRR@10"] == pytest.approx((1 + 1 / 3) / 3)
+
+
+def test_chunks_cover_every_position_once_with_context():
+    spans = chunk_spans(10, chunk_len=4, warmup=2)
+    trained_positions = [p for start, end, loss_from in spans for p in range(start + loss_from, end)]
+    assert trained_positions == list(range(10))
+    assert all(end - start <= 4 for start, end, _ in spans)
+
+
+def test_recency_puts_the_last_seen_item_first():
+    rows = np.zeros(3, dtype=ROW_DTYPE)
+    rows["item"] = [5, 7, 5]
+    recency = Recency([rows], n_items=10)
+    scores = recency.predict([rows[:2]]).item_scores[0]
+    assert np.argsort(-scores)[:2].tolist() == [7, 5]
+    popularity = Popularity([rows], n_items=10)
+    assert popularity.predict([rows]).item_scores[0].argmax() == 5
+
+
+def test_training_saves_a_checkpoint_that_predicts_better_than_chance(trained, world_log):
+    out, result = trained
+    model, vocab, meta = load_checkpoint(out)
+    assert meta["train"]["best_epoch"] == result.best_epoch
+    scorer = Scorer.load(out)
+    rows_by_user, _ = load_rows(world_log, vocab=scorer.vocab)
+    report = evaluate(scorer, rows_by_user, scorer.vocab)
+    chance_hr = 10 / (len(vocab.items) - 2)
+    assert report["test"]["overall"]["HR@10"] > 2 * chance_hr
+    assert set(report["test"]["by_action"]) <= set(vocab.actions.tokens)
+    assert report["test"]["overall"]["action_accuracy"] is not None
+
+
+def test_evaluation_uses_the_scorer_of_the_stream(trained, world_log):
+    """The offline test prediction for a user is what Scorer.score returns for that history."""
+    out, _ = trained
+    scorer = Scorer.load(out)
+    rows_by_user, _ = load_rows(world_log, vocab=scorer.vocab)
+    case = leave_one_out(rows_by_user, scorer.vocab, holdout=1)[0]
+    (scores,) = scorer.score([case.history], top_k=10)
+    predicted = scorer.predict([case.history]).item_scores[0]
+    assert [scorer.vocab.items.lookup(s.item_id) for s in scores.next_items] == list(np.argsort(-predicted)[:10])
+
+
+def test_train_until_keeps_only_the_past(world_log, tmp_path):
+    events = list(read_log(world_log))
+    cut = events[len(events) // 2].ts
+    rows_by_user, _ = load_rows(world_log, until_ts=cut)
+    assert max(int(r["ts"].max()) for r in rows_by_user.values()) < cut
+    with pytest.raises(LogError, match="no events"):
+        load_rows(world_log, until_ts=events[0].ts)
+
+
+def test_cli_train_and_evaluate(world_log, tmp_path, capsys):
+    model_dir = tmp_path / "m"
+    assert main(["train", str(world_log), "--out", str(model_dir), "--epochs", "1", "--small", "--variant", "V1"]) == 0
+    assert main(["evaluate", str(model_dir), str(world_log)]) == 0
+    printed = capsys.readouterr().out
+    assert "NDCG@10" in printed and "overall" in printed
+    report = json.loads((model_dir / "evaluation.json").read_text())
+    rows_by_user, _ = load_rows(world_log)
+    assert report["test"]["overall"]["users"] == sum(len(rows) >= 2 for rows in rows_by_user.values())
+
+
+def test_cli_refuses_bad_inputs_with_a_message(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["train", str(empty), "--out", str(tmp_path / "m")]) == 2
+    assert "no events" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "log.csv"), "--out", str(tmp_path / "m")]) == 2
+    assert "log.csv" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "missing-model"), str(empty)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", str(empty), "--out", str(tmp_path / "m"), "--until", "yesterday"])
