@@ -1,0 +1,372 @@
+"""The streaming scorer: a Bytewax dataflow from play events to intent updates.
+
+    plays --decode--> bad bytes ------------------------------------------+--> dead-letter topic
+            |                                                              |
+            +--> key_by_user --> remember (UserState) --> late events ----+
+                                    |
+                                    +--> score (micro-batches across users) --> encode --> updates topic
+                                                                                   +--> latest topic
+
+Every step is a plain function or a small class, tested on its own; `build_flow` only wires them.
+One sink writes all three topics: each outgoing `KafkaSinkMessage` names its topic.
+
+Order: Bytewax reads each Kafka partition in offset order and interleaves partitions, so a user's
+events keep their topic order when producers key them by user_id (one partition per user). The
+per-user state then orders them by event time (see `stream.state`).
+
+Output is at-least-once: after a restart from the recovery store, updates of the last unfinished
+epoch are written again; consumers dedup by (user_id, event_id).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from functools import partial
+from typing import Callable
+
+import bytewax.operators as op
+import numpy as np
+from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulLogic
+from bytewax.outputs import Sink
+from confluent_kafka import OFFSET_BEGINNING
+
+from model.runtime import Scorer, Scores
+from schemas import (
+    LATE,
+    ContractError,
+    DeadLetter,
+    IntentUpdate,
+    ModelRef,
+    PlayEvent,
+    decode_play_event,
+    encode_dead_letter,
+    encode_intent_update,
+)
+from stream.settings import StreamSettings
+from stream.state import StateConfig, UserSnapshot, UserState, Verdict, default_capacity
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# ---------------------------------------------------------------------------------------------
+# What flows between the steps
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a message came from, kept so that a dead letter can say so and carry its bytes."""
+
+    topic: str | None
+    partition: int | None
+    offset: int | None
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Play:
+    """A valid play event and the message it came in."""
+
+    event: PlayEvent
+    origin: Origin
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRequest:
+    event: PlayEvent
+    history: np.ndarray  # the user's rows up to and including this event, oldest first
+    newest: bool  # the event is the user's newest so far (its update also goes to the latest topic)
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    update: IntentUpdate
+    newest: bool
+
+
+def dead_letter(origin: Origin, code: str, detail: str) -> DeadLetter:
+    return DeadLetter(
+        code=code,
+        detail=detail,
+        source_topic=origin.topic,
+        partition=origin.partition,
+        offset=origin.offset,
+        key=origin.key,
+        value=origin.value if origin.value is not None else b"",
+        failed_at=now_ms(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps
+# ---------------------------------------------------------------------------------------------
+
+
+def decode(message: KafkaSourceMessage, fmt: str) -> Play | DeadLetter:
+    """Kafka message -> a valid PlayEvent, or a dead letter saying what is wrong with it."""
+    origin = Origin(message.topic, message.partition, message.offset, message.key, message.value)
+    try:
+        return Play(decode_play_event(message.value, fmt), origin)
+    except ContractError as error:
+        return dead_letter(origin, error.code, str(error))
+
+
+def is_play(item: Play | DeadLetter) -> bool:
+    return isinstance(item, Play)
+
+
+def key_by_user(play: Play) -> str:
+    return play.event.user_id
+
+
+class RememberUser(StatefulLogic):
+    """The keyed step: one instance per user, holding that user's UserState.
+
+    Emits a ScoreRequest for each accepted event, a `late` dead letter for a late one, and nothing
+    for a duplicate (counted). Users idle longer than the TTL are forgotten in two ways:
+
+    - exactly, in event time: `UserState.add` starts afresh when an event comes more than the TTL
+      after the user's newest one, so results never depend on when memory was reclaimed;
+    - to reclaim memory, in processing time: `notify_at` asks Bytewax to call `on_notify` the TTL
+      after the user's last event was processed, and `on_notify` discards the state. Live, event
+      time and processing time advance together, so the two agree unless the flow falls further
+      behind its input while the user is idle. A replay runs faster than event time, so it keeps
+      idle users longer than the TTL. A restored state gets a whole new TTL, so a process that was
+      down for a while does not evict everyone when it comes back.
+      (Bytewax 0.21.1 scans every scheduled key on each activation of the step: a cost per
+      activation that grows with the users held by a worker.)
+    """
+
+    def __init__(
+        self,
+        config: StateConfig,
+        featurize: Callable[[PlayEvent], np.ndarray],
+        counters: "StreamCounters",
+        resume: UserSnapshot | None,
+    ):
+        self.state = UserState(config) if resume is None else UserState.restore(config, resume)
+        self.featurize = featurize
+        self.counters = counters
+        self.keep_for = timedelta(milliseconds=config.ttl_ms)
+        self.forget_at = datetime.now(timezone.utc) + self.keep_for
+
+    def on_item(self, play: Play) -> tuple[list[ScoreRequest | DeadLetter], bool]:
+        event = play.event
+        outcome = self.state.add(self.featurize(event), event.event_id, event.ts)
+        self.forget_at = datetime.now(timezone.utc) + self.keep_for
+        if outcome.verdict is Verdict.ADDED:
+            return [ScoreRequest(event, outcome.history, outcome.newest)], StatefulLogic.RETAIN
+        if outcome.verdict is Verdict.LATE:
+            return [dead_letter(play.origin, LATE, outcome.reason)], StatefulLogic.RETAIN
+        self.counters.count_duplicate()
+        return [], StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[list, bool]:
+        return [], StatefulLogic.DISCARD
+
+    def notify_at(self) -> datetime:
+        return self.forget_at
+
+    def snapshot(self) -> UserSnapshot:
+        return self.state.snapshot()
+
+
+def is_score_request(item: ScoreRequest | DeadLetter) -> bool:
+    return isinstance(item, ScoreRequest)
+
+
+def intent_update(event: PlayEvent, scores: Scores, model: ModelRef, scored_at: int) -> IntentUpdate:
+    return IntentUpdate(
+        user_id=event.user_id,
+        event_id=event.event_id,
+        ts=event.ts,
+        model=model,
+        scored_at=scored_at,
+        intent_embedding=scores.intent_embedding,
+        intents=scores.intents,
+        intent_weights=scores.intent_weights,
+        next_items=scores.next_items,
+    )
+
+
+class ScoreBatch:
+    """Scores whatever Bytewax hands over at once (events of many users), `batch_size` at a time."""
+
+    def __init__(self, scorer: Scorer, batch_size: int, top_k: int):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        self.scorer = scorer
+        self.batch_size = batch_size
+        self.top_k = top_k
+
+    def __call__(self, requests: list[ScoreRequest]) -> list[Scored]:
+        scored = []
+        for start in range(0, len(requests), self.batch_size):
+            chunk = requests[start : start + self.batch_size]
+            all_scores = self.scorer.score([request.history for request in chunk], top_k=self.top_k)
+            scored_at = now_ms()
+            for request, scores in zip(chunk, all_scores):
+                update = intent_update(request.event, scores, self.scorer.model_ref, scored_at)
+                scored.append(Scored(update, request.newest))
+        return scored
+
+
+class UpdateMessages:
+    """A scored event -> its message on the updates topic, and on the latest topic when the event
+    is the user's newest (so that the compacted topic keeps each user's newest state even when a
+    late event is scored after it). Keyed by user_id."""
+
+    def __init__(self, fmt: str, updates_topic: str, latest_topic: str | None):
+        self.fmt = fmt
+        self.updates_topic = updates_topic
+        self.latest_topic = latest_topic
+
+    def __call__(self, scored: Scored) -> list[KafkaSinkMessage]:
+        key = scored.update.user_id.encode()
+        value = encode_intent_update(scored.update, self.fmt)
+        messages = [KafkaSinkMessage(key, value, topic=self.updates_topic)]
+        if scored.newest and self.latest_topic is not None:
+            messages.append(KafkaSinkMessage(key, value, topic=self.latest_topic))
+        return messages
+
+
+def dead_letter_message(letter: DeadLetter, topic: str) -> KafkaSinkMessage:
+    """Keyed like the original message, so a replay of the dead letter lands where it would have."""
+    return KafkaSinkMessage(letter.key, encode_dead_letter(letter), topic=topic)
+
+
+# ---------------------------------------------------------------------------------------------
+# Counters
+# ---------------------------------------------------------------------------------------------
+
+
+class StreamCounters:
+    """Totals of this process since it started, logged every `log_every_s` seconds.
+
+    Once the flow has drained, `events_in == updates_out + duplicates + sum(dead_letters)`:
+    every message read is accounted for exactly once. Worker threads share one instance.
+    """
+
+    def __init__(self, log_every_s: float = 30.0):
+        self.events_in = 0
+        self.updates_out = 0  # on the updates topic (the latest topic repeats some of them)
+        self.duplicates = 0
+        self.dead_letters: Counter[str] = Counter()  # by code
+        self.log_every_s = log_every_s
+        self._next_log = time.monotonic() + log_every_s
+        self._lock = threading.Lock()
+
+    def count_event(self, _step_id: str, _message) -> None:
+        with self._lock:
+            self.events_in += 1
+        self._maybe_log()
+
+    def count_update(self, _step_id: str, _scored) -> None:
+        with self._lock:
+            self.updates_out += 1
+
+    def count_dead_letter(self, _step_id: str, letter: DeadLetter) -> None:
+        with self._lock:
+            self.dead_letters[letter.code] += 1
+
+    def count_duplicate(self) -> None:
+        with self._lock:
+            self.duplicates += 1
+
+    def summary(self) -> str:
+        with self._lock:
+            dead = ", ".join(f"{code}={n}" for code, n in sorted(self.dead_letters.items())) or "none"
+            return (
+                f"events in {self.events_in}, updates out {self.updates_out}, "
+                f"duplicates dropped {self.duplicates}, dead letters {dead}"
+            )
+
+    def _maybe_log(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_log:
+            self._next_log = now + self.log_every_s
+            log.info("%s", self.summary())
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring
+# ---------------------------------------------------------------------------------------------
+
+
+def kafka_source(settings: StreamSettings) -> KafkaSource:
+    """The input topic from its beginning on a fresh start (a resumed run continues from the
+    offsets in its recovery store); with `stop_at_end`, each partition stops at the end it sees."""
+    return KafkaSource(
+        settings.brokers.split(","),
+        [settings.input_topic],
+        tail=not settings.stop_at_end,
+        starting_offset=OFFSET_BEGINNING,
+        add_config=dict(settings.kafka_config),
+    )
+
+
+def kafka_sink(settings: StreamSettings) -> KafkaSink:
+    """One producer for the updates, latest and dead-letter topics (each message names its topic)."""
+    return KafkaSink(settings.brokers.split(","), topic=None, add_config=dict(settings.kafka_config))
+
+
+def state_config(settings: StreamSettings, scorer: Scorer) -> StateConfig:
+    """Keep `settings.history` rows per user, or by default what the model reads plus room for
+    late events. A history shorter than the model reads makes the model read only that much."""
+    capacity = settings.history or default_capacity(scorer.history_len)
+    return StateConfig(
+        row_dtype=scorer.row_dtype,
+        context=min(scorer.history_len, capacity),
+        capacity=capacity,
+        lateness_ms=round(settings.lateness_s * 1000),
+        ttl_ms=round(settings.ttl_s * 1000),
+    )
+
+
+def build_flow(
+    settings: StreamSettings,
+    scorer_factory: Callable[..., Scorer] = Scorer.load,
+    *,
+    source: Source | None = None,
+    sink: Sink | None = None,
+    counters: StreamCounters | None = None,
+) -> Dataflow:
+    """The dataflow `intentstream run` executes. Reads and writes the Kafka topics of `settings`
+    unless another `source` (of KafkaSourceMessage) and `sink` (of KafkaSinkMessage) are given.
+
+    The model is loaded here, once per process (every Bytewax process builds the flow; its worker
+    threads share the scorer), so a bad model stops the run before any event is read.
+    """
+    scorer = scorer_factory(settings.model_dir)
+    config = state_config(settings, scorer)
+    counters = counters if counters is not None else StreamCounters()
+
+    flow = Dataflow("intentstream")
+    messages = op.input("plays", flow, source if source is not None else kafka_source(settings))
+    messages = op.inspect("count_events", messages, counters.count_event)
+    decoded = op.branch("valid", op.map("decode", messages, partial(decode, fmt=settings.format)), is_play)
+    by_user = op.key_on("key_by_user", decoded.trues, key_by_user)
+    remembered = op.stateful("remember", by_user, partial(RememberUser, config, scorer.featurize, counters))
+    in_time = op.branch("in_time", op.key_rm("unkey", remembered), is_score_request)
+    scored = op.flat_map_batch("score", in_time.trues, ScoreBatch(scorer, settings.batch_size, settings.top_k))
+    scored = op.inspect("count_updates", scored, counters.count_update)
+    updates = op.flat_map(
+        "encode", scored, UpdateMessages(settings.format, settings.output_topic, settings.latest_topic)
+    )
+    dead_letters = op.merge("dead_letters", decoded.falses, in_time.falses)
+    dead_letters = op.inspect("count_dead_letters", dead_letters, counters.count_dead_letter)
+    dlq = op.map("encode_dead_letter", dead_letters, partial(dead_letter_message, topic=settings.dlq_topic))
+    op.output("publish", op.merge("outgoing", updates, dlq), sink if sink is not None else kafka_sink(settings))
+    return flow

@@ -1,0 +1,405 @@
+"""The dataflow's steps one by one, then the whole flow on in-memory input (no Kafka).
+
+The model is real: conftest's `tiny_model_dir`, a tiny IntentRec (history_len 11) trained for one
+epoch on a small synthetic world.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+from bytewax.operators import StatefulLogic
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+
+from model.runtime import Scorer
+from model.synth import generate_world
+from schemas import (
+    LATE,
+    ContractError,
+    MAX_MESSAGE_BYTES,
+    NOT_DECODABLE,
+    TOO_LARGE,
+    WRONG_TYPE,
+    DeadLetter,
+    PlayEvent,
+    decode_dead_letter,
+    decode_intent_update,
+    decode_play_event,
+    encode_play_event,
+)
+from stream.dataflow import (
+    Origin,
+    Play,
+    RememberUser,
+    ScoreBatch,
+    ScoreRequest,
+    Scored,
+    StreamCounters,
+    UpdateMessages,
+    build_flow,
+    dead_letter_message,
+    decode,
+    intent_update,
+    key_by_user,
+    state_config,
+)
+from stream.settings import StreamSettings
+from stream.state import UserSnapshot
+
+HOUR_MS = 3_600_000
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_model_dir) -> Scorer:
+    return Scorer.load(tiny_model_dir)
+
+
+def settings_for(model_dir: Path, **overrides) -> StreamSettings:
+    return StreamSettings(brokers="unused:9092", model_dir=model_dir, **overrides)
+
+
+def event(user="u1", n=0, ts=HOUR_MS * 1000, **overrides) -> PlayEvent:
+    fields = dict(
+        event_id=f"{user}-{n}", user_id=user, item_id="item-1", ts=ts, action="discover",
+        genres=("Drama",), kind="movie", release_ts=None, duration_s=1200.0, device="tv",
+    )  # fmt: skip
+    return PlayEvent(**{**fields, **overrides})
+
+
+def source_message(value: bytes | None, offset=0, key: bytes | None = b"u1") -> KafkaSourceMessage:
+    return KafkaSourceMessage(key=key, value=value, topic="plays", partition=3, offset=offset)
+
+
+# ---------------------------------------------------------------------------------------------
+# decode, key_by_user
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+def test_decode_turns_valid_bytes_into_a_play_with_its_origin(fmt):
+    original = event()
+    raw = encode_play_event(original, fmt)
+    play = decode(source_message(raw, offset=42), fmt)
+    assert play == Play(original, Origin("plays", 3, 42, b"u1", raw))
+    assert key_by_user(play) == "u1"
+
+
+@pytest.mark.parametrize(
+    "value, code, words",
+    [
+        (b"{not json", NOT_DECODABLE, "not valid json"),
+        (None, NOT_DECODABLE, "no value"),
+        (b" " * (MAX_MESSAGE_BYTES + 1), TOO_LARGE, "limit"),
+        (encode_play_event(event(), "json").replace(b'"ts":', b'"ts":"soon","x":'), WRONG_TYPE, "'ts'"),
+    ],
+)
+def test_decode_turns_bad_bytes_into_a_dead_letter_with_everything_to_replay_it(value, code, words):
+    letter = decode(source_message(value, offset=7, key=b"k"), "json")
+    assert isinstance(letter, DeadLetter)
+    assert (letter.code, letter.source_topic, letter.partition, letter.offset) == (code, "plays", 3, 7)
+    assert letter.key == b"k"
+    assert letter.value == (value or b"")
+    assert words in letter.detail
+    assert letter.failed_at > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# remember
+# ---------------------------------------------------------------------------------------------
+
+
+def remember_logic(scorer, settings, counters, resume=None) -> RememberUser:
+    return RememberUser(state_config(settings, scorer), scorer.featurize, counters, resume)
+
+
+def play(e: PlayEvent, offset=0) -> Play:
+    return Play(e, Origin("plays", 0, offset, e.user_id.encode(), encode_play_event(e, "json")))
+
+
+def test_remember_emits_score_requests_late_dead_letters_and_counts_duplicates(scorer, tiny_model_dir):
+    settings = settings_for(tiny_model_dir, lateness_s=3600.0)
+    counters = StreamCounters()
+    logic = remember_logic(scorer, settings, counters)
+    base = 1000 * HOUR_MS
+
+    (first,), retain = logic.on_item(play(event(n=0, ts=base)))
+    assert retain is StatefulLogic.RETAIN
+    assert isinstance(first, ScoreRequest) and first.newest and len(first.history) == 1
+    np.testing.assert_array_equal(first.history[0], scorer.featurize(event(n=0, ts=base)))
+
+    (second,), _ = logic.on_item(play(event(n=1, ts=base + HOUR_MS)))
+    (inserted,), _ = logic.on_item(play(event(n=2, ts=base + 1)))
+    assert second.newest and not inserted.newest
+    assert inserted.history["ts"].tolist() == [base, base + 1]
+
+    assert logic.on_item(play(event(n=1, ts=base + HOUR_MS))) == ([], StatefulLogic.RETAIN)
+    assert counters.duplicates == 1
+
+    too_old = play(event(n=3, ts=base - 1), offset=99)
+    (letter,), _ = logic.on_item(too_old)
+    assert isinstance(letter, DeadLetter)
+    assert (letter.code, letter.offset, letter.value) == (LATE, 99, too_old.origin.value)
+    assert "allowed lateness" in letter.detail
+
+
+def test_remember_forgets_an_idle_user_after_the_ttl_and_restores_from_a_snapshot(scorer, tiny_model_dir):
+    settings = settings_for(tiny_model_dir, ttl_s=7200.0)
+    logic = remember_logic(scorer, settings, StreamCounters())
+    before = datetime.now(timezone.utc)
+    logic.on_item(play(event(n=0)))
+    logic.on_item(play(event(n=1, ts=event().ts + 1)))
+    wake = logic.notify_at()
+    assert before + timedelta(hours=2) <= wake <= datetime.now(timezone.utc) + timedelta(hours=2)
+    assert logic.on_notify() == ([], StatefulLogic.DISCARD)
+
+    snapshot = logic.snapshot()
+    assert isinstance(snapshot, UserSnapshot)
+    restored = remember_logic(scorer, settings, StreamCounters(), resume=snapshot)
+    (request,), _ = restored.on_item(play(event(n=2, ts=event().ts + 2)))
+    assert len(request.history) == 3
+    assert restored.notify_at() > datetime.now(timezone.utc) + timedelta(hours=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# score, encode
+# ---------------------------------------------------------------------------------------------
+
+
+class RecordingScorer:
+    """The real scorer, recording the batch sizes it is called with."""
+
+    def __init__(self, scorer: Scorer):
+        self.scorer = scorer
+        self.model_ref = scorer.model_ref
+        self.batch_sizes: list[int] = []
+
+    def score(self, histories, top_k):
+        self.batch_sizes.append(len(histories))
+        return self.scorer.score(histories, top_k=top_k)
+
+
+def test_score_batch_caps_batches_and_equals_scoring_each_history_alone(scorer):
+    world = generate_world(seed=1, n_users=20, n_titles=60, days=10)[:23]
+    requests = [
+        ScoreRequest(e, np.stack([scorer.featurize(p) for p in world[: i + 1] if p.user_id == e.user_id]), i % 2 == 0)
+        for i, e in enumerate(world)
+    ]
+    recording = RecordingScorer(scorer)
+    scored = ScoreBatch(recording, batch_size=10, top_k=5)(requests)
+    assert recording.batch_sizes == [10, 10, 3]
+    assert [s.newest for s in scored] == [r.newest for r in requests]
+    for request, result in zip(requests, scored):
+        (alone,) = scorer.score([request.history], top_k=5)
+        assert (result.update.user_id, result.update.event_id, result.update.ts) == (
+            request.event.user_id, request.event.event_id, request.event.ts,
+        )  # fmt: skip
+        assert_same_scores(result.update, alone)
+    assert ScoreBatch(recording, batch_size=10, top_k=5)([]) == []
+
+
+def test_score_batch_refuses_a_batch_cap_below_one(scorer):
+    with pytest.raises(ValueError, match="batch size"):
+        ScoreBatch(scorer, batch_size=0, top_k=5)
+
+
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+def test_update_messages_go_to_the_updates_topic_and_the_newest_also_to_the_latest(scorer, fmt):
+    e = event(user="user-7")
+    (scores,) = scorer.score([scorer.featurize(e)[None]], top_k=3)
+    update = intent_update(e, scores, scorer.model_ref, scored_at=123)
+    to_messages = UpdateMessages(fmt, "updates", "latest")
+
+    both = to_messages(Scored(update, newest=True))
+    assert [(m.topic, m.key) for m in both] == [("updates", b"user-7"), ("latest", b"user-7")]
+    assert both[0].value == both[1].value
+    decoded = decode_intent_update(both[0].value, fmt)
+    assert (decoded.user_id, decoded.event_id, decoded.scored_at) == ("user-7", e.event_id, 123)
+    assert decoded.model == scorer.model_ref
+    assert [i.item_id for i in decoded.next_items] == [i.item_id for i in update.next_items]
+
+    assert [m.topic for m in to_messages(Scored(update, newest=False))] == ["updates"]
+    assert [m.topic for m in UpdateMessages(fmt, "updates", None)(Scored(update, newest=True))] == ["updates"]
+
+
+def test_dead_letter_messages_keep_the_original_key_and_bytes():
+    letter = decode(source_message(b"\xc1garbage", offset=5, key=b"user-3"), "msgpack")
+    message = dead_letter_message(letter, "dlq")
+    assert (message.topic, message.key) == ("dlq", b"user-3")
+    assert decode_dead_letter(message.value) == letter
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole flow, on in-memory input
+# ---------------------------------------------------------------------------------------------
+
+
+def assert_same_scores(update, scores, tol=1e-5):
+    """An update equals the scorer's answer, up to float noise from different batch padding."""
+    np.testing.assert_allclose(update.intent_embedding, scores.intent_embedding, atol=tol)
+    assert update.intent_weights.keys() == scores.intent_weights.keys()
+    np.testing.assert_allclose(list(update.intent_weights.values()), list(scores.intent_weights.values()), atol=tol)
+    assert update.intents.keys() == scores.intents.keys()
+    for task, labels in update.intents.items():
+        np.testing.assert_allclose([l.p for l in labels], [l.p for l in scores.intents[task]], atol=tol)
+    np.testing.assert_allclose([i.score for i in update.next_items], [i.score for i in scores.next_items], atol=tol)
+    assert {i.item_id for i in update.next_items} - {i.item_id for i in scores.next_items} == set() or np.ptp(
+        [i.score for i in scores.next_items]
+    ) < tol  # ids may only differ on ties
+
+
+@dataclasses.dataclass
+class Scenario:
+    """Input messages and, computed independently of the flow, what must come out of them."""
+
+    messages: list[KafkaSourceMessage]
+    histories: dict[str, list[PlayEvent]]  # event_id -> the events its update must be scored on
+    newest_of_user: dict[str, str]  # user -> event_id of the user's newest accepted event
+    dead_letter_codes: dict[int, str]  # offset -> code
+    duplicates: int
+    inserted: int  # accepted events that arrived after a newer event of their user
+
+
+def build_scenario(fmt: str, context: int, lateness_ms: int, seed: int = 0) -> Scenario:
+    """A small world's events, some delivered a little late (allowed), some far too late, some
+    twice, plus malformed messages."""
+    rng = random.Random(seed)
+    events = generate_world(seed=seed, n_users=20, n_titles=60, days=10)[:150]
+    arrivals: list[PlayEvent | bytes] = list(events)
+    for i in range(len(arrivals) - 1):  # swap neighbours now and then: out of order, within lateness
+        if rng.random() < 0.15 and abs(events[i].ts - events[i + 1].ts) <= lateness_ms:
+            arrivals[i], arrivals[i + 1] = arrivals[i + 1], arrivals[i]
+    for _ in range(6):  # exact copies, a few positions later
+        i = rng.randrange(len(arrivals) - 5)
+        arrivals.insert(i + rng.randrange(1, 5), arrivals[i])
+    for e in rng.sample(events[50:], 4):  # far too late: new events older than the lateness allows
+        arrivals.append(dataclasses.replace(e, event_id=e.event_id + "-late", ts=e.ts - 5 * lateness_ms))
+    unknown_kind = encode_play_event(event(), "json").replace(b'"kind":"movie"', b'"kind":"game"')
+    for raw in [b"{", b"\x00" * (MAX_MESSAGE_BYTES + 1), unknown_kind]:
+        arrivals.insert(rng.randrange(len(arrivals)), raw)
+
+    messages, histories, newest_of_user, dead, duplicates, inserted = [], {}, {}, {}, 0, 0
+    accepted: dict[str, list[tuple[int, int, PlayEvent]]] = {}  # user -> (ts, arrival, event)
+    for offset, item in enumerate(arrivals):
+        if isinstance(item, bytes):
+            messages.append(source_message(item, offset=offset, key=None))
+            try:
+                decode_play_event(item, fmt)
+            except ContractError as error:
+                dead[offset] = error.code
+            continue
+        messages.append(source_message(encode_play_event(item, fmt), offset=offset, key=item.user_id.encode()))
+        held = accepted.setdefault(item.user_id, [])
+        if any(e.event_id == item.event_id for _, _, e in held):
+            duplicates += 1
+        elif held and max(ts for ts, _, _ in held) - item.ts > lateness_ms:
+            dead[offset] = LATE
+        else:
+            held.append((item.ts, offset, item))
+            held.sort(key=lambda entry: entry[:2])
+            position = next(i for i, entry in enumerate(held) if entry[1] == offset)
+            histories[item.event_id] = [e for _, _, e in held[: position + 1]][-context:]
+            newest_of_user[item.user_id] = held[-1][2].event_id
+            inserted += position < len(held) - 1
+    return Scenario(messages, histories, newest_of_user, dead, duplicates, inserted)
+
+
+def run_flow(settings, scorer, scenario, workers=1):
+    sink_items: list[KafkaSinkMessage] = []
+    counters = StreamCounters()
+    flow = build_flow(
+        settings,
+        lambda _: scorer,
+        source=TestingSource(scenario.messages, batch_size=40),
+        sink=TestingSink(sink_items),
+        counters=counters,
+    )
+    if workers == 1:
+        run_main(flow)
+    else:
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    return sink_items, counters
+
+
+@pytest.fixture(scope="module")
+def scenario_run(scorer, tiny_model_dir):
+    settings = settings_for(tiny_model_dir, format="json", history=1000, batch_size=16, top_k=5)
+    scenario = build_scenario("json", scorer.history_len, round(settings.lateness_s * 1000))
+    return settings, scenario, *run_flow(settings, scorer, scenario)
+
+
+def test_the_flow_sends_exactly_one_update_per_valid_event_equal_to_offline_scoring(scorer, scenario_run):
+    settings, scenario, sent, counters = scenario_run
+    updates = [decode_intent_update(m.value, "json") for m in sent if m.topic == settings.output_topic]
+    assert scenario.inserted > 0  # some events were scored in the middle of their user's history
+    assert sorted(u.event_id for u in updates) == sorted(scenario.histories)
+    for message in sent:
+        if message.topic != settings.dlq_topic:
+            assert message.key == decode_intent_update(message.value, "json").user_id.encode()
+
+    event_ids = list(scenario.histories)
+    offline = scorer.score([np.stack([scorer.featurize(e) for e in scenario.histories[i]]) for i in event_ids], top_k=5)
+    expected = dict(zip(event_ids, offline))
+    for update in updates:
+        assert update.model == scorer.model_ref
+        assert_same_scores(update, expected[update.event_id])
+
+
+def test_the_flow_sends_bad_and_late_events_to_the_dead_letter_topic_and_drops_duplicates(scenario_run):
+    settings, scenario, sent, counters = scenario_run
+    letters = [decode_dead_letter(m.value) for m in sent if m.topic == settings.dlq_topic]
+    assert {letter.offset: letter.code for letter in letters} == scenario.dead_letter_codes
+    assert len(letters) == len(scenario.dead_letter_codes)
+    assert set(scenario.dead_letter_codes.values()) >= {LATE, NOT_DECODABLE, TOO_LARGE}
+    for letter in letters:
+        assert letter.value == scenario.messages[letter.offset].value
+        assert letter.source_topic == "plays"
+
+    assert scenario.duplicates > 0 and counters.duplicates == scenario.duplicates
+    assert counters.events_in == len(scenario.messages)
+    assert counters.updates_out == len(scenario.histories)
+    assert counters.events_in == counters.updates_out + counters.duplicates + sum(counters.dead_letters.values())
+    assert counters.dead_letters[LATE] == list(scenario.dead_letter_codes.values()).count(LATE)
+
+
+def test_the_latest_topic_ends_with_each_users_newest_event(scenario_run):
+    settings, scenario, sent, _ = scenario_run
+    latest: dict[str, str] = {}
+    for message in sent:
+        if message.topic == settings.latest_topic:
+            update = decode_intent_update(message.value, "json")
+            latest[update.user_id] = update.event_id
+    assert latest == scenario.newest_of_user
+
+
+def test_two_workers_give_the_same_updates_as_one(scorer, tiny_model_dir):
+    settings = settings_for(tiny_model_dir, format="msgpack", history=1000, batch_size=8, top_k=5)
+    scenario = build_scenario("msgpack", scorer.history_len, round(settings.lateness_s * 1000), seed=3)
+
+    def updates_by_event(sent):
+        updates = [(m.key, decode_intent_update(m.value, "msgpack")) for m in sent if m.topic == settings.output_topic]
+        assert all(key == update.user_id.encode() for key, update in updates)
+        return {update.event_id: update for _, update in updates}
+
+    one = updates_by_event(run_flow(settings, scorer, scenario, workers=1)[0])
+    sent, counters = run_flow(settings, scorer, scenario, workers=2)
+    two = updates_by_event(sent)
+    assert sorted(one) == sorted(two) == sorted(scenario.histories)
+    for event_id, update in one.items():
+        np.testing.assert_allclose(update.intent_embedding, two[event_id].intent_embedding, atol=1e-5)
+        assert [i.item_id for i in update.next_items] == [i.item_id for i in two[event_id].next_items]
+    assert counters.duplicates == scenario.duplicates
+
+
+def test_a_history_setting_shorter_than_the_models_reach_shortens_what_is_scored(scorer, tiny_model_dir):
+    settings = settings_for(tiny_model_dir, history=4)
+    config = state_config(settings, scorer)
+    assert (config.capacity, config.context) == (4, 4)
+    logic = remember_logic(scorer, settings, StreamCounters())
+    requests = [logic.on_item(play(event(n=n, ts=event().ts + n)))[0][0] for n in range(6)]
+    assert [len(r.history) for r in requests] == [1, 2, 3, 4, 4, 4]
+    assert config.capacity < scorer.history_len == state_config(settings_for(tiny_model_dir), scorer).context

@@ -1,0 +1,162 @@
+"""The dataflow end to end through a real Kafka-protocol broker (conftest's `kafka_bootstrap`).
+
+Play events for many users go into a 3-partition input topic, keyed by user, together with exact
+copies, events beyond the allowed lateness and malformed or oversized messages. The flow replays
+the topic to its end; then every input record must be accounted for exactly once: an update on the
+output topic (keyed by user, valid against the published schema, equal to the scorer's offline
+answer for the same history), a dead letter pointing back at it, or a dropped copy.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections import Counter
+
+import msgpack
+import numpy as np
+import pytest
+from bytewax.testing import run_main
+from jsonschema import Draft202012Validator
+
+from model.runtime import Scorer
+from model.synth import generate_world
+from schemas import (
+    LATE,
+    MAX_MESSAGE_BYTES,
+    NOT_AN_OBJECT,
+    NOT_DECODABLE,
+    SCHEMA_FILES,
+    TOO_LARGE,
+    PlayEvent,
+    decode_dead_letter,
+    decode_intent_update,
+    encode_play_event,
+)
+from stream.broker import produce_messages, read_topic
+from stream.dataflow import StreamCounters, build_flow
+from stream.settings import StreamSettings
+
+LATENESS_S = 3600.0
+VALIDATORS = {name: Draft202012Validator(json.loads(path.read_text())) for name, path in SCHEMA_FILES.items()}
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_model_dir) -> Scorer:
+    return Scorer.load(tiny_model_dir)
+
+
+@dataclasses.dataclass
+class Plan:
+    """What to produce, and what the flow must make of it (worked out without the flow)."""
+
+    messages: list[tuple[bytes | None, bytes]]  # (key, value) in production order
+    histories: dict[str, list[PlayEvent]]  # event_id -> events its update is scored on
+    newest_of_user: dict[str, str]  # user -> event_id of the user's newest accepted event
+    dead_letters: dict[bytes, str]  # message value -> code
+    duplicates: int
+    inserted: int  # accepted events that arrived after a newer event of their user
+
+
+def plan_stream(fmt: str, context: int, seed: int = 0) -> Plan:
+    rng = random.Random(seed)
+    lateness_ms = round(LATENESS_S * 1000)
+    events = generate_world(seed=seed, n_users=20, n_titles=60, days=10)[:200]
+    arrivals: list[PlayEvent | bytes] = list(events)
+    for i in range(len(arrivals) - 1):  # same-user neighbours within the lateness: out of order
+        a, b = arrivals[i], arrivals[i + 1]
+        if a.user_id == b.user_id and b.ts - a.ts <= lateness_ms and rng.random() < 0.5:
+            arrivals[i], arrivals[i + 1] = b, a
+    for _ in range(8):  # exact copies, a little later
+        i = rng.randrange(len(arrivals) - 10)
+        arrivals.insert(i + rng.randrange(1, 10), arrivals[i])
+    for e in rng.sample(events[100:], 5):  # beyond the lateness
+        arrivals.append(dataclasses.replace(e, event_id=e.event_id + "-late", ts=e.ts - 3 * lateness_ms))
+    bad = {b"\xc1 not msgpack": NOT_DECODABLE, b"\x93\x01\x02\x03": NOT_AN_OBJECT,
+           b"\x80" + b"x" * MAX_MESSAGE_BYTES: TOO_LARGE}  # fmt: skip
+    for value in bad:
+        arrivals.insert(rng.randrange(len(arrivals)), value)
+
+    plan = Plan([], {}, {}, dict(bad), 0, 0)
+    accepted: dict[str, list[tuple[int, int, PlayEvent]]] = {}  # user -> (ts, arrival, event)
+    for arrival, item in enumerate(arrivals):
+        if isinstance(item, bytes):
+            plan.messages.append((None, item))
+            continue
+        value = encode_play_event(item, fmt)
+        plan.messages.append((item.user_id.encode(), value))
+        held = accepted.setdefault(item.user_id, [])
+        if any(e.event_id == item.event_id for _, _, e in held):
+            plan.duplicates += 1
+        elif held and max(ts for ts, _, _ in held) - item.ts > lateness_ms:
+            plan.dead_letters[value] = LATE
+        else:
+            held.append((item.ts, arrival, item))
+            held.sort(key=lambda entry: entry[:2])
+            position = [entry[1] for entry in held].index(arrival)
+            plan.histories[item.event_id] = [e for _, _, e in held[: position + 1]][-context:]
+            plan.newest_of_user[item.user_id] = held[-1][2].event_id
+            plan.inserted += position < len(held) - 1
+    return plan
+
+
+def test_every_event_becomes_exactly_one_update_or_dead_letter_through_kafka(
+    kafka_bootstrap, make_topics, tiny_model_dir, scorer
+):
+    topics = make_topics(partitions=3)
+    plan = plan_stream("msgpack", scorer.history_len)
+    produce_messages(kafka_bootstrap, topics.input, plan.messages)
+    settings = StreamSettings(
+        brokers=kafka_bootstrap, model_dir=tiny_model_dir, format="msgpack", input_topic=topics.input,
+        output_topic=topics.output, dlq_topic=topics.dlq, latest_topic=topics.latest,
+        history=1000, batch_size=16, top_k=5, lateness_s=LATENESS_S, stop_at_end=True,
+    )  # fmt: skip
+    counters = StreamCounters()
+    run_main(build_flow(settings, lambda _: scorer, counters=counters))
+
+    inputs = read_topic(kafka_bootstrap, topics.input, count=len(plan.messages))
+    updates = read_topic(kafka_bootstrap, topics.output, count=len(plan.histories))
+    letters = read_topic(kafka_bootstrap, topics.dlq, count=len(plan.dead_letters))
+    latest = read_topic(kafka_bootstrap, topics.latest)
+    assert len(inputs) == len(plan.messages)
+
+    # Updates: one per valid event, keyed by user, schema-valid, equal to offline scoring.
+    decoded = [decode_intent_update(record.value, "msgpack") for record in updates]
+    assert sorted(u.event_id for u in decoded) == sorted(plan.histories)
+    for record, update in zip(updates, decoded):
+        assert record.key == update.user_id.encode()
+        errors = list(VALIDATORS["intent_update"].iter_errors(msgpack.unpackb(record.value)))
+        assert not errors, errors[0].message
+    event_ids = sorted(plan.histories)
+    offline = scorer.score([np.stack([scorer.featurize(e) for e in plan.histories[i]]) for i in event_ids], top_k=5)
+    expected = dict(zip(event_ids, offline))
+    for update in decoded:
+        np.testing.assert_allclose(update.intent_embedding, expected[update.event_id].intent_embedding, atol=1e-5)
+        np.testing.assert_allclose(
+            [i.score for i in update.next_items], [i.score for i in expected[update.event_id].next_items], atol=1e-5
+        )
+        assert update.model == scorer.model_ref
+
+    # Dead letters: each points back at the input record it holds, with the right code.
+    by_position = {(record.partition, record.offset): record for record in inputs}
+    assert len(letters) == len(plan.dead_letters)
+    for record in letters:
+        assert not list(VALIDATORS["dead_letter"].iter_errors(json.loads(record.value)))
+        letter = decode_dead_letter(record.value)
+        source = by_position[(letter.partition, letter.offset)]
+        assert (letter.source_topic, letter.key, letter.value) == (topics.input, source.key, source.value)
+        assert letter.code == plan.dead_letters[letter.value]
+        assert record.key == source.key
+
+    # The latest topic ends with each user's newest event.
+    last_of_user = {}
+    for record in latest:
+        update = decode_intent_update(record.value, "msgpack")
+        last_of_user[update.user_id] = update.event_id
+    assert last_of_user == plan.newest_of_user
+
+    # Nothing lost: every input record is an update, a dead letter or a dropped copy.
+    assert plan.duplicates > 0 and plan.inserted > 0
+    assert counters.duplicates == plan.duplicates
+    assert counters.events_in == len(inputs) == len(updates) + len(letters) + counters.duplicates
+    assert counters.dead_letters == Counter(plan.dead_letters.values())
