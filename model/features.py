@@ -79,7 +79,11 @@ class FeatureEmbedding(nn.Module):
         self.genre = nn.Embedding(c.n_genres, c.d_small, padding_idx=PAD)
         self.dim = c.d_item + 5 * c.d_small + 2
 
-    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: dict[str, torch.Tensor], gap_s: torch.Tensor | None = None) -> torch.Tensor:
+        """`gap_s`: seconds since each row's previous interaction, for rows that do not start the
+        history (incremental inference); by default they come from `x["ts"]`."""
+        if gap_s is None:
+            gap_s = gap_seconds(x["ts"])
         genres = x["genres"].long()
         genre_count = (genres != PAD).sum(-1, keepdim=True).clamp(min=1)
         genre_mean = self.genre(genres).sum(-2) / genre_count
@@ -92,7 +96,7 @@ class FeatureEmbedding(nn.Module):
                 self.device(x["device"].long()),
                 genre_mean,
                 scaled_log(x["watch_s"], MAX_WATCH_S).unsqueeze(-1),
-                scaled_log(gap_seconds(x["ts"]), MAX_GAP_S).unsqueeze(-1),
+                scaled_log(gap_s, MAX_GAP_S).unsqueeze(-1),
             ],
             dim=-1,
         )

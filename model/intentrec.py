@@ -5,7 +5,8 @@ Reading order follows the paper:
   2. short-term encoder S_k over the last week               (ShortTermEncoder)
   3. intent encoder on F_k + S_k, one head per intent task   (IntentEncoder, IntentHeads)
   4. intent embedding Z_k = sum_i softmax(alpha)_i Proj_i(p_k^i)  (IntentFusion)
-  5. item encoder on F_k + S_k + Z_k, softmax over the catalogue (ItemEncoder)
+  5. item encoder on F_k + S_k + Z_k, softmax over the catalogue (ItemEncoder), which we mix
+     with a pointer over the user's recent items (repeat or explore)
 
 Streaming constraints, kept everywhere:
   - positions come from each interaction's own timestamp (sinusoidal encoding of absolute time), so a
@@ -75,20 +76,39 @@ def attention_mask(valid: torch.Tensor, ts: torch.Tensor, window: int, max_age_m
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
+    """Multi-head self-attention. No dropout on the attention weights: on CPU it forces PyTorch's
+    unfused attention path; the blocks' residual dropout regularises enough."""
+
+    def __init__(self, d_model: int, n_heads: int):
         super().__init__()
         self.n_heads = n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
-        self.dropout = dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.attend(x, mask)[0]
+
+    def attend(self, x: torch.Tensor, mask: torch.Tensor, past: torch.Tensor | None = None):
+        """Rows x (B, T, D) attend to each other and, in incremental inference, to the cached keys and
+        values of P earlier rows, `past` (B, 2, heads, P, D/heads); mask (B, 1, T, P + T), past
+        first. Returns the output and the rows' own keys and values, each (B, heads, T, D/heads)."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.out(y.transpose(1, 2).reshape(B, T, D))
+        if past is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            y = attention_after(q, k, v, past, mask)
+        return self.out(y.transpose(1, 2).reshape(B, T, D)), k, v
+
+
+def attention_after(q, k, v, past: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention over cached keys/values followed by the rows' own, reading the
+    cache in place rather than concatenating it with the new keys (a copy of the whole cache)."""
+    past_k, past_v = past.unbind(1)
+    scores = torch.cat([q @ past_k.transpose(-2, -1), q @ k.transpose(-2, -1)], dim=-1) / math.sqrt(q.shape[-1])
+    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    P = past_k.shape[2]
+    return weights[..., :P] @ past_v + weights[..., P:] @ v
 
 
 class Block(nn.Module):
@@ -97,7 +117,7 @@ class Block(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model)
-        self.attention = SelfAttention(d_model, n_heads, dropout)
+        self.attention = SelfAttention(d_model, n_heads)
         self.norm2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
@@ -122,7 +142,13 @@ class CausalTransformer(nn.Module):
         self.norm = nn.LayerNorm(config.d_model)
 
     def forward(self, x: torch.Tensor, ts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.input(x) + self.time(ts)
+        return self.encode(self.embed(x, ts), mask)
+
+    def embed(self, x: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+        """Per-position input of the first block: FC + LayerNorm, plus the time encoding."""
+        return self.input(x) + self.time(ts)
+
+    def encode(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             h = block(h, mask)
         return self.norm(h)
@@ -196,18 +222,53 @@ class IntentFusion(nn.Module):
 
 class ItemEncoder(nn.Module):
     """FC + LayerNorm on F_k (+) S_k (+) Z_k, a causal transformer of its own (not shared with the
-    intent encoder), then scores over the catalogue through the item embeddings (weight tying)."""
+    intent encoder), then the next-item distribution.
+
+    The distribution mixes two ways of choosing (our addition to the paper, in every variant):
+    explore, a softmax over the catalogue through the item embeddings (weight tying), and repeat, a
+    pointer over the user's last L interactions that puts their weight on the items played there.
+    A gate learnt from the same state decides between them: p = (1 - g) p_explore + g p_repeat.
+    Resuming shows and rewatching are most of streaming; a catalogue softmax alone learns to copy
+    the last item only slowly.
+    """
 
     def __init__(self, d_in: int, config: IntentRecConfig):
         super().__init__()
         self.transformer = CausalTransformer(d_in, config, config.n_layers_item)
         self.to_item_space = nn.Linear(config.d_model, config.d_item)
+        self.repeat_query = nn.Linear(config.d_model, config.d_model)
+        self.repeat_key = nn.Linear(config.d_model, config.d_model)
+        self.repeat_gate = nn.Linear(config.d_model, 1)
 
-    def forward(self, x, ts, mask, item_embeddings: torch.Tensor):
-        h = self.transformer(x, ts, mask)
+    def forward(self, x, ts, mask, items: torch.Tensor, item_embeddings: torch.Tensor, targets=None):
+        inputs = self.transformer.embed(x, ts)
+        h = self.transformer.encode(inputs, mask)
+        return self.next_item_log_probs(h, inputs, items, mask, item_embeddings, targets)
+
+    def next_item_log_probs(self, h, key_inputs, key_items, mask, item_embeddings, targets=None):
+        """log p(next item) for queries h (B, T, D): over the whole catalogue (B, T, n_items), or
+        only for `targets` (B, T) when given, which spares training a (B, T, n_items) mixture.
+        The pointer reads the positions of key_inputs (B, P, D) / key_items (B, P) that
+        mask (B, 1, T, P) allows."""
         logits = self.to_item_space(h) @ item_embeddings.T
         logits[..., PAD] = logits[..., UNKNOWN] = float("-inf")
-        return logits
+        explore = torch.log_softmax(logits, dim=-1)
+
+        scores = self.repeat_query(h) @ self.repeat_key(key_inputs).transpose(1, 2) / math.sqrt(h.shape[-1])
+        pointer = torch.softmax(scores.masked_fill(~mask[:, 0], float("-inf")), dim=-1)  # (B, T, P)
+        gate = torch.sigmoid(self.repeat_gate(h))  # (B, T, 1)
+        if targets is None:
+            B, T, P = pointer.shape
+            slots = key_items.long().unsqueeze(1).expand(B, T, P)
+            repeat = torch.zeros_like(explore).scatter_add_(-1, slots, pointer)
+        else:
+            explore = explore.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            repeat = (pointer * (key_items.unsqueeze(1) == targets.unsqueeze(-1))).sum(-1)
+            gate = gate.squeeze(-1)
+        # Clamping keeps log() and its gradient finite where an item got no pointer weight.
+        return torch.logaddexp(
+            torch.log1p(-gate.clamp(max=1 - 1e-6)) + explore, torch.log(gate) + torch.log(repeat.clamp(min=1e-30))
+        )
 
 
 # --------------------------------------------------------------------------- the whole model
@@ -215,7 +276,7 @@ class ItemEncoder(nn.Module):
 
 @dataclass
 class IntentRecOutput:
-    item_logits: torch.Tensor  # (B, T, n_items): next-item scores after each interaction
+    item_log_probs: torch.Tensor  # (B, T, n_items): log p(next item) after each interaction
     intent_logits: dict[str, torch.Tensor]  # task -> (B, T, n_labels)
     intent_probs: dict[str, torch.Tensor]
     intent_embedding: torch.Tensor | None  # Z: (B, T, d_proj), None without intent tasks
@@ -236,7 +297,8 @@ class IntentRec(nn.Module):
             self.intent_fusion = IntentFusion(c)
         self.item_encoder = ItemEncoder(d_context + (c.d_proj if c.feeds_intent else 0), c)
 
-    def forward(self, x: dict[str, torch.Tensor]) -> IntentRecOutput:
+    def forward(self, x: dict[str, torch.Tensor], targets: torch.Tensor | None = None) -> IntentRecOutput:
+        """With `targets` (B, T) item indices, item_log_probs holds only log p(target) (B, T)."""
         c = self.config
         valid, ts = x["valid"], x["ts"]
         mask = attention_mask(valid, ts, c.attention_window, None)
@@ -256,5 +318,5 @@ class IntentRec(nn.Module):
             z, weights = self.intent_fusion(intent_probs)
 
         item_input = torch.cat([context, z], dim=-1) if c.feeds_intent else context
-        item_logits = self.item_encoder(item_input, ts, mask, self.features.item.weight)
-        return IntentRecOutput(item_logits, intent_logits, intent_probs, z, weights)
+        item_log_probs = self.item_encoder(item_input, ts, mask, x["item"], self.features.item.weight, targets)
+        return IntentRecOutput(item_log_probs, intent_logits, intent_probs, z, weights)

@@ -37,7 +37,7 @@ def padded_length(longest: int, limit: int) -> int:
 class Predictions:
     """Model outputs after the last interaction of each history, as numpy arrays."""
 
-    item_scores: np.ndarray  # (B, n_items) softmax over the catalogue; pad/unknown are 0
+    item_scores: np.ndarray  # (B, n_items) p(next item); pad/unknown columns are never ranked
     intent_probs: dict[str, np.ndarray]  # task -> (B, n_labels)
     intent_embedding: np.ndarray | None  # (B, d_proj)
     intent_weights: np.ndarray | None  # (B, tasks)
@@ -91,7 +91,7 @@ class Scorer:
         out = self.model(batch_tensors(histories, length))
         last = torch.from_numpy(lengths - 1)
         rows = torch.arange(len(histories))
-        item_scores = torch.softmax(out.item_logits[rows, last], dim=-1)
+        item_scores = out.item_log_probs[rows, last].exp()
         return Predictions(
             item_scores=item_scores.numpy(),
             intent_probs={t: p[rows, last].numpy() for t, p in out.intent_probs.items()},
@@ -100,10 +100,13 @@ class Scorer:
         )
 
     def score(self, histories: Sequence[np.ndarray], top_k: int = 10) -> list[Scores]:
-        predictions = self.predict(histories)
+        return self.to_scores(self.predict(histories), top_k)
+
+    def to_scores(self, predictions: Predictions, top_k: int = 10) -> list[Scores]:
+        """Predictions -> the model's part of each IntentUpdate: top labels, weights, top-k items."""
         tasks = list(predictions.intent_probs)
         scores = []
-        for b in range(len(histories)):
+        for b in range(len(predictions.item_scores)):
             top_items = top_indices(predictions.item_scores[b], top_k)
             intents = {
                 task: tuple(

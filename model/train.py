@@ -97,8 +97,8 @@ def loss_of_batch(model: IntentRec, batch, mean_weight: float):
     positions = torch.arange(length).unsqueeze(0)
     in_loss &= positions >= torch.tensor(loss_from).unsqueeze(1)
 
-    out = model(x)
-    item_ce = F.cross_entropy(out.item_logits[in_loss], targets["item"][in_loss].long(), reduction="none")
+    out = model(x, targets=targets["item"].long())
+    item_ce = -out.item_log_probs[in_loss]
     weight = (targets["watch_s"][in_loss] + WATCH_FLOOR_S) / mean_weight
     loss = (weight * item_ce).sum() / weight.sum()
 

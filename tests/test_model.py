@@ -76,7 +76,7 @@ def test_past_outputs_do_not_change_when_an_event_arrives(variant):
     with torch.no_grad():
         full = run(model, [history])
         prefix = run(model, [history[:7]])
-    torch.testing.assert_close(full.item_logits[0, :7], prefix.item_logits[0, :7])
+    torch.testing.assert_close(full.item_log_probs[0, :7], prefix.item_log_probs[0, :7])
     if full.intent_embedding is not None:
         torch.testing.assert_close(full.intent_embedding[0, :7], prefix.intent_embedding[0, :7])
 
@@ -87,9 +87,9 @@ def test_the_last_history_len_interactions_decide_the_prediction(variant):
     model = IntentRec(config).eval()
     history = random_history(config.history_len + 9, max_gap_ms=HOUR)  # all within the short-term window
     with torch.no_grad():
-        full = run(model, [history]).item_logits[0, -1]
-        cut = run(model, [history[-config.history_len :]]).item_logits[0, -1]
-        too_short = run(model, [history[-(config.history_len // 2) :]]).item_logits[0, -1]
+        full = run(model, [history]).item_log_probs[0, -1]
+        cut = run(model, [history[-config.history_len :]]).item_log_probs[0, -1]
+        too_short = run(model, [history[-(config.history_len // 2) :]]).item_log_probs[0, -1]
     torch.testing.assert_close(full, cut)
     assert (full - too_short)[2:].abs().max() > 1e-4  # older interactions do matter
 
@@ -98,8 +98,8 @@ def test_padding_and_batch_composition_do_not_change_a_prediction():
     model = IntentRec(tiny_config()).eval()
     short, long = random_history(1, seed=1), random_history(9, seed=2)
     with torch.no_grad():
-        alone = run(model, [short]).item_logits[0, 0]
-        batched = model(batch_tensors([short, long], 16)).item_logits[0, 0]
+        alone = run(model, [short]).item_log_probs[0, 0]
+        batched = model(batch_tensors([short, long], 16)).item_log_probs[0, 0]
     torch.testing.assert_close(alone, batched)
     assert torch.isfinite(alone[2:]).all()  # a user with one interaction is valid input
 
@@ -134,7 +134,7 @@ def test_checkpoint_round_trip(tmp_path):
     loaded, vocab, meta = load_checkpoint(tmp_path)
     history = random_history(6)
     with torch.no_grad():
-        torch.testing.assert_close(run(model, [history]).item_logits, run(loaded, [history]).item_logits)
+        torch.testing.assert_close(run(model, [history]).item_log_probs, run(loaded, [history]).item_log_probs)
     assert vocab.items.token(2) == "i0" and meta["name"] == "t"
     scorer = Scorer.load(tmp_path)
     assert scorer.model_ref == ModelRef("t", "1")
@@ -160,3 +160,28 @@ def test_bad_checkpoints_are_refused_with_a_reason(tmp_path):
     (tmp_path / "vocab.json").unlink()
     with pytest.raises(CheckpointError, match="vocab.json is missing"):
         load_checkpoint(tmp_path)
+
+
+def test_training_log_probs_of_targets_equal_the_full_distribution():
+    model = IntentRec(tiny_config()).eval()
+    history = random_history(10)
+    x = batch_tensors([history], 10)
+    targets = torch.from_numpy(np.roll(history["item"], -1).astype(np.int64)).unsqueeze(0)
+    with torch.no_grad():
+        full = model(x).item_log_probs
+        chosen = model(x, targets=targets).item_log_probs
+    torch.testing.assert_close(chosen, full.gather(-1, targets.unsqueeze(-1)).squeeze(-1))
+    torch.testing.assert_close(full[..., 2:].exp().sum(-1), torch.ones(1, 10))  # a distribution over real items
+
+
+def test_the_repeat_pointer_only_reaches_items_in_the_window():
+    model = IntentRec(tiny_config(attention_window=3)).eval()
+    history = random_history(8)
+    history["item"] = [2, 3, 4, 5, 6, 7, 8, 9]
+    with torch.no_grad():
+        model.item_encoder.repeat_gate.bias.fill_(-50.0)  # all explore
+        explore_only = run(model, [history]).item_log_probs[0, -1]
+        model.item_encoder.repeat_gate.bias.fill_(50.0)  # all repeat
+        repeat_only = run(model, [history]).item_log_probs[0, -1].exp()
+    assert repeat_only[[7, 8, 9]].sum() == pytest.approx(1.0, abs=1e-5)  # the last 3 items only
+    assert torch.isfinite(explore_only[2:]).all()
