@@ -46,6 +46,7 @@ FORMATS = ("json", "msgpack")
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 EXIT_BAD_OPTION = 2
 EXIT_UNUSABLE = 1  # unreachable broker, missing topic, bad model
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 
 T = TypeVar("T")
 
@@ -442,7 +443,6 @@ def run_command(args: argparse.Namespace) -> int:
     if settings.history is not None and settings.history < scorer.history_len:
         log.warning("--history %d is shorter than the %d interactions the model attends to: updates will "
                     "differ from offline predictions", settings.history, scorer.history_len)
-    del scorer  # each worker loads its own
 
     try:
         create_output_topics(settings.brokers, settings.kafka_config, check,
@@ -458,9 +458,11 @@ def run_command(args: argparse.Namespace) -> int:
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
-    from stream.dataflow import build_flow
+    from stream.dataflow import StreamCounters, build_flow
 
-    flow = build_flow(settings)
+    counters = StreamCounters()
+    # The worker threads of this process share the scorer loaded above.
+    flow = build_flow(settings, lambda _: scorer, counters=counters)
     try:
         cli_main(
             flow,
@@ -470,7 +472,22 @@ def run_command(args: argparse.Namespace) -> int:
             epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
             recovery_config=RecoveryConfig(settings.recovery_dir) if settings.recovery_dir else None,
         )
-    except KeyboardInterrupt:
-        log.info("interrupted; a restart with the same --recovery-dir resumes from the last snapshot")
-        return 130
+    except BaseException as error:
+        if not caused_by_interrupt(error):
+            raise
+        log.info("interrupted: %s; a restart with the same --recovery-dir resumes from the last snapshot",
+                 counters.summary())
+        return EXIT_INTERRUPTED
+    log.info("finished: %s", counters.summary())
     return 0
+
+
+def caused_by_interrupt(error: BaseException | None) -> bool:
+    """Whether Ctrl-C is behind `error`. With one worker, Bytewax runs the dataflow on the main
+    thread, where Python delivers the KeyboardInterrupt: it is usually raised inside a step's code
+    (the Kafka source's polling) and reaches us as a BytewaxRuntimeError caused by it."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
