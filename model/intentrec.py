@@ -90,7 +90,7 @@ class SelfAttention(nn.Module):
 
     def attend(self, x: torch.Tensor, mask: torch.Tensor, past: torch.Tensor | None = None):
         """Rows x (B, T, D) attend to each other and, in incremental inference, to the cached keys and
-        values of P earlier rows, `past` (B, 2, heads, P, D/heads); mask (B, 1, T, P + T), past
+        values of P earlier rows, `past` (2, B, heads, P, D/heads); mask (B, 1, T, P + T), past
         first. Returns the output and the rows' own keys and values, each (B, heads, T, D/heads)."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
@@ -104,7 +104,7 @@ class SelfAttention(nn.Module):
 def attention_after(q, k, v, past: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Scaled dot-product attention over cached keys/values followed by the rows' own, reading the
     cache in place rather than concatenating it with the new keys (a copy of the whole cache)."""
-    past_k, past_v = past.unbind(1)
+    past_k, past_v = past.unbind(0)
     scores = torch.cat([q @ past_k.transpose(-2, -1), q @ k.transpose(-2, -1)], dim=-1) / math.sqrt(q.shape[-1])
     weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
     P = past_k.shape[2]

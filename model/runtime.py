@@ -103,39 +103,39 @@ class Scorer:
         return self.to_scores(self.predict(histories), top_k)
 
     def to_scores(self, predictions: Predictions, top_k: int = 10) -> list[Scores]:
-        """Predictions -> the model's part of each IntentUpdate: top labels, weights, top-k items."""
+        """Predictions -> the model's part of each IntentUpdate: top labels, weights, top-k items.
+        The top indices and their values are picked for the whole batch at once."""
         tasks = list(predictions.intent_probs)
+        top_items = top_indices(predictions.item_scores, top_k)
+        item_tokens = [[self.vocab.items.token(i) for i in row] for row in top_items.tolist()]
+        item_values = np.take_along_axis(predictions.item_scores, top_items, -1).tolist()
+        labels = {}
+        for task in tasks:
+            top = top_indices(predictions.intent_probs[task], TOP_LABELS)
+            tokens = [[self._task_vocab[task].token(i) for i in row] for row in top.tolist()]
+            labels[task] = (tokens, np.take_along_axis(predictions.intent_probs[task], top, -1).tolist())
+        embeddings = None if predictions.intent_embedding is None else predictions.intent_embedding.tolist()
+        weights = None if predictions.intent_weights is None else predictions.intent_weights.tolist()
         scores = []
         for b in range(len(predictions.item_scores)):
-            top_items = top_indices(predictions.item_scores[b], top_k)
-            intents = {
-                task: tuple(
-                    LabelScore(self._task_vocab[task].token(i), float(predictions.intent_probs[task][b, i]))
-                    for i in top_indices(predictions.intent_probs[task][b], TOP_LABELS)
-                )
-                for task in tasks
-            }
             scores.append(
                 Scores(
-                    intent_embedding=()
-                    if predictions.intent_embedding is None
-                    else tuple(predictions.intent_embedding[b].tolist()),
-                    intents=intents,
-                    intent_weights={}
-                    if predictions.intent_weights is None
-                    else dict(zip(tasks, predictions.intent_weights[b].tolist())),
-                    next_items=tuple(
-                        ItemScore(self.vocab.items.token(i), float(predictions.item_scores[b, i]))
-                        for i in top_items
-                    ),
+                    intent_embedding=() if embeddings is None else tuple(embeddings[b]),
+                    intents={
+                        task: tuple(LabelScore(t, p) for t, p in zip(tokens[b], values[b]))
+                        for task, (tokens, values) in labels.items()
+                    },
+                    intent_weights={} if weights is None else dict(zip(tasks, weights[b])),
+                    next_items=tuple(ItemScore(t, s) for t, s in zip(item_tokens[b], item_values[b])),
                 )
             )
         return scores
 
 
 def top_indices(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest real labels (never pad/unknown), largest first."""
-    real = values[FIRST_REAL:]
-    k = min(k, len(real))
-    part = np.argpartition(-real, k - 1)[:k]
-    return part[np.argsort(-real[part], kind="stable")] + FIRST_REAL
+    """Indices of the k largest real labels (never pad/unknown) along the last axis, largest first."""
+    real = values[..., FIRST_REAL:]
+    k = min(k, real.shape[-1])
+    part = np.argpartition(-real, k - 1, axis=-1)[..., :k]
+    order = np.argsort(-np.take_along_axis(real, part, -1), axis=-1, kind="stable")
+    return np.take_along_axis(part, order, -1) + FIRST_REAL

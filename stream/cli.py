@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=positive_int, default=3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--small", action="store_true", help="a tiny model for smoke tests and demos")
+    train.add_argument("--torch-threads", type=positive_int, default=1,
+                       help="intra-op threads (default 1: this small model gains little from more, and "
+                            "spinning threads cost much on a busy machine)")
     train.set_defaults(handler=train_command)
 
     evaluate = commands.add_parser("evaluate", help="leave-one-out evaluation of a model on a play log")
@@ -68,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="score a Kafka topic of play events continuously")
     add_run_arguments(run)
     run.set_defaults(handler=run_command)
+
+    from stream.demo import add_demo_arguments, demo_command
+
+    demo = commands.add_parser("demo", help="everything on this machine: broker, synthetic world, model, live updates")
+    add_demo_arguments(demo)
+    demo.set_defaults(handler=demo_command)
+
+    from stream.backtest import add_backtest_arguments, backtest_command
+
+    backtest = commands.add_parser("backtest", help="replay a play log or topic through the dataflow and judge it")
+    add_backtest_arguments(backtest)
+    backtest.set_defaults(handler=backtest_command)
     return parser
 
 
@@ -121,11 +136,14 @@ SMALL_MODEL = dict(d_item=32, d_small=8, d_model=32, d_proj=16, n_layers_item=1,
 
 
 def train_command(args) -> int:
+    import torch
+
     from model.config import TrainConfig
     from model.train import train_model
 
     if args.out.exists() and any(args.out.iterdir()) and not (args.out / "config.json").exists():
         raise UsageError(f"--out {args.out} exists and is not a model directory; choose a new path")
+    torch.set_num_threads(args.torch_threads)
     result = train_model(
         args.log,
         args.out,

@@ -37,7 +37,7 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 from confluent_kafka import OFFSET_BEGINNING
 
-from model.runtime import Scorer, Scores
+from model.runtime import Predictions, Scorer, Scores
 from schemas import (
     LATE,
     ContractError,
@@ -49,6 +49,7 @@ from schemas import (
     encode_dead_letter,
     encode_intent_update,
 )
+from stream.metrics import StreamMetrics
 from stream.settings import StreamSettings
 from stream.state import StateConfig, UserSnapshot, UserState, Verdict, default_capacity
 
@@ -201,22 +202,41 @@ def intent_update(event: PlayEvent, scores: Scores, model: ModelRef, scored_at: 
     )
 
 
-class ScoreBatch:
-    """Scores whatever Bytewax hands over at once (events of many users), `batch_size` at a time."""
+Observer = Callable[[list[ScoreRequest], Predictions], None]
 
-    def __init__(self, scorer: Scorer, batch_size: int, top_k: int):
+
+class ScoreBatch:
+    """Scores whatever Bytewax hands over at once (events of many users), `batch_size` at a time.
+
+    `observe`, when given, is called with each chunk of requests and the model's full predictions
+    for them (every catalogue item's score, not only the top-k an update carries): backtests judge
+    updates with it. `counters`, when given, hear of each chunk's size and scoring time."""
+
+    def __init__(self, scorer: Scorer, batch_size: int, top_k: int, observe: Observer | None = None,
+                 counters: StreamCounters | None = None):  # fmt: skip
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         self.scorer = scorer
         self.batch_size = batch_size
         self.top_k = top_k
+        self.observe = observe
+        self.counters = counters
 
     def __call__(self, requests: list[ScoreRequest]) -> list[Scored]:
         scored = []
         for start in range(0, len(requests), self.batch_size):
             chunk = requests[start : start + self.batch_size]
-            all_scores = self.scorer.score([request.history for request in chunk], top_k=self.top_k)
+            histories = [request.history for request in chunk]
+            started = time.perf_counter()
+            if self.observe is None:
+                all_scores = self.scorer.score(histories, top_k=self.top_k)
+            else:  # the same two halves `score` runs, with the observer in between
+                predictions = self.scorer.predict(histories)
+                self.observe(chunk, predictions)
+                all_scores = self.scorer.to_scores(predictions, top_k=self.top_k)
             scored_at = now_ms()
+            if self.counters is not None:
+                self.counters.count_scored_batch(len(chunk), time.perf_counter() - started)
             for request, scores in zip(chunk, all_scores):
                 update = intent_update(request.event, scores, self.scorer.model_ref, scored_at)
                 scored.append(Scored(update, request.newest))
@@ -257,13 +277,16 @@ class StreamCounters:
 
     Once the flow has drained, `events_in == updates_out + duplicates + sum(dead_letters)`:
     every message read is accounted for exactly once. Worker threads share one instance.
+    With `metrics`, every count also goes to those Prometheus metrics (see stream/metrics.py),
+    with the sizes and times of scored batches and each update's lag behind its event.
     """
 
-    def __init__(self, log_every_s: float = 30.0):
+    def __init__(self, log_every_s: float = 30.0, *, metrics: StreamMetrics | None = None):
         self.events_in = 0
         self.updates_out = 0  # on the updates topic (the latest topic repeats some of them)
         self.duplicates = 0
         self.dead_letters: Counter[str] = Counter()  # by code
+        self.metrics = metrics
         self.log_every_s = log_every_s
         self._next_log = time.monotonic() + log_every_s
         self._lock = threading.Lock()
@@ -271,19 +294,31 @@ class StreamCounters:
     def count_event(self, _step_id: str, _message) -> None:
         with self._lock:
             self.events_in += 1
+        if self.metrics is not None:
+            self.metrics.events_in.inc()
         self._maybe_log()
 
-    def count_update(self, _step_id: str, _scored) -> None:
+    def count_update(self, _step_id: str, scored: Scored) -> None:
         with self._lock:
             self.updates_out += 1
+        if self.metrics is not None:
+            self.metrics.update_written(scored.update.ts, scored.update.scored_at)
 
     def count_dead_letter(self, _step_id: str, letter: DeadLetter) -> None:
         with self._lock:
             self.dead_letters[letter.code] += 1
+        if self.metrics is not None:
+            self.metrics.dead_letters.labels(letter.code).inc()
 
     def count_duplicate(self) -> None:
         with self._lock:
             self.duplicates += 1
+        if self.metrics is not None:
+            self.metrics.duplicates.inc()
+
+    def count_scored_batch(self, size: int, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.scored_batch(size, seconds)
 
     def summary(self) -> str:
         with self._lock:
@@ -342,9 +377,11 @@ def build_flow(
     source: Source | None = None,
     sink: Sink | None = None,
     counters: StreamCounters | None = None,
+    observe_scores: Observer | None = None,
 ) -> Dataflow:
     """The dataflow `intentstream run` executes. Reads and writes the Kafka topics of `settings`
     unless another `source` (of KafkaSourceMessage) and `sink` (of KafkaSinkMessage) are given.
+    `observe_scores` sees every scored chunk with its full predictions (see ScoreBatch).
 
     The model is loaded here, once per process (every Bytewax process builds the flow; its worker
     threads share the scorer), so a bad model stops the run before any event is read.
@@ -360,7 +397,8 @@ def build_flow(
     by_user = op.key_on("key_by_user", decoded.trues, key_by_user)
     remembered = op.stateful("remember", by_user, partial(RememberUser, config, scorer.featurize, counters))
     in_time = op.branch("in_time", op.key_rm("unkey", remembered), is_score_request)
-    scored = op.flat_map_batch("score", in_time.trues, ScoreBatch(scorer, settings.batch_size, settings.top_k))
+    score = ScoreBatch(scorer, settings.batch_size, settings.top_k, observe_scores, counters)
+    scored = op.flat_map_batch("score", in_time.trues, score)
     scored = op.inspect("count_updates", scored, counters.count_update)
     updates = op.flat_map(
         "encode", scored, UpdateMessages(settings.format, settings.output_topic, settings.latest_topic)

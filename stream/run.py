@@ -6,28 +6,41 @@ client settings (security.protocol, sasl.*, ssl.*) pass through from `--kafka-co
 INTENTSTREAM_KAFKA_<SETTING> (see stream/kafka_config.py).
 
 Before it consumes anything, `run` checks, in this order, and stops with a message that says what to
-fix: the options (exit status 2), the brokers and the input topic, the model (exit status 1). Only then
-does it change anything: it creates missing output topics (with the input topic's partition count;
-the latest-update topic compacted) and initialises an empty recovery directory.
+fix: the options (exit status 2), the brokers and the input topic, the model, that the recovery
+directory holds no other model's state (exit status 1). Only then does it change anything: it
+initialises an empty recovery directory and marks it with the model, starts serving metrics (a port
+in use: exit status 1), and creates missing output topics (with the input topic's partition count;
+the latest-update topic compacted).
 
 Recovery directories: Bytewax needs its SQLite partitions created before the first run (`python -m
 bytewax.recovery DIR N`). A single process initialises an absent or empty directory itself, with one
 partition per worker. A cluster (`--process-id`/`--addresses`) does not, because its processes would
 race to create partitions: initialise the directory once before starting the cluster.
+A recovery directory belongs to one model: users' histories are snapshotted as feature rows holding
+vocabulary indices of the model that wrote them, which another vocabulary would silently misread. So
+`run` marks the directory with the model it serves (RECOVERY_MARKER) and refuses to resume it with a
+model of another vocabulary or row layout. A retrained model with the same vocabulary may resume it.
+
+Monitoring: `--metrics-port PORT` serves Prometheus metrics at http://0.0.0.0:PORT/metrics (see
+stream/metrics.py). SIGTERM (docker stop, Kubernetes) stops the run like Ctrl-C: the dataflow stops,
+the counters are logged, and a restart with the same --recovery-dir resumes from the last snapshot.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
 import re
+import signal
 import sqlite3
 import sys
-from contextlib import closing
-from dataclasses import asdict, fields
+from contextlib import ExitStack, closing, contextmanager
+from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, TypeVar
 
 from stream.kafka_config import (
     KafkaCheckError,
@@ -37,7 +50,11 @@ from stream.kafka_config import (
     load_kafka_config,
     redacted,
 )
+from stream.metrics import StreamMetrics, default_metrics, serving_metrics
 from stream.settings import StreamSettings
+
+if TYPE_CHECKING:
+    from model.runtime import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +64,8 @@ DEFAULT_CONNECT_TIMEOUT_S = 10.0
 EXIT_BAD_OPTION = 2
 EXIT_UNUSABLE = 1  # unreachable broker, missing topic, bad model
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
+EXIT_TERMINATED = 143  # SIGTERM, as shells report it
+RECOVERY_MARKER = "intentstream.json"  # in a recovery directory: the model its state belongs to
 
 T = TypeVar("T")
 
@@ -104,6 +123,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             metavar="HOST:PORT,...")
     _option(runtime, "--stop-at-end", "stop once the input topic's current end is reached (replays, "
             "backtests)", action=argparse.BooleanOptionalAction)
+
+    monitoring = parser.add_argument_group("Monitoring")
+    _option(monitoring, "--metrics-port", "serve Prometheus metrics at http://0.0.0.0:PORT/metrics (default: "
+            "off)", metavar="PORT")
 
 
 def _option(group, flag: str, help: str, **kwargs) -> None:
@@ -179,6 +202,13 @@ def _topic(text: str) -> str:
     return text
 
 
+def _port(text: str) -> int:
+    value = _integer(text)
+    if not 0 < value < 65536:
+        raise ValueError("not a TCP port: use 1-65535")
+    return value
+
+
 def _host_port(text: str) -> str:
     host, _, port = text.strip().rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -246,6 +276,10 @@ def _resolve(
 
 def connect_timeout_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> float:
     return _resolve(args, environ, "connect_timeout", _positive_duration, DEFAULT_CONNECT_TIMEOUT_S)
+
+
+def metrics_port_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> int | None:
+    return _resolve(args, environ, "metrics_port", _port, None)
 
 
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> StreamSettings:
@@ -347,12 +381,17 @@ def _partition_files(directory: Path) -> dict[int, Path]:
     }
 
 
+def _holds_nothing(directory: Path) -> bool:
+    """An existing directory with nothing in it but, perhaps, the marker of a model (no state)."""
+    return all(path.name == RECOVERY_MARKER for path in directory.iterdir())
+
+
 def _check_recovery_dir(settings: StreamSettings) -> None:
     directory = settings.recovery_dir
     init_hint = f"`python -m bytewax.recovery {directory} N` (N = total workers of the cluster)"
     if directory.exists() and not directory.is_dir():
         raise SettingsError(f"--recovery-dir {directory} is not a directory")
-    if not directory.exists() or not any(directory.iterdir()):
+    if not directory.exists() or _holds_nothing(directory):
         if settings.process_id is not None:
             raise SettingsError(f"--recovery-dir {directory} holds no recovery partitions; a cluster does not "
                                 f"create them itself: run {init_hint} once before starting the cluster")
@@ -393,11 +432,86 @@ def prepare_recovery_dir(settings: StreamSettings) -> None:
     from bytewax.recovery import init_db_dir
 
     directory = settings.recovery_dir
-    if directory is None or (directory.is_dir() and any(directory.iterdir())):
+    if directory is None or (directory.is_dir() and not _holds_nothing(directory)):
         return
     directory.mkdir(parents=True, exist_ok=True)
     init_db_dir(directory, settings.workers)
     log.info("initialised recovery directory %s with %d partition(s)", directory, settings.workers)
+
+
+class RecoveryModelError(ValueError):
+    """A recovery directory holding the state of a model this one cannot read; says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelFingerprint:
+    """What a recovery directory's per-user state depends on: the rows' layout and the vocabulary
+    whose indices they hold. The model's name and version are kept to name it in messages."""
+
+    name: str
+    version: str
+    vocab_sha256: str
+    row_layout: str
+
+    @classmethod
+    def of(cls, scorer: "Scorer") -> "ModelFingerprint":
+        vocab = json.dumps(scorer.vocab.to_json(), sort_keys=True, separators=(",", ":")).encode()
+        return cls(scorer.model_ref.name, scorer.model_ref.version, hashlib.sha256(vocab).hexdigest(),
+                   str(scorer.row_dtype.descr))  # fmt: skip
+
+    def reads_state_of(self, other: "ModelFingerprint") -> bool:
+        return (self.vocab_sha256, self.row_layout) == (other.vocab_sha256, other.row_layout)
+
+    def describe(self) -> str:
+        return f"model {self.name!r} version {self.version} (vocabulary sha256 {self.vocab_sha256[:12]})"
+
+    def to_json(self) -> dict:
+        return {"model": {"name": self.name, "version": self.version}, "vocab_sha256": self.vocab_sha256,
+                "row_layout": self.row_layout}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "ModelFingerprint":
+        return cls(raw["model"]["name"], raw["model"]["version"], raw["vocab_sha256"], raw["row_layout"])
+
+
+def bind_recovery_dir(settings: StreamSettings, model: ModelFingerprint) -> None:
+    """Make sure the recovery directory's state can be read by `model`, initialise it if it is new
+    (see prepare_recovery_dir), and mark it with `model`. Raises RecoveryModelError, before changing
+    anything, when it holds the state of a model with another vocabulary or row layout."""
+    directory = settings.recovery_dir
+    if directory is None:
+        return
+    marker = directory / RECOVERY_MARKER
+    marked = _read_marker(marker) if marker.exists() else None
+    # Without partitions there is no state: a marker left next to none binds nothing.
+    has_state = directory.is_dir() and bool(_partition_files(directory))
+    if has_state and marked is not None and not model.reads_state_of(marked):
+        raise RecoveryModelError(
+            f"--recovery-dir {directory} holds the state of {marked.describe()}, which --model "
+            f"{settings.model_dir} ({model.describe()}) cannot read: users' histories are stored as "
+            f"vocabulary indices of the model that wrote them. Use a fresh --recovery-dir with this model, "
+            f"or the model that wrote it")
+    if has_state and marked is not None and marked != model:
+        log.info("resuming the state of %s with %s: same vocabulary and row layout", marked.describe(),
+                 model.describe())
+    prepare_recovery_dir(settings)
+    if marked != model:
+        _write_marker(marker, model)
+
+
+def _read_marker(marker: Path) -> ModelFingerprint:
+    try:
+        return ModelFingerprint.from_json(json.loads(marker.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RecoveryModelError(f"{marker} cannot be read ({error}): it names the model whose state this "
+                                 f"recovery directory holds. Restore it, or use a fresh --recovery-dir") from None
+
+
+def _write_marker(marker: Path, model: ModelFingerprint) -> None:
+    """Atomically, so that a process stopped meanwhile leaves the old marker or the new one."""
+    partial = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(model.to_json(), indent=2) + "\n")
+    os.replace(partial, marker)
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -411,13 +525,14 @@ def describe(settings: StreamSettings) -> str:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """`intentstream run`: check everything, then run the dataflow until it ends or is interrupted."""
+    """`intentstream run`: check everything, then run the dataflow until it ends or is stopped."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from_args(args, os.environ)
         connect_timeout = connect_timeout_from_args(args, os.environ)
+        metrics_port = metrics_port_from_args(args, os.environ)
     except SettingsError as error:
         print(f"intentstream run: {error}", file=sys.stderr)
         return EXIT_BAD_OPTION
@@ -445,49 +560,92 @@ def run_command(args: argparse.Namespace) -> int:
                     "differ from offline predictions", settings.history, scorer.history_len)
 
     try:
-        create_output_topics(settings.brokers, settings.kafka_config, check,
-                             compacted=[settings.latest_topic] if settings.latest_topic else [])
-    except KafkaCheckError as error:
+        bind_recovery_dir(settings, ModelFingerprint.of(scorer))
+    except RecoveryModelError as error:
         print(f"intentstream run: {error}", file=sys.stderr)
         return EXIT_UNUSABLE
-    if check.missing_topics:
-        log.info("created topic(s) %s with %d partition(s)", ", ".join(check.missing_topics),
-                 check.input_partitions)
-    prepare_recovery_dir(settings)
 
+    metrics = default_metrics()
+    metrics.serving(scorer.model_ref)
+    with ExitStack() as cleanup:
+        if metrics_port is not None:
+            try:
+                cleanup.enter_context(serving_metrics(metrics_port))
+            except OSError as error:
+                print(f"intentstream run: cannot serve metrics on port {metrics_port}: {error.strerror or error}; "
+                      "pick another --metrics-port (INTENTSTREAM_METRICS_PORT)", file=sys.stderr)
+                return EXIT_UNUSABLE
+            log.info("serving Prometheus metrics at http://0.0.0.0:%d/metrics", metrics_port)
+        try:
+            create_output_topics(settings.brokers, settings.kafka_config, check,
+                                 compacted=[settings.latest_topic] if settings.latest_topic else [])
+        except KafkaCheckError as error:
+            print(f"intentstream run: {error}", file=sys.stderr)
+            return EXIT_UNUSABLE
+        if check.missing_topics:
+            log.info("created topic(s) %s with %d partition(s)", ", ".join(check.missing_topics),
+                     check.input_partitions)
+        return run_dataflow(settings, scorer, metrics)
+
+
+def run_dataflow(settings: StreamSettings, scorer: "Scorer", metrics: StreamMetrics) -> int:
+    """Run the checked settings' dataflow until it ends (0), Ctrl-C (130) or SIGTERM (143)."""
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
     from stream.dataflow import StreamCounters, build_flow
 
-    counters = StreamCounters()
+    counters = StreamCounters(metrics=metrics)
     # The worker threads of this process share the scorer loaded above.
     flow = build_flow(settings, lambda _: scorer, counters=counters)
     try:
-        cli_main(
-            flow,
-            workers_per_process=settings.workers,
-            process_id=settings.process_id,
-            addresses=list(settings.addresses) or None,
-            epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
-            recovery_config=RecoveryConfig(settings.recovery_dir) if settings.recovery_dir else None,
-        )
+        with sigterm_as_interrupt():
+            cli_main(
+                flow,
+                workers_per_process=settings.workers,
+                process_id=settings.process_id,
+                addresses=list(settings.addresses) or None,
+                epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
+                recovery_config=RecoveryConfig(settings.recovery_dir) if settings.recovery_dir else None,
+            )
     except BaseException as error:
-        if not caused_by_interrupt(error):
+        interrupt = interrupt_behind(error)
+        if interrupt is None:
             raise
-        log.info("interrupted: %s; a restart with the same --recovery-dir resumes from the last snapshot",
+        how = "terminated" if isinstance(interrupt, Terminated) else "interrupted"
+        log.info("%s: %s; a restart with the same --recovery-dir resumes from the last snapshot", how,
                  counters.summary())
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
     log.info("finished: %s", counters.summary())
     return 0
 
 
-def caused_by_interrupt(error: BaseException | None) -> bool:
-    """Whether Ctrl-C is behind `error`. With one worker, Bytewax runs the dataflow on the main
-    thread, where Python delivers the KeyboardInterrupt: it is usually raised inside a step's code
-    (the Kafka source's polling) and reaches us as a BytewaxRuntimeError caused by it."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that Bytewax stops the same way."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM (what docker stop and Kubernetes send) raises Terminated in the main
+    thread. Python runs signal handlers there; Bytewax lets them run while the dataflow goes."""
+
+    def terminate(_signum, _frame):
+        raise Terminated("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupt_behind(error: BaseException | None) -> KeyboardInterrupt | None:
+    """The Ctrl-C (KeyboardInterrupt) or SIGTERM (Terminated) behind `error`, if any. With one worker,
+    Bytewax runs the dataflow on the main thread, where Python delivers them: it is usually raised
+    inside a step's code (the Kafka source's polling) and reaches us as a BytewaxRuntimeError caused
+    by it."""
     while error is not None:
         if isinstance(error, KeyboardInterrupt):
-            return True
+            return error
         error = error.__cause__ or error.__context__
-    return False
+    return None

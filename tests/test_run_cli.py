@@ -3,7 +3,10 @@ Kafka client settings, and the checks that stop it before it consumes anything."
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -23,8 +26,12 @@ from stream.kafka_config import (
 from stream.run import (
     EXIT_BAD_OPTION,
     EXIT_UNUSABLE,
+    RECOVERY_MARKER,
+    ModelFingerprint,
+    RecoveryModelError,
     SettingsError,
     add_run_arguments,
+    bind_recovery_dir,
     parse_duration,
     prepare_recovery_dir,
     run_command,
@@ -470,3 +477,121 @@ def test_run_scores_every_event_and_resumes_from_its_recovery_dir(
     assert run_command(parse(*argv)) == 0
     assert len(read_topic(kafka_bootstrap, topics.output, timeout=10)) == len(events)
     assert "error" not in capsys.readouterr().err.lower()
+
+
+# --- a recovery directory belongs to one model ----------------------------------------------------
+
+MODEL_A = ModelFingerprint("intentrec", "1", "a" * 64, "[('item', '<i4'), ('ts', '<i8')]")
+
+
+def marker_of(directory: Path) -> dict:
+    return json.loads((directory / RECOVERY_MARKER).read_text())
+
+
+def test_a_new_recovery_dir_is_initialised_and_marked_with_its_model(tmp_path):
+    directory = tmp_path / "recovery"
+    bind_recovery_dir(settings("--recovery-dir", str(directory), "--workers", "2"), MODEL_A)
+
+    assert sorted(p.name for p in directory.iterdir()) == [RECOVERY_MARKER, "part-0.sqlite3", "part-1.sqlite3"]
+    assert marker_of(directory) == {"model": {"name": "intentrec", "version": "1"}, "vocab_sha256": "a" * 64,
+                                    "row_layout": MODEL_A.row_layout}  # fmt: skip
+    assert settings("--recovery-dir", str(directory)).recovery_dir == directory  # the marker is no stranger
+
+
+@pytest.mark.parametrize(
+    "other",
+    [dataclasses.replace(MODEL_A, name="other", vocab_sha256="b" * 64),
+     dataclasses.replace(MODEL_A, row_layout="[('item', '<i8'), ('ts', '<i8')]")],
+    ids=["another vocabulary", "another row layout"],
+)
+def test_a_recovery_dir_is_refused_to_a_model_that_cannot_read_its_state(tmp_path, other):
+    bind_recovery_dir(settings("--recovery-dir", str(tmp_path)), MODEL_A)
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    with pytest.raises(RecoveryModelError) as raised:
+        bind_recovery_dir(settings("--recovery-dir", str(tmp_path)), other)
+
+    message = str(raised.value)
+    assert f"--recovery-dir {tmp_path} holds the state of model 'intentrec' version 1" in message
+    assert "Use a fresh --recovery-dir with this model, or the model that wrote it" in message
+    assert marker_of(tmp_path) == MODEL_A.to_json() and sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_retrained_model_with_the_same_vocabulary_resumes_it(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    bind_recovery_dir(settings("--recovery-dir", str(tmp_path)), MODEL_A)
+    retrained = dataclasses.replace(MODEL_A, version="2")
+
+    bind_recovery_dir(settings("--recovery-dir", str(tmp_path)), retrained)
+
+    assert marker_of(tmp_path)["model"] == {"name": "intentrec", "version": "2"}
+    assert "resuming the state of model 'intentrec' version 1 (vocabulary sha256 aaaaaaaaaaaa) with model " \
+           "'intentrec' version 2" in caplog.text
+
+
+def test_a_recovery_dir_initialised_by_hand_is_marked_on_first_use(tmp_path):
+    init_db_dir(tmp_path, 2)
+    bind_recovery_dir(settings("--recovery-dir", str(tmp_path)), MODEL_A)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RECOVERY_MARKER, "part-0.sqlite3", "part-1.sqlite3"]
+    assert marker_of(tmp_path) == MODEL_A.to_json()
+
+
+def test_a_marker_without_partitions_binds_nothing(tmp_path):
+    """Deleting the part-* files starts from scratch, with any model."""
+    (tmp_path / RECOVERY_MARKER).write_text(json.dumps(MODEL_A.to_json()))
+    other = dataclasses.replace(MODEL_A, vocab_sha256="c" * 64)
+
+    bind_recovery_dir(settings("--recovery-dir", str(tmp_path)), other)
+
+    assert (tmp_path / "part-0.sqlite3").exists()
+    assert marker_of(tmp_path) == other.to_json()
+
+
+def test_an_unreadable_marker_is_refused(tmp_path):
+    init_db_dir(tmp_path, 1)
+    (tmp_path / RECOVERY_MARKER).write_text('{"model": ')
+    with pytest.raises(RecoveryModelError, match=f"{RECOVERY_MARKER} cannot be read"):
+        bind_recovery_dir(settings("--recovery-dir", str(tmp_path)), MODEL_A)
+
+
+def swapped_vocabulary_copy(model_dir: Path, destination: Path) -> Path:
+    """The same model with two items' vocabulary indices swapped: it loads, but reads rows differently."""
+    shutil.copytree(model_dir, destination)
+    vocab = json.loads((destination / "vocab.json").read_text())
+    vocab["items"][0], vocab["items"][1] = vocab["items"][1], vocab["items"][0]
+    (destination / "vocab.json").write_text(json.dumps(vocab))
+    return destination
+
+
+def test_the_fingerprint_is_the_vocabulary_and_row_layout_of_the_model(tiny_model_dir, tmp_path):
+    from model.runtime import Scorer
+
+    scorer = Scorer.load(tiny_model_dir)
+    fingerprint = ModelFingerprint.of(scorer)
+
+    assert fingerprint == ModelFingerprint.of(Scorer.load(tiny_model_dir))  # stable across loads
+    assert (fingerprint.name, fingerprint.version) == (scorer.model_ref.name, scorer.model_ref.version)
+    assert fingerprint.row_layout == str(scorer.row_dtype.descr)
+    swapped = ModelFingerprint.of(Scorer.load(swapped_vocabulary_copy(tiny_model_dir, tmp_path / "swapped")))
+    assert not swapped.reads_state_of(fingerprint)
+
+
+def test_run_refuses_a_recovery_dir_of_another_vocabulary_before_consuming(
+    clean_environ, capsys, kafka_bootstrap, topics, tiny_model_dir, tmp_path
+):
+    from model.runtime import Scorer
+
+    recovery = tmp_path / "recovery"
+    bind_recovery_dir(settings("--recovery-dir", str(recovery)), ModelFingerprint.of(Scorer.load(tiny_model_dir)))
+    produce_messages(kafka_bootstrap, topics.input, [(b"u", b"{not json")])
+    swapped = swapped_vocabulary_copy(tiny_model_dir, tmp_path / "swapped")
+
+    code = run_command(parse("--brokers", kafka_bootstrap, "--model", str(swapped), "--input-topic", topics.input,
+                             "--output-topic", topics.output, "--dlq-topic", topics.dlq, "--latest-topic",
+                             topics.latest, "--recovery-dir", str(recovery), "--stop-at-end"))  # fmt: skip
+
+    assert code == EXIT_UNUSABLE
+    err = capsys.readouterr().err
+    assert f"--recovery-dir {recovery} holds the state of model" in err
+    assert f"which --model {swapped}" in err and "Use a fresh --recovery-dir" in err
+    assert read_topic(kafka_bootstrap, topics.dlq, timeout=2) == []  # nothing was consumed

@@ -370,3 +370,27 @@ def test_ctrl_c_stops_a_live_run_with_its_counts(kafka_bootstrap, make_topics, t
     summary = run_summary(log_path, ending="interrupted")
     assert summary.updates_out == len(expected)
     assert len(expected) <= summary.events_in <= len(head)
+
+
+def test_sigterm_stops_a_live_run_like_ctrl_c(kafka_bootstrap, make_topics, tiny_model_dir, tmp_path):
+    """What `docker stop` and Kubernetes send: the run stops, logs its counts and exits 143."""
+    topics = make_topics(partitions=PARTITIONS)
+    head = MESSAGES[:60]
+    produce_messages(kafka_bootstrap, topics.input, head)
+    expected = valid_events_in(head)
+
+    log_path = tmp_path / "run.log"
+    watcher = UpdateWatcher(kafka_bootstrap, topics.output)
+    process = start_run(kafka_bootstrap, tiny_model_dir, topics.input, outputs_of(topics), log_path)
+    try:
+        watcher.wait_until(lambda: expected <= watcher.seen, process, log_path, "the updates of the input")
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(PROCESS_TIMEOUT_S)
+    finally:
+        stop(process)
+        watcher.close()
+
+    assert code == 143, f"exit status {code}:\n{tail(log_path)}"
+    summary = run_summary(log_path, ending="terminated")
+    assert summary.updates_out == len(expected)
+    assert len(expected) <= summary.events_in <= len(head)
