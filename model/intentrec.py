@@ -240,9 +240,13 @@ class ItemEncoder(nn.Module):
         self.repeat_key = nn.Linear(config.d_model, config.d_model)
         self.repeat_gate = nn.Linear(config.d_model, 1)
 
-    def forward(self, x, ts, mask, items: torch.Tensor, item_embeddings: torch.Tensor, targets=None):
+    def forward(self, x, ts, mask, items: torch.Tensor, item_embeddings: torch.Tensor, targets=None, last=None):
         inputs = self.transformer.embed(x, ts)
         h = self.transformer.encode(inputs, mask)
+        if last is not None:  # serving: only each row's newest position needs the catalogue
+            rows = torch.arange(len(last), device=last.device)
+            h, mask = h[rows, last].unsqueeze(1), mask[rows, :, last].unsqueeze(2)
+            return self.next_item_log_probs(h, inputs, items, mask, item_embeddings).squeeze(1)
         return self.next_item_log_probs(h, inputs, items, mask, item_embeddings, targets)
 
     def next_item_log_probs(self, h, key_inputs, key_items, mask, item_embeddings, targets=None):
@@ -297,8 +301,11 @@ class IntentRec(nn.Module):
             self.intent_fusion = IntentFusion(c)
         self.item_encoder = ItemEncoder(d_context + (c.d_proj if c.feeds_intent else 0), c)
 
-    def forward(self, x: dict[str, torch.Tensor], targets: torch.Tensor | None = None) -> IntentRecOutput:
-        """With `targets` (B, T) item indices, item_log_probs holds only log p(target) (B, T)."""
+    def forward(
+        self, x: dict[str, torch.Tensor], targets: torch.Tensor | None = None, last: torch.Tensor | None = None
+    ) -> IntentRecOutput:
+        """item_log_probs is (B, T, n_items); with `targets` (B, T) item indices only log p(target)
+        (B, T); with `last` (B,) positions only the distribution after those positions (B, n_items)."""
         c = self.config
         valid, ts = x["valid"], x["ts"]
         mask = attention_mask(valid, ts, c.attention_window, None)
@@ -318,5 +325,5 @@ class IntentRec(nn.Module):
             z, weights = self.intent_fusion(intent_probs)
 
         item_input = torch.cat([context, z], dim=-1) if c.feeds_intent else context
-        item_log_probs = self.item_encoder(item_input, ts, mask, x["item"], self.features.item.weight, targets)
+        item_log_probs = self.item_encoder(item_input, ts, mask, x["item"], self.features.item.weight, targets, last)
         return IntentRecOutput(item_log_probs, intent_logits, intent_probs, z, weights)

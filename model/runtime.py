@@ -88,10 +88,10 @@ class Scorer:
             raise ValueError("every history must hold at least the interaction being scored")
         lengths = np.array([len(h) for h in histories])
         length = padded_length(int(lengths.max()), self.history_len)
-        out = self.model(batch_tensors(histories, length))
         last = torch.from_numpy(lengths - 1)
+        out = self.model(batch_tensors(histories, length), last=last)
         rows = torch.arange(len(histories))
-        item_scores = out.item_log_probs[rows, last].exp()
+        item_scores = out.item_log_probs.exp()
         return Predictions(
             item_scores=item_scores.numpy(),
             intent_probs={t: p[rows, last].numpy() for t, p in out.intent_probs.items()},

@@ -185,3 +185,14 @@ def test_the_repeat_pointer_only_reaches_items_in_the_window():
         repeat_only = run(model, [history]).item_log_probs[0, -1].exp()
     assert repeat_only[[7, 8, 9]].sum() == pytest.approx(1.0, abs=1e-5)  # the last 3 items only
     assert torch.isfinite(explore_only[2:]).all()
+
+
+def test_scoring_only_the_newest_positions_equals_the_full_distribution():
+    model = IntentRec(tiny_config()).eval()
+    histories = [random_history(9, seed=3), random_history(4, seed=4)]
+    x = batch_tensors(histories, 16)
+    last = torch.tensor([8, 3])
+    with torch.no_grad():
+        full = model(x).item_log_probs
+        newest = model(x, last=last).item_log_probs
+    torch.testing.assert_close(newest, full[torch.arange(2), last])
