@@ -1,0 +1,317 @@
+"""Runtime backends: what runs the two graphs of incremental inference (model.incremental).
+
+A backend is named by a spec string (`intentstream run --backend`, `load_backend`):
+
+    eager           eager PyTorch on the CPU (the default)
+    eager:cuda      eager PyTorch on a GPU
+    aoti:PATH       an AOTInductor artifact (torch.export + AOTInductor, compiled C++/CUDA);
+                    runs on the device it was compiled for
+    tensorrt:PATH   a TensorRT artifact (torch_tensorrt, fp16); needs torch-tensorrt and an NVIDIA GPU
+
+An artifact is a directory written by `compile_artifact` (`intentstream compile`): manifest.json
+(backend, device, batch and row limits, and a fingerprint of the weights, so that an artifact is
+never run for another checkpoint) and the two compiled graphs, window and step. Graphs take plain
+tensors and return tuples. Batch size and window length are dynamic dimensions (min/opt/max for
+TensorRT), so one artifact serves every micro-batch; window lengths come in padding buckets
+(model.runtime.padded_length). Compiled artifacts embed the weights.
+
+Tolerances against eager, asserted by tests/test_backends.py: AOTInductor (float32) within 1e-4
+relative, 1e-6 absolute, on every output; TensorRT (fp16) within 2e-2 absolute on probabilities
+(asserted only where torch_tensorrt is installed; not yet run: no GPU so far).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from model.config import IntentRecConfig
+from model.features import ROW_DTYPE
+from model.incremental import (
+    GRAPH_INPUTS,
+    Backend,
+    EagerBackend,
+    Ring,
+    StepGraph,
+    WindowGraph,
+    keys_values_shape,
+    step_batch,
+    window_batch,
+)
+from model.intentrec import IntentRec, TimeEncoding
+
+BACKENDS = ("eager", "aoti", "tensorrt")
+MANIFEST = "manifest.json"
+GRAPH_FILES = {"aoti": ("window.pt2", "step.pt2"), "tensorrt": ("window.ep", "step.ep")}
+DEFAULT_MAX_BATCH = 1024
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot be used here, or an artifact that does not fit; the message says why."""
+
+
+def load_backend(spec: str, model: IntentRec) -> Backend:
+    """The backend a spec names (see the module docstring), for `model`'s weights."""
+    kind, _, argument = spec.partition(":")
+    if kind == "eager":
+        device = argument or "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendError(f"backend {spec!r}: no CUDA GPU is available here")
+        return EagerBackend(model, device)
+    if kind in GRAPH_FILES:
+        if not argument:
+            raise BackendError(f"backend {spec!r}: name the artifact directory, e.g. {kind}:models/v3.{kind}")
+        return load_artifact(Path(argument), model, expected=kind)
+    raise BackendError(f"unknown backend {spec!r}; choose eager, eager:cuda, aoti:PATH or tensorrt:PATH")
+
+
+def check_backend_spec(spec: str) -> str:
+    """`spec` if it is well formed (for argument parsers); does not load anything."""
+    kind, _, argument = spec.partition(":")
+    if kind not in BACKENDS or (kind in GRAPH_FILES and not argument):
+        raise ValueError(f"expected eager, eager:cuda, aoti:PATH or tensorrt:PATH, got {spec!r}")
+    return spec
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The shapes an artifact accepts: up to max_batch users, windows of 2..max_rows rows."""
+
+    max_batch: int
+    max_rows: int
+
+
+class CompiledBackend:
+    """Compiled window and step graphs loaded from an artifact."""
+
+    def __init__(self, name: str, device: torch.device, max_batch: int, window: Callable, step: Callable):
+        self.name = name
+        self.device = device
+        self.max_batch = max_batch
+        self._window = window
+        self._step = step
+
+    @torch.inference_mode()
+    def window(self, *inputs):
+        return tuple(self._window(*inputs))
+
+    @torch.inference_mode()
+    def step(self, *inputs):
+        return tuple(self._step(*inputs))
+
+
+def fingerprint(model: IntentRec) -> str:
+    """Identifies a model's config and weights."""
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def compile_artifact(
+    model: IntentRec, backend: str, out: Path, device: str = "cpu", max_batch: int = DEFAULT_MAX_BATCH
+) -> dict:
+    """Compiles the window and step graphs of `model` with `backend` ("aoti" or "tensorrt") for
+    `device` into the directory `out`; returns the manifest written there."""
+    if backend not in GRAPH_FILES:
+        raise BackendError(f"cannot compile for backend {backend!r}; choose one of {sorted(GRAPH_FILES)}")
+    if backend == "tensorrt":
+        require_tensorrt()
+        device = "cuda"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendError(f"compiling for {device}: no CUDA GPU is available here")
+    on_device = IntentRec(model.config)
+    on_device.load_state_dict(model.state_dict())
+    on_device = on_device.to(device).eval()
+    limits = Limits(max_batch=max_batch, max_rows=model.config.history_len)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    compile_graph = compile_aoti if backend == "aoti" else compile_tensorrt
+    window_file, step_file = GRAPH_FILES[backend]
+    with torch.inference_mode(False), torch.no_grad():
+        compile_graph(WindowGraph(on_device), window_shapes(on_device.config, limits, device), out / window_file)
+        compile_graph(StepGraph(on_device), step_shapes(on_device.config, limits, device), out / step_file)
+    manifest = {
+        "backend": backend,
+        "device": device,
+        "max_batch": max_batch,
+        "max_rows": limits.max_rows,
+        "model": fingerprint(model),
+        "torch": torch.__version__,
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def load_artifact(directory: Path, model: IntentRec, expected: str | None = None) -> CompiledBackend:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise BackendError(
+            f"{directory} is not a compiled artifact ({MANIFEST} is missing); make one with "
+            f"`intentstream compile MODEL_DIR --backend aoti --out {directory}`"
+        ) from None
+    backend = manifest["backend"]
+    if expected is not None and backend != expected:
+        raise BackendError(f"{directory} holds an artifact for {backend}, not {expected}")
+    if manifest["model"] != fingerprint(model):
+        raise BackendError(f"{directory} was compiled from another model; compile it again for this one")
+    if manifest["torch"] != torch.__version__:
+        raise BackendError(
+            f"{directory} was compiled with torch {manifest['torch']}, this is {torch.__version__}: compile it again"
+        )
+    device = torch.device(manifest["device"])
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BackendError(f"{directory} was compiled for {device}, and no CUDA GPU is available here")
+    window_file, step_file = GRAPH_FILES[backend]
+    load = load_aoti if backend == "aoti" else load_tensorrt
+    window, step = load(directory / window_file), load(directory / step_file)
+    return CompiledBackend(backend, device, manifest["max_batch"], window, step)
+
+
+# --------------------------------------------------------------------------- example inputs and shapes
+
+
+@dataclass(frozen=True)
+class GraphShapes:
+    """Example inputs for export, which of their dimensions are dynamic, and the min/opt/max sizes
+    of those (TensorRT builds its engine for the opt sizes; opt must differ from min)."""
+
+    example: tuple[torch.Tensor, ...]
+    dynamic: tuple[dict[int, torch.export.Dim], ...]
+    sizes: dict[str, tuple[int, int, int]]
+
+
+def example_rows(config: IntentRecConfig, users: int, rows: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    history = np.zeros((users, rows), dtype=ROW_DTYPE)
+    history["item"] = rng.integers(2, config.n_items, (users, rows))
+    history["action"] = rng.integers(2, config.n_actions, (users, rows))
+    history["kind"] = rng.integers(2, config.n_kinds, (users, rows))
+    history["release"] = rng.integers(2, config.n_release_buckets, (users, rows))
+    history["device"] = rng.integers(2, config.n_devices, (users, rows))
+    history["genres"][..., :2] = rng.integers(2, config.n_genres, (users, rows, 2))
+    history["ts"] = config.time_origin_ms + np.cumsum(rng.integers(60_000, 86_400_000, (users, rows)), axis=1)
+    history["watch_s"] = rng.uniform(0, 3600, (users, rows))
+    return history
+
+
+def as_tensor(array: np.ndarray, device: str) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+
+def window_shapes(config: IntentRecConfig, limits: Limits, device: str) -> GraphShapes:
+    batch, rows = min(2, limits.max_batch), min(8, limits.max_rows)
+    time_encoding = TimeEncoding(config.d_model, config.time_origin_ms)
+    histories = list(example_rows(config, batch, rows))
+    host = window_batch(histories, rows, config, time_encoding).inputs
+    B = torch.export.Dim("batch", min=1, max=limits.max_batch)
+    T = torch.export.Dim("rows", min=2, max=limits.max_rows)
+    dynamic = tuple({0: B, 1: T, 2: T} if name.startswith("attend") else {0: B, 1: T} for name in GRAPH_INPUTS)
+    # Opt: half the largest batch, whole windows (what a returning user's rebuild needs).
+    sizes = {
+        "batch": (1, max(2, limits.max_batch // 2), limits.max_batch),
+        "rows": (2, limits.max_rows, limits.max_rows),
+    }
+    return GraphShapes(tuple(as_tensor(a, device) for a in host), dynamic, sizes)
+
+
+def step_shapes(config: IntentRecConfig, limits: Limits, device: str) -> GraphShapes:
+    batch, window = min(2, limits.max_batch), config.attention_window - 1
+    time_encoding = TimeEncoding(config.d_model, config.time_origin_ms)
+    rows = example_rows(config, batch, window + 1)
+    slots = np.arange(batch)
+    valid = np.ones((batch, window), dtype=bool)
+    ring = Ring(slots, slots, rows["item"][:, :-1].astype(np.int32), rows["ts"][:, :-1], valid)
+    host = step_batch(rows[:, -1], rows["ts"][:, -2], ring, config, time_encoding).inputs
+    keys_values = torch.randn(keys_values_shape(config, batch, window), device=device)
+    pointer_inputs = torch.randn((batch, window, config.d_model), device=device)
+    example = (*(as_tensor(a, device) for a in host), keys_values, pointer_inputs)
+    B = torch.export.Dim("batch", min=1, max=limits.max_batch)
+    dynamic = tuple({0: B} for _ in example[:-2]) + ({2: B}, {0: B})  # keys/values are layer-major
+    sizes = {"batch": (1, max(2, limits.max_batch // 2), limits.max_batch)}
+    return GraphShapes(example, dynamic, sizes)
+
+
+# --------------------------------------------------------------------------- AOTInductor
+
+
+def compile_aoti(graph: torch.nn.Module, shapes: GraphShapes, path: Path) -> None:
+    exported = torch.export.export(graph, shapes.example, dynamic_shapes=shapes.dynamic)
+    torch._inductor.aoti_compile_and_package(exported, package_path=str(path))
+
+
+def load_aoti(path: Path) -> Callable:
+    return torch._inductor.aoti_load_package(str(path))
+
+
+# --------------------------------------------------------------------------- TensorRT
+
+
+def require_tensorrt():
+    """torch_tensorrt, or a BackendError saying what is missing."""
+    try:
+        import torch_tensorrt
+    except ImportError as error:
+        raise BackendError(
+            "the tensorrt backend needs torch-tensorrt and an NVIDIA GPU: install the 'gpu' extra "
+            f"(pip install 'intentstream[gpu]') on a CUDA machine ({error})"
+        ) from None
+    if not torch.cuda.is_available():
+        raise BackendError("the tensorrt backend needs an NVIDIA GPU, and no CUDA device is available here")
+    return torch_tensorrt
+
+
+def tensorrt_settings(torch_tensorrt) -> dict:
+    """fp16 engines, whatever the installed torch_tensorrt calls that, and attention masks kept as
+    they are: newer releases otherwise replace a boolean attention mask by a causal one
+    (attn_bias_is_causal), which is wrong for padding, time windows and a step's cache."""
+    fields = set(torch_tensorrt.dynamo.CompilationSettings.__dataclass_fields__)
+    settings: dict = {"min_block_size": 1}
+    if "attn_bias_is_causal" in fields:
+        settings["attn_bias_is_causal"] = False
+    if "enable_autocast" in fields:  # explicit typing; autocast inserts the fp16 casts
+        settings.update(use_explicit_typing=True, enable_autocast=True)
+        named = "autocast_low_precision_type"
+        settings[named if named in fields else "low_precision_type"] = torch.float16
+    else:  # weak typing: the builder may choose fp16 kernels
+        settings["enabled_precisions"] = {torch.float16, torch.float32}
+        if "use_explicit_typing" in fields:
+            settings["use_explicit_typing"] = False
+    return settings
+
+
+def compile_tensorrt(graph: torch.nn.Module, shapes: GraphShapes, path: Path) -> None:
+    torch_tensorrt = require_tensorrt()
+    exported = torch.export.export(graph, shapes.example, dynamic_shapes=shapes.dynamic)
+    inputs = []
+    for tensor, dims in zip(shapes.example, shapes.dynamic):
+        ranges = [list(tensor.shape) for _ in range(3)]
+        for axis, dim in dims.items():
+            for which, size in enumerate(shapes.sizes[dim.__name__]):
+                ranges[which][axis] = size
+        inputs.append(
+            torch_tensorrt.Input(min_shape=ranges[0], opt_shape=ranges[1], max_shape=ranges[2], dtype=tensor.dtype)
+        )
+    compiled = torch_tensorrt.dynamo.compile(exported, arg_inputs=inputs, **tensorrt_settings(torch_tensorrt))
+    torch_tensorrt.save(
+        compiled,
+        str(path),
+        output_format="exported_program",
+        arg_inputs=list(shapes.example),
+        dynamic_shapes=shapes.dynamic,
+    )
+
+
+def load_tensorrt(path: Path) -> Callable:
+    require_tensorrt()  # registers the TensorRT engine ops the exported program calls
+    return torch.export.load(str(path)).module()

@@ -1,0 +1,65 @@
+"""`intentstream compile MODEL_DIR --backend aoti|tensorrt --out PATH`: compile a trained model's
+scoring graphs into an artifact that `intentstream run --backend aoti:PATH` (or tensorrt:PATH) loads.
+
+Wiring (stream.cli):
+
+    from stream.compile import add_compile_arguments, compile_command
+    compile_parser = commands.add_parser("compile", help=COMPILE_HELP)
+    add_compile_arguments(compile_parser)
+    compile_parser.set_defaults(handler=compile_command)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+COMPILE_HELP = "compile a model for a faster runtime backend (AOTInductor or TensorRT)"
+EXIT_USAGE = 2
+
+
+def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_dir", type=Path, help="model directory made by `intentstream train`")
+    parser.add_argument("--backend", choices=("aoti", "tensorrt"), required=True,
+                        help="aoti: torch.export + AOTInductor (CPU or GPU); tensorrt: TensorRT fp16 (NVIDIA GPU, "
+                        "needs torch-tensorrt)")
+    parser.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    parser.add_argument("--device", default=None,
+                        help="device to compile for: cpu or cuda (default: cuda for tensorrt, else cpu)")
+    parser.add_argument("--max-batch", type=_positive_int, default=1024,
+                        help="most users one graph call may score; larger micro-batches are split (default: 1024)")
+
+
+def compile_command(args: argparse.Namespace) -> int:
+    from model.backends import BackendError, compile_artifact
+    from model.runtime import Scorer
+
+    if args.out.exists() and any(args.out.iterdir()) and not (args.out / "manifest.json").exists():
+        print(f"intentstream compile: --out {args.out} exists and is not an artifact; choose a new path",
+              file=sys.stderr)
+        return EXIT_USAGE
+    scorer = Scorer.load(args.model_dir)  # a CheckpointError is reported by stream.cli.main
+    device = args.device or ("cuda" if args.backend == "tensorrt" else "cpu")
+    started = time.perf_counter()
+    try:
+        manifest = compile_artifact(scorer.model, args.backend, args.out, device=device, max_batch=args.max_batch)
+    except BackendError as error:
+        print(f"intentstream compile: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(
+        f"compiled {args.model_dir} for {manifest['backend']} on {manifest['device']} in "
+        f"{time.perf_counter() - started:.0f}s (batches up to {manifest['max_batch']} users, windows up to "
+        f"{manifest['max_rows']} rows) into {args.out}; run it with --backend {args.backend}:{args.out}"
+    )
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value

@@ -1,0 +1,119 @@
+"""Every backend scores like eager PyTorch, within the tolerance stated in model.backends."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from test_model import random_history, tiny_config, tiny_vocab
+
+from model.backends import BackendError, check_backend_spec, load_backend
+from model.checkpoint import save_checkpoint
+from model.incremental import EagerBackend, IncrementalScorer
+from model.intentrec import IntentRec
+from model.runtime import Scorer
+from stream.compile import add_compile_arguments, compile_command
+
+HAS_TENSORRT = importlib.util.find_spec("torch_tensorrt") is not None
+NEEDS_TENSORRT = "the tensorrt backend needs torch-tensorrt (pip install 'intentstream[gpu]') and an NVIDIA GPU"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and lose much when the CPUs are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("model")
+    save_checkpoint(directory, IntentRec(tiny_config()).eval(), tiny_vocab(), {"name": "tiny", "version": "1"})
+    return directory
+
+
+def compile_through_cli(model_dir, out, backend: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_compile_arguments(parser)
+    arguments = [str(model_dir), "--backend", backend, "--out", str(out), "--max-batch", "8"]
+    return compile_command(parser.parse_args(arguments))
+
+
+def stream_of_batches(scorer: Scorer, n_users: int = 12, n_events: int = 24):
+    """Micro-batches of every user's next event: a first batch of whole histories, then steps."""
+    histories = [random_history(n_events, seed=u) for u in range(n_users)]
+    users = [f"u{u}" for u in range(n_users)]
+    for n in range(n_events - 6, n_events + 1):
+        yield users, [h[:n] for h in histories]
+
+
+def assert_close_to_eager(backend, scorer: Scorer, atol: float, rtol: float):
+    compiled = IncrementalScorer(scorer, backend)
+    recomputed = IncrementalScorer(scorer, backend, cache_bytes=0)
+    for users, histories in stream_of_batches(scorer):  # 12 users: more than max_batch (8)
+        expected = scorer.predict(histories)
+        for incremental in (compiled, recomputed):
+            got = incremental.predict(users, histories)
+            np.testing.assert_allclose(got.item_scores, expected.item_scores, atol=atol, rtol=rtol)
+            np.testing.assert_allclose(got.intent_embedding, expected.intent_embedding, atol=atol, rtol=rtol)
+            for task, probs in expected.intent_probs.items():
+                np.testing.assert_allclose(got.intent_probs[task], probs, atol=atol, rtol=rtol)
+    assert compiled.scored_from_cache == 6 * 12 and recomputed.scored_from_cache == 0
+
+
+def test_specs_are_checked_before_anything_loads():
+    assert check_backend_spec("aoti:models/v3.aoti") == "aoti:models/v3.aoti"
+    for bad in ("onnx", "aoti", "tensorrt:", "eagre"):
+        with pytest.raises(ValueError, match="expected eager, eager:cuda, aoti:PATH or tensorrt:PATH"):
+            check_backend_spec(bad)
+
+
+def test_eager_backend_and_its_refusals(model_dir, tmp_path):
+    scorer = Scorer.load(model_dir)
+    assert isinstance(load_backend("eager", scorer.model), EagerBackend)
+    assert_close_to_eager(load_backend("eager", scorer.model), scorer, atol=1e-6, rtol=1e-4)
+    with pytest.raises(BackendError, match="unknown backend"):
+        load_backend("onnx", scorer.model)
+    with pytest.raises(BackendError, match="is not a compiled artifact"):
+        load_backend(f"aoti:{tmp_path}", scorer.model)
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="no CUDA GPU"):
+            load_backend("eager:cuda", scorer.model)
+
+
+@pytest.mark.slow  # compiling both graphs with AOTInductor takes 1-2 minutes on two shared cores
+def test_aoti_artifact_matches_eager_and_refuses_another_model(model_dir, tmp_path, capsys):
+    out = tmp_path / "tiny.aoti"
+    assert compile_through_cli(model_dir, out, "aoti") == 0
+    assert "run it with --backend aoti:" in capsys.readouterr().out
+    scorer = Scorer.load(model_dir)
+    backend = load_backend(f"aoti:{out}", scorer.model)
+    assert (backend.name, backend.device.type, backend.max_batch) == ("aoti", "cpu", 8)
+    assert_close_to_eager(backend, scorer, atol=1e-6, rtol=1e-4)
+
+    torch.manual_seed(1)
+    with pytest.raises(BackendError, match="compiled from another model"):
+        load_backend(f"aoti:{out}", IntentRec(tiny_config()))
+    with pytest.raises(BackendError, match="holds an artifact for aoti, not tensorrt"):
+        load_backend(f"tensorrt:{out}", scorer.model)
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="torch_tensorrt is installed: the TensorRT test below runs instead")
+def test_tensorrt_says_what_it_needs_where_it_is_missing(model_dir, tmp_path, capsys):
+    assert compile_through_cli(model_dir, tmp_path / "tiny.trt", "tensorrt") == 2
+    assert "needs torch-tensorrt and an NVIDIA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAS_TENSORRT, reason=NEEDS_TENSORRT)
+def test_tensorrt_artifact_matches_eager_in_fp16(model_dir, tmp_path):
+    out = tmp_path / "tiny.trt"
+    assert compile_through_cli(model_dir, out, "tensorrt") == 0
+    scorer = Scorer.load(model_dir)
+    backend = load_backend(f"tensorrt:{out}", scorer.model)
+    assert (backend.name, backend.device.type) == ("tensorrt", "cuda")
+    assert_close_to_eager(backend, scorer, atol=2e-2, rtol=0)
