@@ -27,6 +27,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 from bytewax.run import cli_main  # noqa: E402
 
+from model.incremental import IncrementalScorer  # noqa: E402
 from model.logs import read_log, write_log  # noqa: E402
 from model.runtime import Scorer  # noqa: E402
 from schemas import encode_play_event  # noqa: E402
@@ -47,7 +48,8 @@ def live_events_per_s(model_dir: Path, scorer: Scorer, events: list) -> float:
         produce_messages(broker.bootstrap, settings.input_topic,
                          [(e.user_id.encode(), encode_play_event(e, settings.format)) for e in events])
         counters = StreamCounters()
-        flow = build_flow(settings, lambda _: scorer, counters=counters)
+        serving = IncrementalScorer(scorer)  # as `intentstream run` serves by default: eager, a fresh cache
+        flow = build_flow(settings, lambda _: serving, counters=counters)
         started = time.perf_counter()
         cli_main(flow, workers_per_process=1)
         wall_s = time.perf_counter() - started

@@ -39,6 +39,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 # Run as a script, this file's directory comes first on sys.path, and this file (stream.py) would
 # then hide the `stream` package (a namespace package: no __init__.py): look in the project instead.
@@ -62,8 +64,8 @@ RESULTS = ROOT / "bench" / "results" / "stream.md"
 
 
 class CannedScorer:
-    """What build_flow asks of a Scorer, without the model: `score` answers every history with one
-    real answer, computed on the first call."""
+    """What build_flow asks of the serving scorer, without the model: `predict` answers every
+    history with one real prediction, made on the first call, and `to_scores` with its Scores."""
 
     def __init__(self, scorer) -> None:
         self.model_ref = scorer.model_ref
@@ -71,12 +73,26 @@ class CannedScorer:
         self.row_dtype = scorer.row_dtype
         self.featurize = scorer.featurize
         self._scorer = scorer
+        self._prediction = None  # Predictions of one history
         self._answers = {}  # top_k -> Scores
 
-    def score(self, histories, top_k: int = 10):
+    def predict(self, users, histories):
+        from model.runtime import Predictions
+
+        if self._prediction is None:
+            self._prediction = self._scorer.predict(histories[:1])
+
+        def repeated(array):  # a read-only view, not a copy
+            return None if array is None else np.broadcast_to(array, (len(histories), *array.shape[1:]))
+
+        one = self._prediction
+        return Predictions(repeated(one.item_scores), {task: repeated(p) for task, p in one.intent_probs.items()},
+                           repeated(one.intent_embedding), repeated(one.intent_weights))  # fmt: skip
+
+    def to_scores(self, predictions, top_k: int = 10):
         if top_k not in self._answers:
-            self._answers[top_k] = self._scorer.score(histories[:1], top_k=top_k)[0]
-        return [self._answers[top_k]] * len(histories)
+            self._answers[top_k] = self._scorer.to_scores(self._prediction, top_k=top_k)[0]
+        return [self._answers[top_k]] * len(predictions.item_scores)
 
 
 def canned_scorer(model_dir) -> CannedScorer:
@@ -89,7 +105,7 @@ def canned_scorer(model_dir) -> CannedScorer:
 class Flow:
     name: str
     batch_size: int
-    scorer_factory: object = None  # None: Scorer.load
+    scorer_factory: object = None  # None: build_flow's (the incremental scorer)
 
 
 @dataclass

@@ -73,7 +73,8 @@ def load_backend(spec: str, model: IntentRec) -> Backend:
 def check_backend_spec(spec: str) -> str:
     """`spec` if it is well formed (for argument parsers); does not load anything."""
     kind, _, argument = spec.partition(":")
-    if kind not in BACKENDS or (kind in GRAPH_FILES and not argument):
+    malformed_eager = kind == "eager" and argument not in ("", "cpu") and not argument.startswith("cuda")
+    if kind not in BACKENDS or (kind in GRAPH_FILES and not argument) or malformed_eager:
         raise ValueError(f"expected eager, eager:cuda, aoti:PATH or tensorrt:PATH, got {spec!r}")
     return spec
 

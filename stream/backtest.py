@@ -60,6 +60,7 @@ from tqdm import tqdm
 
 from model.baselines import Popularity, Recency
 from model.evaluate import intent_hits, target_ranks
+from model.incremental import IncrementalScorer
 from model.logs import read_log
 from model.runtime import Predictions, Scorer, top_indices
 from model.vocab import FIRST_REAL, Vocabularies
@@ -482,13 +483,15 @@ class ProgressCounters(StreamCounters):
 
 def replay(replay_source, timeline: Timeline, scorer: Scorer, judge: ModelJudge, settings: StreamSettings,
            progress: bool) -> ReplayStats:
-    """One pass of the whole input through the live dataflow, judged as it goes."""
+    """One pass of the whole input through the live dataflow, judged as it goes. The flow scores
+    incrementally, as live (eager, on the CPU, a fresh cache), with `scorer`'s model."""
     from bytewax.run import cli_main
 
     with tqdm(total=timeline.messages, desc=judge.log.system, unit="ev", disable=None if progress else True,
               dynamic_ncols=True) as bar:
         counters = ProgressCounters(bar)
-        flow = build_flow(settings, lambda _: scorer, source=replay_source.source(), sink=DiscardSink(),
+        serving = IncrementalScorer(scorer)
+        flow = build_flow(settings, lambda _: serving, source=replay_source.source(), sink=DiscardSink(),
                           counters=counters, observe_scores=judge)
         started = time.perf_counter()
         cli_main(flow, workers_per_process=1)

@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(run)
     run.set_defaults(handler=run_command)
 
+    from stream.compile import COMPILE_HELP, add_compile_arguments, compile_command
+
+    compile_parser = commands.add_parser("compile", help=COMPILE_HELP)
+    add_compile_arguments(compile_parser)
+    compile_parser.set_defaults(handler=compile_command)
+
     from stream.demo import add_demo_arguments, demo_command
 
     demo = commands.add_parser("demo", help="everything on this machine: broker, synthetic world, model, live updates")

@@ -37,6 +37,8 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 from confluent_kafka import OFFSET_BEGINNING
 
+from model.backends import load_backend
+from model.incremental import DEFAULT_CACHE_BYTES, IncrementalScorer
 from model.runtime import Predictions, Scorer, Scores
 from schemas import (
     LATE,
@@ -206,13 +208,15 @@ Observer = Callable[[list[ScoreRequest], Predictions], None]
 
 
 class ScoreBatch:
-    """Scores whatever Bytewax hands over at once (events of many users), `batch_size` at a time.
+    """Scores whatever Bytewax hands over at once (events of many users), `batch_size` at a time,
+    with the serving scorer: each user's new event from the rows cached for the user's earlier ones
+    when they are cached (IncrementalScorer), else from the history.
 
     `observe`, when given, is called with each chunk of requests and the model's full predictions
     for them (every catalogue item's score, not only the top-k an update carries): backtests judge
     updates with it. `counters`, when given, hear of each chunk's size and scoring time."""
 
-    def __init__(self, scorer: Scorer, batch_size: int, top_k: int, observe: Observer | None = None,
+    def __init__(self, scorer: IncrementalScorer, batch_size: int, top_k: int, observe: Observer | None = None,
                  counters: StreamCounters | None = None):  # fmt: skip
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -226,14 +230,13 @@ class ScoreBatch:
         scored = []
         for start in range(0, len(requests), self.batch_size):
             chunk = requests[start : start + self.batch_size]
+            users = [request.event.user_id for request in chunk]
             histories = [request.history for request in chunk]
             started = time.perf_counter()
-            if self.observe is None:
-                all_scores = self.scorer.score(histories, top_k=self.top_k)
-            else:  # the same two halves `score` runs, with the observer in between
-                predictions = self.scorer.predict(histories)
+            predictions = self.scorer.predict(users, histories)
+            if self.observe is not None:
                 self.observe(chunk, predictions)
-                all_scores = self.scorer.to_scores(predictions, top_k=self.top_k)
+            all_scores = self.scorer.to_scores(predictions, top_k=self.top_k)
             scored_at = now_ms()
             if self.counters is not None:
                 self.counters.count_scored_batch(len(chunk), time.perf_counter() - started)
@@ -357,7 +360,16 @@ def kafka_sink(settings: StreamSettings) -> KafkaSink:
     return KafkaSink(settings.brokers.split(","), topic=None, add_config=dict(settings.kafka_config))
 
 
-def state_config(settings: StreamSettings, scorer: Scorer) -> StateConfig:
+def load_serving_scorer(
+    model_dir, backend: str = "eager", cache_bytes: int = DEFAULT_CACHE_BYTES
+) -> IncrementalScorer:
+    """The scorer the flow serves with: the model of `model_dir`, its graphs run by `backend` (a
+    spec of model.backends.load_backend, which raises BackendError), `cache_bytes` of cached users."""
+    scorer = Scorer.load(model_dir)
+    return IncrementalScorer(scorer, load_backend(backend, scorer.model), cache_bytes)
+
+
+def state_config(settings: StreamSettings, scorer: IncrementalScorer | Scorer) -> StateConfig:
     """Keep `settings.history` rows per user, or by default what the model reads plus room for
     late events. A history shorter than the model reads makes the model read only that much."""
     capacity = settings.history or default_capacity(scorer.history_len)
@@ -372,7 +384,7 @@ def state_config(settings: StreamSettings, scorer: Scorer) -> StateConfig:
 
 def build_flow(
     settings: StreamSettings,
-    scorer_factory: Callable[..., Scorer] = Scorer.load,
+    scorer_factory: Callable[..., IncrementalScorer] | None = None,
     *,
     source: Source | None = None,
     sink: Sink | None = None,
@@ -383,9 +395,14 @@ def build_flow(
     unless another `source` (of KafkaSourceMessage) and `sink` (of KafkaSinkMessage) are given.
     `observe_scores` sees every scored chunk with its full predictions (see ScoreBatch).
 
-    The model is loaded here, once per process (every Bytewax process builds the flow; its worker
-    threads share the scorer), so a bad model stops the run before any event is read.
+    `scorer_factory(settings.model_dir)` gives the serving scorer; by default load_serving_scorer
+    with the backend and cache size of `settings`. It is called here, once per process (every
+    Bytewax process builds the flow; its worker threads share the scorer and its cache), so a bad
+    model stops the run before any event is read.
     """
+    if scorer_factory is None:
+        cache_bytes = settings.kv_cache_mb << 20
+        scorer_factory = partial(load_serving_scorer, backend=settings.backend, cache_bytes=cache_bytes)
     scorer = scorer_factory(settings.model_dir)
     config = state_config(settings, scorer)
     counters = counters if counters is not None else StreamCounters()

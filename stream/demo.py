@@ -429,12 +429,11 @@ def serve_dataflow(settings: StreamSettings, scorer_factory, torch_threads: int,
         torch.set_num_threads(torch_threads)
         from bytewax.run import cli_main
 
-        from model.runtime import Scorer
         from stream.dataflow import StreamCounters, build_flow
 
         counters = StreamCounters(log_every_s=float("inf"))
         source = stoppable_source(settings, stop, fetch_wait_ms)
-        flow = build_flow(settings, scorer_factory or Scorer.load, source=source, counters=counters)
+        flow = build_flow(settings, scorer_factory, source=source, counters=counters)
         reports.put(("ready", None))
         cli_main(flow, workers_per_process=settings.workers,
                  epoch_interval=timedelta(seconds=settings.snapshot_interval_s))  # fmt: skip
@@ -447,7 +446,8 @@ def serve_dataflow(settings: StreamSettings, scorer_factory, torch_threads: int,
 class DataflowProcess:
     """`build_flow(settings)` running in a spawned child process.
 
-    `scorer_factory` (default Scorer.load) must be picklable: a module-level function or class."""
+    `scorer_factory` (default: build_flow's, the incremental scorer with the backend and cache size
+    of `settings`) must be picklable: a module-level function or class."""
 
     def __init__(
         self,

@@ -6,11 +6,11 @@ client settings (security.protocol, sasl.*, ssl.*) pass through from `--kafka-co
 INTENTSTREAM_KAFKA_<SETTING> (see stream/kafka_config.py).
 
 Before it consumes anything, `run` checks, in this order, and stops with a message that says what to
-fix: the options (exit status 2), the brokers and the input topic, the model, that the recovery
-directory holds no other model's state (exit status 1). Only then does it change anything: it
-initialises an empty recovery directory and marks it with the model, starts serving metrics (a port
-in use: exit status 1), and creates missing output topics (with the input topic's partition count;
-the latest-update topic compacted).
+fix: the options (exit status 2), the brokers and the input topic, the model and its runtime
+backend, that the recovery directory holds no other model's state (exit status 1). Only then does it
+change anything: it initialises an empty recovery directory and marks it with the model, starts
+serving metrics (a port in use: exit status 1), and creates missing output topics (with the input
+topic's partition count; the latest-update topic compacted).
 
 Recovery directories: Bytewax needs its SQLite partitions created before the first run (`python -m
 bytewax.recovery DIR N`). A single process initialises an absent or empty directory itself, with one
@@ -20,6 +20,11 @@ A recovery directory belongs to one model: users' histories are snapshotted as f
 vocabulary indices of the model that wrote them, which another vocabulary would silently misread. So
 `run` marks the directory with the model it serves (RECOVERY_MARKER) and refuses to resume it with a
 model of another vocabulary or row layout. A retrained model with the same vocabulary may resume it.
+
+Scoring is incremental: each user's new event is scored from the rows cached for the user's earlier
+ones (model.incremental; `--kv-cache-mb` of memory for them, 0 to recompute every event from the
+history), run by `--backend`: eager PyTorch on the CPU by default, or eager:cuda, or an artifact of
+`intentstream compile` (aoti:PATH, tensorrt:PATH).
 
 Monitoring: `--metrics-port PORT` serves Prometheus metrics at http://0.0.0.0:PORT/metrics (see
 stream/metrics.py). SIGTERM (docker stop, Kubernetes) stops the run like Ctrl-C: the dataflow stops,
@@ -54,6 +59,7 @@ from stream.metrics import StreamMetrics, default_metrics, serving_metrics
 from stream.settings import StreamSettings
 
 if TYPE_CHECKING:
+    from model.incremental import IncrementalScorer
     from model.runtime import Scorer
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,8 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "INTENTSTREAM_"
 FORMATS = ("json", "msgpack")
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
+# Intra-op threads: the model is small, and on a busy machine 2 threads score 2-3x slower than 1.
+DEFAULT_TORCH_THREADS = 1
 EXIT_BAD_OPTION = 2
 EXIT_UNUSABLE = 1  # unreachable broker, missing topic, bad model
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
@@ -111,6 +119,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             metavar="DURATION")
     _option(scoring, "--lateness", "an event older than its user's newest by more than this is a dead letter "
             "(default: 1h)", metavar="DURATION")
+    _option(scoring, "--backend", "what runs the model: eager, eager:cuda, aoti:PATH or tensorrt:PATH (an "
+            f"artifact of `intentstream compile`) (default: {_default('backend')})", metavar="BACKEND")
+    _option(scoring, "--kv-cache-mb", "memory for cached users' rows, from which a new event is scored "
+            f"incrementally; 0 recomputes every event from its history (default: {_default('kv_cache_mb')})",
+            metavar="MB")
+    _option(scoring, "--torch-threads", f"intra-op threads of the model (default: {DEFAULT_TORCH_THREADS})",
+            metavar="N")
 
     runtime = parser.add_argument_group("Recovery and scale-out")
     _option(runtime, "--recovery-dir", "Bytewax recovery directory: state and input offsets are snapshotted "
@@ -187,6 +202,12 @@ def _non_negative_duration(text: str) -> float:
     if value < 0:
         raise ValueError("must not be negative")
     return value
+
+
+def _backend(text: str) -> str:
+    from model.backends import check_backend_spec  # imports torch: only when the option is given
+
+    return check_backend_spec(text.strip())
 
 
 def _format(text: str) -> str:
@@ -282,6 +303,10 @@ def metrics_port_from_args(args: argparse.Namespace, environ: Mapping[str, str])
     return _resolve(args, environ, "metrics_port", _port, None)
 
 
+def torch_threads_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    return _resolve(args, environ, "torch_threads", _positive_int, DEFAULT_TORCH_THREADS)
+
+
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> StreamSettings:
     """Resolve and validate every option; raises SettingsError naming the option and what to fix.
     Looks at the recovery directory but changes nothing."""
@@ -324,6 +349,8 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         ttl_s=option("ttl", _positive_duration, "ttl_s"),
         lateness_s=option("lateness", _non_negative_duration, "lateness_s"),
         top_k=option("top_k", _positive_int),
+        backend=option("backend", _backend),
+        kv_cache_mb=option("kv_cache_mb", _non_negative_int),
         recovery_dir=_resolve(args, environ, "recovery_dir", Path, None),
         snapshot_interval_s=option("snapshot_interval", _positive_duration, "snapshot_interval_s"),
         workers=option("workers", _positive_int),
@@ -533,6 +560,7 @@ def run_command(args: argparse.Namespace) -> int:
         settings = settings_from_args(args, os.environ)
         connect_timeout = connect_timeout_from_args(args, os.environ)
         metrics_port = metrics_port_from_args(args, os.environ)
+        torch_threads = torch_threads_from_args(args, os.environ)
     except SettingsError as error:
         print(f"intentstream run: {error}", file=sys.stderr)
         return EXIT_BAD_OPTION
@@ -548,13 +576,24 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"intentstream run: {error}", file=sys.stderr)
         return EXIT_UNUSABLE
 
-    from model.runtime import CheckpointError, Scorer  # torch is slow to import: only once the options are good
+    import torch  # slow to import: only once the options are good
 
+    from model.backends import BackendError, load_backend
+    from model.incremental import IncrementalScorer
+    from model.runtime import CheckpointError, Scorer
+
+    torch.set_num_threads(torch_threads)
     try:
         scorer = Scorer.load(settings.model_dir)
     except CheckpointError as error:
         print(f"intentstream run: {error}", file=sys.stderr)
         return EXIT_UNUSABLE
+    try:
+        backend = load_backend(settings.backend, scorer.model)
+    except BackendError as error:
+        print(f"intentstream run: {error}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    serving = IncrementalScorer(scorer, backend, cache_bytes=settings.kv_cache_mb << 20)
     if settings.history is not None and settings.history < scorer.history_len:
         log.warning("--history %d is shorter than the %d interactions the model attends to: updates will "
                     "differ from offline predictions", settings.history, scorer.history_len)
@@ -585,10 +624,10 @@ def run_command(args: argparse.Namespace) -> int:
         if check.missing_topics:
             log.info("created topic(s) %s with %d partition(s)", ", ".join(check.missing_topics),
                      check.input_partitions)
-        return run_dataflow(settings, scorer, metrics)
+        return run_dataflow(settings, serving, metrics)
 
 
-def run_dataflow(settings: StreamSettings, scorer: "Scorer", metrics: StreamMetrics) -> int:
+def run_dataflow(settings: StreamSettings, serving: "IncrementalScorer", metrics: StreamMetrics) -> int:
     """Run the checked settings' dataflow until it ends (0), Ctrl-C (130) or SIGTERM (143)."""
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
@@ -596,8 +635,8 @@ def run_dataflow(settings: StreamSettings, scorer: "Scorer", metrics: StreamMetr
     from stream.dataflow import StreamCounters, build_flow
 
     counters = StreamCounters(metrics=metrics)
-    # The worker threads of this process share the scorer loaded above.
-    flow = build_flow(settings, lambda _: scorer, counters=counters)
+    # The worker threads of this process share the scorer loaded above, and its cache.
+    flow = build_flow(settings, lambda _: serving, counters=counters)
     try:
         with sigterm_as_interrupt():
             cli_main(

@@ -16,6 +16,7 @@ from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.operators import StatefulLogic
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
+from model.incremental import IncrementalScorer
 from model.runtime import Scorer
 from model.synth import generate_world
 from schemas import (
@@ -46,6 +47,7 @@ from stream.dataflow import (
     decode,
     intent_update,
     key_by_user,
+    load_serving_scorer,
     state_config,
 )
 from stream.settings import StreamSettings
@@ -171,16 +173,17 @@ def test_remember_forgets_an_idle_user_after_the_ttl_and_restores_from_a_snapsho
 
 
 class RecordingScorer:
-    """The real scorer, recording the batch sizes it is called with."""
+    """The real serving scorer, recording the batch sizes it is called with."""
 
-    def __init__(self, scorer: Scorer):
+    def __init__(self, scorer: IncrementalScorer):
         self.scorer = scorer
         self.model_ref = scorer.model_ref
+        self.to_scores = scorer.to_scores
         self.batch_sizes: list[int] = []
 
-    def score(self, histories, top_k):
+    def predict(self, users, histories):
         self.batch_sizes.append(len(histories))
-        return self.scorer.score(histories, top_k=top_k)
+        return self.scorer.predict(users, histories)
 
 
 def test_score_batch_caps_batches_and_equals_scoring_each_history_alone(scorer):
@@ -189,7 +192,7 @@ def test_score_batch_caps_batches_and_equals_scoring_each_history_alone(scorer):
         ScoreRequest(e, np.stack([scorer.featurize(p) for p in world[: i + 1] if p.user_id == e.user_id]), i % 2 == 0)
         for i, e in enumerate(world)
     ]
-    recording = RecordingScorer(scorer)
+    recording = RecordingScorer(IncrementalScorer(scorer))
     scored = ScoreBatch(recording, batch_size=10, top_k=5)(requests)
     assert recording.batch_sizes == [10, 10, 3]
     assert [s.newest for s in scored] == [r.newest for r in requests]
@@ -308,12 +311,12 @@ def build_scenario(fmt: str, context: int, lateness_ms: int, seed: int = 0) -> S
     return Scenario(messages, histories, newest_of_user, dead, duplicates, inserted)
 
 
-def run_flow(settings, scorer, scenario, workers=1):
+def run_flow(settings, scenario, workers=1):
+    """The flow with its default scorer: the serving scorer of settings.model_dir."""
     sink_items: list[KafkaSinkMessage] = []
     counters = StreamCounters()
     flow = build_flow(
         settings,
-        lambda _: scorer,
         source=TestingSource(scenario.messages, batch_size=40),
         sink=TestingSink(sink_items),
         counters=counters,
@@ -329,7 +332,7 @@ def run_flow(settings, scorer, scenario, workers=1):
 def scenario_run(scorer, tiny_model_dir):
     settings = settings_for(tiny_model_dir, format="json", history=1000, batch_size=16, top_k=5)
     scenario = build_scenario("json", scorer.history_len, round(settings.lateness_s * 1000))
-    return settings, scenario, *run_flow(settings, scorer, scenario)
+    return settings, scenario, *run_flow(settings, scenario)
 
 
 def test_the_flow_sends_exactly_one_update_per_valid_event_equal_to_offline_scoring(scorer, scenario_run):
@@ -376,6 +379,36 @@ def test_the_latest_topic_ends_with_each_users_newest_event(scenario_run):
     assert latest == scenario.newest_of_user
 
 
+@pytest.mark.parametrize("kv_cache_mb", [1024, 0])
+def test_the_flow_scores_incrementally_by_default_and_recomputes_without_a_cache(
+    scorer, tiny_model_dir, monkeypatch, kv_cache_mb
+):
+    built: list[IncrementalScorer] = []
+
+    def recording_load(model_dir, **options):
+        built.append(load_serving_scorer(model_dir, **options))
+        return built[-1]
+
+    monkeypatch.setattr("stream.dataflow.load_serving_scorer", recording_load)
+    settings = settings_for(tiny_model_dir, format="json", batch_size=16, top_k=5, kv_cache_mb=kv_cache_mb)
+    scenario = build_scenario("json", scorer.history_len, round(settings.lateness_s * 1000), seed=5)
+    sent, counters = run_flow(settings, scenario)
+
+    (serving,) = built
+    assert isinstance(serving, IncrementalScorer) and serving.backend.name == "eager"
+    assert serving.scored_from_cache + serving.scored_from_history == counters.updates_out == len(scenario.histories)
+    if kv_cache_mb:  # most users' events follow ones already scored, and cached
+        assert serving.scored_from_cache > serving.scored_from_history
+    else:
+        assert serving.scored_from_cache == 0
+    updates = [decode_intent_update(m.value, "json") for m in sent if m.topic == settings.output_topic]
+    event_ids = list(scenario.histories)
+    offline = scorer.score([np.stack([scorer.featurize(e) for e in scenario.histories[i]]) for i in event_ids], top_k=5)
+    expected = dict(zip(event_ids, offline))
+    for update in updates:
+        assert_same_scores(update, expected[update.event_id])
+
+
 def test_two_workers_give_the_same_updates_as_one(scorer, tiny_model_dir):
     settings = settings_for(tiny_model_dir, format="msgpack", history=1000, batch_size=8, top_k=5)
     scenario = build_scenario("msgpack", scorer.history_len, round(settings.lateness_s * 1000), seed=3)
@@ -385,8 +418,8 @@ def test_two_workers_give_the_same_updates_as_one(scorer, tiny_model_dir):
         assert all(key == update.user_id.encode() for key, update in updates)
         return {update.event_id: update for _, update in updates}
 
-    one = updates_by_event(run_flow(settings, scorer, scenario, workers=1)[0])
-    sent, counters = run_flow(settings, scorer, scenario, workers=2)
+    one = updates_by_event(run_flow(settings, scenario, workers=1)[0])
+    sent, counters = run_flow(settings, scenario, workers=2)
     two = updates_by_event(sent)
     assert sorted(one) == sorted(two) == sorted(scenario.histories)
     for event_id, update in one.items():

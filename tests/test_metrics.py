@@ -61,7 +61,7 @@ def in_memory_run(scorer, tiny_model_dir):
     settings = StreamSettings(brokers="unused:9092", model_dir=tiny_model_dir, format="json", batch_size=8,
                               lateness_s=3600.0, top_k=3)  # fmt: skip
     messages = messages_with_every_outcome()
-    flow = build_flow(settings, lambda _: scorer, source=TestingSource(messages, batch_size=20),
+    flow = build_flow(settings, source=TestingSource(messages, batch_size=20),
                       sink=TestingSink(sent), counters=counters)  # fmt: skip
     run_main(flow)
     updates = [decode_intent_update(m.value, "json") for m in sent if m.topic == settings.output_topic]

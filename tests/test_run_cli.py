@@ -36,6 +36,7 @@ from stream.run import (
     prepare_recovery_dir,
     run_command,
     settings_from_args,
+    torch_threads_from_args,
 )
 from stream.settings import StreamSettings
 
@@ -82,14 +83,16 @@ def test_every_option_from_the_command_line(tmp_path):
     resolved = settings(
         "--format", "JSON", "--input-topic", "in", "--output-topic", "out", "--dlq-topic", "dead",
         "--latest-topic", "last", "--batch-size", "64", "--history", "50", "--ttl", "7d",
-        "--lateness", "90s", "--top-k", "5", "--recovery-dir", str(tmp_path / "rec"),
+        "--lateness", "90s", "--top-k", "5", "--backend", "eager:cuda", "--kv-cache-mb", "0",
+        "--recovery-dir", str(tmp_path / "rec"),
         "--snapshot-interval", "500ms", "--workers", "2", "--process-id", "1",
         "--addresses", "a:2101, b:2101", "--stop-at-end",
     )
     assert resolved == StreamSettings(
         brokers="localhost:9092", model_dir=Path("/models/m"), format="json", input_topic="in",
         output_topic="out", dlq_topic="dead", latest_topic="last", batch_size=64, history=50,
-        ttl_s=7 * 86_400.0, lateness_s=90.0, top_k=5, recovery_dir=tmp_path / "rec",
+        ttl_s=7 * 86_400.0, lateness_s=90.0, top_k=5, backend="eager:cuda", kv_cache_mb=0,
+        recovery_dir=tmp_path / "rec",
         snapshot_interval_s=0.5, workers=2, process_id=1, addresses=("a:2101", "b:2101"), stop_at_end=True,
     )
 
@@ -101,12 +104,14 @@ def test_every_option_from_the_environment():
         "INTENTSTREAM_LATEST_TOPIC": "", "INTENTSTREAM_BATCH_SIZE": "32", "INTENTSTREAM_HISTORY": "20",
         "INTENTSTREAM_TTL": "1h", "INTENTSTREAM_LATENESS": "0", "INTENTSTREAM_TOP_K": "3",
         "INTENTSTREAM_SNAPSHOT_INTERVAL": "2m", "INTENTSTREAM_WORKERS": "3", "INTENTSTREAM_PROCESS_ID": "0",
-        "INTENTSTREAM_ADDRESSES": "h:1", "INTENTSTREAM_STOP_AT_END": "yes",
+        "INTENTSTREAM_ADDRESSES": "h:1", "INTENTSTREAM_STOP_AT_END": "yes", "INTENTSTREAM_BACKEND": "aoti:/a",
+        "INTENTSTREAM_KV_CACHE_MB": "64",
     }
     assert settings_from_args(parse(), env) == StreamSettings(
         brokers="k1:9092,k2:9092", model_dir=Path("/m"), format="json", input_topic="in", output_topic="out",
         dlq_topic="dead", latest_topic=None, batch_size=32, history=20, ttl_s=3600.0, lateness_s=0.0,
         top_k=3, snapshot_interval_s=120.0, workers=3, process_id=0, addresses=("h:1",), stop_at_end=True,
+        backend="aoti:/a", kv_cache_mb=64,
     )
 
 
@@ -179,6 +184,9 @@ def test_bad_durations(text):
         (["--brokers", "kafka"], {}, "--brokers 'kafka': 'kafka' is not host:port"),
         (["--brokers", "k:99999"], {}, "--brokers 'k:99999'"),
         ([], {"INTENTSTREAM_STOP_AT_END": "maybe"}, "INTENTSTREAM_STOP_AT_END='maybe': not a yes/no value"),
+        (["--backend", "onnx"], {}, "--backend 'onnx': expected eager, eager:cuda, aoti:PATH or tensorrt:PATH"),
+        ([], {"INTENTSTREAM_BACKEND": "tensorrt"}, "INTENTSTREAM_BACKEND='tensorrt': expected eager"),
+        (["--kv-cache-mb", "-1"], {}, "--kv-cache-mb '-1': must be 0 or more"),
     ],
 )
 def test_bad_options_say_what_to_fix(argv, env, expected):
@@ -408,6 +416,34 @@ def test_a_bad_model_stops_it_before_any_topic_is_created(clean_environ, capsys,
     assert f"model directory {tmp_path / 'no-model'} does not exist" in err
     assert topics.input + "-new-out" not in fetch_metadata(kafka_bootstrap).topics
     assert not (tmp_path / "recovery").exists()
+
+
+def test_a_backend_that_cannot_be_loaded_stops_it_before_consuming(
+    clean_environ, capsys, kafka_bootstrap, topics, tiny_model_dir, tmp_path
+):
+    produce_messages(kafka_bootstrap, topics.input, [(b"u", b"{not json")])
+    argv = ["--brokers", kafka_bootstrap, "--model", str(tiny_model_dir), "--input-topic", topics.input,
+            "--output-topic", topics.input + "-new-out", "--dlq-topic", topics.dlq, "--latest-topic", topics.latest,
+            "--recovery-dir", str(tmp_path / "recovery"), "--backend", f"aoti:{tmp_path / 'no-artifact'}",
+            "--stop-at-end"]
+
+    code = run_command(parse(*argv))
+
+    err = capsys.readouterr().err
+    assert code == EXIT_UNUSABLE
+    assert f"intentstream run: {tmp_path / 'no-artifact'} is not a compiled artifact" in err
+    assert "intentstream compile MODEL_DIR --backend aoti" in err
+    assert read_topic(kafka_bootstrap, topics.dlq, timeout=2) == []  # nothing was consumed
+    assert topics.input + "-new-out" not in fetch_metadata(kafka_bootstrap).topics
+    assert not (tmp_path / "recovery").exists()
+
+
+def test_torch_threads_come_from_the_command_line_or_the_environment():
+    assert torch_threads_from_args(parse(*REQUIRED), {}) == 1
+    assert torch_threads_from_args(parse(*REQUIRED), {"INTENTSTREAM_TORCH_THREADS": "4"}) == 4
+    assert torch_threads_from_args(parse(*REQUIRED, "--torch-threads", "2"), {"INTENTSTREAM_TORCH_THREADS": "4"}) == 2
+    with pytest.raises(SettingsError, match="--torch-threads '0': must be at least 1"):
+        torch_threads_from_args(parse(*REQUIRED, "--torch-threads", "0"), {})
 
 
 def test_check_brokers_reports_missing_outputs_and_create_output_topics_creates_them(kafka_bootstrap, make_topics):

@@ -112,7 +112,7 @@ def test_every_event_becomes_exactly_one_update_or_dead_letter_through_kafka(
         history=1000, batch_size=16, top_k=5, lateness_s=LATENESS_S, stop_at_end=True,
     )  # fmt: skip
     counters = StreamCounters()
-    run_main(build_flow(settings, lambda _: scorer, counters=counters))
+    run_main(build_flow(settings, counters=counters))  # the serving scorer, incremental, of tiny_model_dir
 
     inputs = read_topic(kafka_bootstrap, topics.input, count=len(plan.messages))
     updates = read_topic(kafka_bootstrap, topics.output, count=len(plan.histories))
