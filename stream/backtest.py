@@ -65,7 +65,8 @@ from model.logs import read_log
 from model.runtime import Predictions, Scorer, top_indices
 from model.vocab import FIRST_REAL, Vocabularies
 from schemas import ContractError, PlayEvent, decode_play_event, encode_play_event
-from stream.cli import UsageError, positive_int, timestamp_ms
+from stream.arguments import positive_int, timestamp_ms
+from stream.cli import UsageError
 from stream.dataflow import ScoreRequest, StreamCounters, build_flow
 from stream.report import Backtest, IntentSample, JudgmentLog, ReplayStats, SystemResult, summary, write_report
 from stream.run import parse_duration

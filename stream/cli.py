@@ -9,6 +9,7 @@ from pathlib import Path
 
 from model.checkpoint import CheckpointError
 from model.logs import LogError
+from stream.arguments import positive_int, timestamp_ms
 
 EXIT_USAGE = 2
 
@@ -90,33 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_backtest_arguments(backtest)
     backtest.set_defaults(handler=backtest_command)
     return parser
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def timestamp_ms(text: str) -> int:
-    """Epoch milliseconds, or an ISO-8601 date/time (UTC unless it says otherwise)."""
-    from datetime import datetime, timezone
-
-    if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected epoch milliseconds or an ISO date like 1998-03-01, got {text!r}"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp() * 1000)
 
 
 def data_synth(args) -> int:

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from stream.arguments import positive_int
+
 COMPILE_HELP = "compile a model for a faster runtime backend (AOTInductor or TensorRT)"
 EXIT_USAGE = 2
 
@@ -27,7 +29,7 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     parser.add_argument("--device", default=None,
                         help="device to compile for: cpu or cuda (default: cuda for tensorrt, else cpu)")
-    parser.add_argument("--max-batch", type=_positive_int, default=1024,
+    parser.add_argument("--max-batch", type=positive_int, default=1024,
                         help="most users one graph call may score; larger micro-batches are split (default: 1024)")
 
 
@@ -53,13 +55,3 @@ def compile_command(args: argparse.Namespace) -> int:
         f"{manifest['max_rows']} rows) into {args.out}; run it with --backend {args.backend}:{args.out}"
     )
     return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value

@@ -61,6 +61,7 @@ from bytewax.inputs import StatefulSourcePartition
 from confluent_kafka import KafkaError, Producer
 
 from schemas import IntentUpdate, PlayEvent, decode_dead_letter, decode_intent_update, encode_play_event
+from stream.arguments import non_negative_int, positive_float, positive_int
 from stream.broker import EmbeddedBroker, TopicReader, client_config, create_topics, delete_topics
 from stream.settings import StreamSettings
 
@@ -81,36 +82,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "intentstream"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
-
-
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Start the embedded Kafka broker (or use --brokers), train a small model on a synthetic world "
@@ -124,7 +95,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     kafka.add_argument("--kafka-config", metavar="FILE", type=Path, default=None,
                        help="Kafka client settings for --brokers, as for `intentstream run` "
                        "(INTENTSTREAM_KAFKA_<SETTING> variables override it)")
-    kafka.add_argument("--fetch-wait-ms", type=_non_negative_int, default=FETCH_WAIT_MS, metavar="MS",
+    kafka.add_argument("--fetch-wait-ms", type=non_negative_int, default=FETCH_WAIT_MS, metavar="MS",
                        help="consumers' fetch.wait.max.ms: the embedded broker holds every fetch this long "
                        f"(default: {FETCH_WAIT_MS})")
     kafka.add_argument("--format", choices=("msgpack", "json"), default="msgpack",
@@ -132,28 +103,28 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
     world = parser.add_argument_group("World and model")
     world.add_argument("--seed", type=int, default=0, help="synthetic world seed (default: 0)")
-    world.add_argument("--train-users", type=_positive_int, default=400, metavar="N",
+    world.add_argument("--train-users", type=positive_int, default=400, metavar="N",
                        help="users the model learns from (default: 400)")
-    world.add_argument("--stream-users", type=_positive_int, default=200, metavar="N",
+    world.add_argument("--stream-users", type=positive_int, default=200, metavar="N",
                        help="other users, whose events are streamed (default: 200)")
-    world.add_argument("--titles", type=_positive_int, default=400, metavar="N", help="catalogue size (default: 400)")
-    world.add_argument("--days", type=_positive_int, default=30, metavar="N", help="simulated days (default: 30)")
-    world.add_argument("--epochs", type=_positive_int, default=8, metavar="N", help="training epochs (default: 8)")
+    world.add_argument("--titles", type=positive_int, default=400, metavar="N", help="catalogue size (default: 400)")
+    world.add_argument("--days", type=positive_int, default=30, metavar="N", help="simulated days (default: 30)")
+    world.add_argument("--epochs", type=positive_int, default=8, metavar="N", help="training epochs (default: 8)")
     world.add_argument("--model", type=Path, default=None, metavar="DIR",
                        help="use this model directory instead of training (or reusing) the demo's model")
     world.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                        help=f"where trained demo models are kept (default: {default_cache_dir()})")
-    world.add_argument("--torch-threads", type=_positive_int, default=1, metavar="N",
+    world.add_argument("--torch-threads", type=positive_int, default=1, metavar="N",
                        help="threads torch uses for training and scoring (default: 1)")
 
     streaming = parser.add_argument_group("Streaming")
-    streaming.add_argument("--events", type=_positive_int, default=DEFAULT_EVENTS, metavar="N",
+    streaming.add_argument("--events", type=positive_int, default=DEFAULT_EVENTS, metavar="N",
                            help=f"play events to stream (default: {DEFAULT_EVENTS})")
-    streaming.add_argument("--rate", type=_positive_float, default=DEFAULT_RATE, metavar="EVENTS_PER_S",
+    streaming.add_argument("--rate", type=positive_float, default=DEFAULT_RATE, metavar="EVENTS_PER_S",
                            help=f"offered rate (default: {DEFAULT_RATE:g} events/s)")
-    streaming.add_argument("--malformed", type=_non_negative_int, default=3, metavar="N",
+    streaming.add_argument("--malformed", type=non_negative_int, default=3, metavar="N",
                            help="malformed messages mixed into the stream, to show dead letters (default: 3)")
-    streaming.add_argument("--batch-size", type=_positive_int, default=256, metavar="N",
+    streaming.add_argument("--batch-size", type=positive_int, default=256, metavar="N",
                            help="most users scored together (default: 256)")
     streaming.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
                            help="redraw a live panel (default: when the output is a terminal); "

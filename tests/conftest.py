@@ -152,3 +152,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     write_log(log, generate_world(seed=0, n_users=20, n_titles=60, days=10))
     train_model(log, directory / "model", train_config=TrainConfig(epochs=1), model_overrides=TINY_MODEL, progress=False)
     return directory / "model"
+
+
+@pytest.fixture
+def clean_environ(monkeypatch):
+    """run_command reads os.environ: start every test from no INTENTSTREAM_* variables."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("INTENTSTREAM_"):
+            monkeypatch.delenv(name)
+    return monkeypatch

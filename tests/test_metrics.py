@@ -159,12 +159,3 @@ def test_a_metrics_port_in_use_stops_it_before_consuming(clean_environ, capsys, 
     assert f"cannot serve metrics on port {port}" in capsys.readouterr().err
 
 
-@pytest.fixture
-def clean_environ(monkeypatch):
-    """run_command reads os.environ: start every test from no INTENTSTREAM_* variables."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("INTENTSTREAM_"):
-            monkeypatch.delenv(name)
-    return monkeypatch

@@ -59,17 +59,6 @@ def settings_error(*argv: str, env: dict[str, str] | None = None) -> str:
     return str(raised.value)
 
 
-@pytest.fixture
-def clean_environ(monkeypatch):
-    """run_command reads os.environ: start every test from no INTENTSTREAM_* variables."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("INTENTSTREAM_"):
-            monkeypatch.delenv(name)
-    return monkeypatch
-
-
 # --- settings from arguments and environment ----------------------------------------------------
 
 
