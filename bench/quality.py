@@ -16,9 +16,11 @@ import shlex
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +39,9 @@ METRICS = ("NDCG@10", "HR@10", "MRR@10")
 MOVIELENS = ROOT.parent / "shared" / "data" / "ml-100k"
 
 
-def make_log(dataset: str, directory: Path) -> Path:
+def make_log(dataset: str, directory: Path, synth_users: int) -> Path:
     path = directory / f"{dataset}.msgpack"
-    events = generate_world(seed=0) if dataset == "synth" else read_movielens(MOVIELENS)
+    events = generate_world(seed=0, n_users=synth_users) if dataset == "synth" else read_movielens(MOVIELENS)
     write_log(path, events)
     return path
 
@@ -55,18 +57,19 @@ def floor_baselines(log: Path) -> dict[str, dict]:
     }
 
 
-def train_and_judge(log: Path, variant: str, seed: int, epochs: int, workdir: Path) -> dict:
+def train_and_judge(log: Path, variant: str, seed: int, train_config: TrainConfig, workdir: Path) -> dict:
     model_dir = workdir / f"{log.stem}-{variant}-{seed}"
-    result = train_model(log, model_dir, variant=variant, train_config=TrainConfig(epochs=epochs, seed=seed), progress=False)
+    result = train_model(log, model_dir, variant=variant, train_config=replace(train_config, seed=seed), progress=False)
     scorer = Scorer.load(model_dir)
     rows_by_user, _ = load_rows(log, vocab=scorer.vocab)
     test = evaluate(scorer, rows_by_user, scorer.vocab)["test"]["overall"]
     return {**test, "train_wall_s": result.wall_s, "epochs": result.epochs, "best_epoch": result.best_epoch}
 
 
-def mean_std(values) -> str:
+def mean_std(values, digits: int = 4) -> str:
     values = np.asarray(values, dtype=float)
-    return f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}"
+    spread = values.std(ddof=1) if len(values) > 1 else 0.0
+    return f"{values.mean():.{digits}f} ± {spread:.{digits}f}"
 
 
 def markdown(results: dict, command: str, seeds: int) -> str:
@@ -88,7 +91,7 @@ def markdown(results: dict, command: str, seeds: int) -> str:
                 cells = [f"{runs[m]:.4f}" for m in METRICS] + ["-", "-"]
             else:
                 cells = [mean_std([r[m] for r in runs]) for m in METRICS]
-                cells += [mean_std([r["train_wall_s"] for r in runs]).replace(".0000", ""),
+                cells += [mean_std([r["train_wall_s"] for r in runs], digits=0),
                           "/".join(str(r["epochs"]) for r in runs)]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -101,20 +104,25 @@ def main() -> None:
     parser.add_argument("--datasets", default="synth,movielens")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--synth-users", type=int, default=1000, help="users in the synthetic world")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="intra-op threads; one is fastest on a shared 2-core machine")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.md")
     args = parser.parse_args()
     command = "python bench/quality.py " + shlex.join(sys.argv[1:])
     variants = args.variants.split(",")
+    torch.set_num_threads(args.torch_threads)
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         jobs = [(d, v, s) for d in args.datasets.split(",") for s in range(args.seeds) for v in variants]
-        logs = {d: make_log(d, workdir) for d in args.datasets.split(",")}
+        logs = {d: make_log(d, workdir, args.synth_users) for d in args.datasets.split(",")}
         for dataset, log in logs.items():
             results[dataset] = floor_baselines(log)
         for dataset, variant, seed in tqdm(jobs, desc="quality", unit="model"):
-            run = train_and_judge(logs[dataset], variant, seed, args.epochs, workdir)
+            run = train_and_judge(logs[dataset], variant, seed, TrainConfig(epochs=args.epochs, patience=args.patience), workdir)
             results[dataset].setdefault(variant, []).append(run)
             tqdm.write(f"{dataset} {variant} seed {seed}: NDCG@10 {run['NDCG@10']:.4f} ({run['train_wall_s']:.0f}s)")
             # Rewrite after every model so a long run leaves a usable partial table.
