@@ -163,3 +163,15 @@ def clean_environ(monkeypatch):
         if name.startswith("INTENTSTREAM_"):
             monkeypatch.delenv(name)
     return monkeypatch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tests use tiny models, which gain nothing from intra-op threads and lose much when the CPUs
+    are shared (threads spin against each other)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -20,15 +20,6 @@ HAS_TENSORRT = importlib.util.find_spec("torch_tensorrt") is not None
 NEEDS_TENSORRT = "the tensorrt backend needs torch-tensorrt (pip install 'intentstream[gpu]') and an NVIDIA GPU"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose much when the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)

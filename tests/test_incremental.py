@@ -16,15 +16,6 @@ from schemas import ModelRef
 TOLERANCE = dict(rtol=1e-4, atol=1e-6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose much when the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_scorer(seed: int = 0, **overrides) -> Scorer:
     torch.manual_seed(seed)
     return Scorer(IntentRec(tiny_config(**overrides)).eval(), tiny_vocab(), ModelRef("tiny", "1"))

@@ -349,31 +349,13 @@ def test_a_two_process_cluster_gives_the_updates_of_one_process(
 
 
 
-def test_ctrl_c_stops_a_live_run_with_its_counts(kafka_bootstrap, make_topics, tiny_model_dir, tmp_path):
-    topics = make_topics(partitions=PARTITIONS)
-    head = MESSAGES[:100]
-    produce_messages(kafka_bootstrap, topics.input, head)
-    expected = valid_events_in(head)
-
-    log_path = tmp_path / "run.log"
-    watcher = UpdateWatcher(kafka_bootstrap, topics.output)
-    process = start_run(kafka_bootstrap, tiny_model_dir, topics.input, outputs_of(topics), log_path)
-    try:
-        watcher.wait_until(lambda: expected <= watcher.seen, process, log_path, "the updates of the input")
-        process.send_signal(signal.SIGINT)
-        code = process.wait(PROCESS_TIMEOUT_S)
-    finally:
-        stop(process)
-        watcher.close()
-
-    assert code == 130, f"exit status {code}:\n{tail(log_path)}"
-    summary = run_summary(log_path, ending="interrupted")
-    assert summary.updates_out == len(expected)
-    assert len(expected) <= summary.events_in <= len(head)
-
-
-def test_sigterm_stops_a_live_run_like_ctrl_c(kafka_bootstrap, make_topics, tiny_model_dir, tmp_path):
-    """What `docker stop` and Kubernetes send: the run stops, logs its counts and exits 143."""
+@pytest.mark.parametrize(
+    "signal_sent, exit_code, ending",
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],  # SIGTERM: docker stop, Kubernetes
+)
+def test_a_stopped_live_run_exits_with_its_counts(
+    signal_sent, exit_code, ending, kafka_bootstrap, make_topics, tiny_model_dir, tmp_path
+):
     topics = make_topics(partitions=PARTITIONS)
     head = MESSAGES[:60]
     produce_messages(kafka_bootstrap, topics.input, head)
@@ -384,13 +366,13 @@ def test_sigterm_stops_a_live_run_like_ctrl_c(kafka_bootstrap, make_topics, tiny
     process = start_run(kafka_bootstrap, tiny_model_dir, topics.input, outputs_of(topics), log_path)
     try:
         watcher.wait_until(lambda: expected <= watcher.seen, process, log_path, "the updates of the input")
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal_sent)
         code = process.wait(PROCESS_TIMEOUT_S)
     finally:
         stop(process)
         watcher.close()
 
-    assert code == 143, f"exit status {code}:\n{tail(log_path)}"
-    summary = run_summary(log_path, ending="terminated")
+    assert code == exit_code, f"exit status {code}:\n{tail(log_path)}"
+    summary = run_summary(log_path, ending=ending)
     assert summary.updates_out == len(expected)
     assert len(expected) <= summary.events_in <= len(head)
