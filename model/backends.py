@@ -235,8 +235,8 @@ def step_shapes(config: IntentRecConfig, limits: Limits, device: str) -> GraphSh
     ring = Ring(slots, slots, rows["item"][:, :-1].astype(np.int32), rows["ts"][:, :-1], valid)
     host = step_batch(rows[:, -1], rows["ts"][:, -2], ring, config, time_encoding).inputs
     keys_values = torch.randn(keys_values_shape(config, batch, window), device=device)
-    pointer_inputs = torch.randn((batch, window, config.d_model), device=device)
-    example = (*(as_tensor(a, device) for a in host), keys_values, pointer_inputs)
+    pointer_keys = torch.randn((batch, window, config.d_model), device=device)
+    example = (*(as_tensor(a, device) for a in host), keys_values, pointer_keys)
     B = torch.export.Dim("batch", min=1, max=limits.max_batch)
     dynamic = tuple({0: B} for _ in example[:-2]) + ({2: B}, {0: B})  # keys/values are layer-major
     sizes = {"batch": (1, max(2, limits.max_batch // 2), limits.max_batch)}

@@ -6,7 +6,7 @@ reaches at most L-1 interactions back (model.intentrec), so what a layer compute
 interaction never changes when a new one arrives. A new event needs, per attention layer, only the
 keys and values of the user's last L-1 interactions: its one row runs through each layer of the
 short-term, intent and item transformers in turn (chained as in IntentRec.forward), attending to
-those and to itself; the item encoder's repeat pointer reads the same rows' inputs and items.
+those and to itself; the item encoder's repeat pointer reads the same rows' pointer keys and items.
 That is O(L) per layer, against O(L * history_len) for a forward pass over the history.
 
 Two graphs over plain tensors, which the backends (model.backends) run eagerly or compile:
@@ -51,7 +51,7 @@ STEP_READ_BYTES = 32 << 20
 MAX_GAP_MS = int(MAX_GAP_S * 1000)
 INDEX_FIELDS = ("item", "action", "kind", "release", "device", "genres")
 # Both graphs' inputs prepared on the host, in order. StepGraph then takes the cached rows: their
-# items (from the host), keys/values and pointer inputs (read on the device).
+# items (from the host), keys/values and pointer keys (read on the device).
 GRAPH_INPUTS = (*INDEX_FIELDS, "watch_s", "gap_s", "time_code", "attend", "attend_short")
 
 
@@ -77,15 +77,15 @@ def run_rows(
     inputs: dict[str, torch.Tensor],
     past_items: torch.Tensor | None = None,
     past_keys_values: torch.Tensor | None = None,
-    past_pointer_inputs: torch.Tensor | None = None,
+    past_pointer_keys: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """IntentRec.forward over T new rows that may follow P cached ones: their items (B, P), keys and
-    values (keys_values_shape(B, P)) and item-encoder inputs (B, P, d_model), which the repeat pointer
-    reads; masks are (B, T, P + T).
+    values (keys_values_shape(B, P)) and pointer keys (B, P, d_model: ItemEncoder.repeat_key of their
+    item-encoder inputs), which the repeat pointer reads; masks are (B, T, P + T).
 
     Returns the graph outputs: the next-item distribution, the intent probabilities of each task,
     Z and the intent weights, all after the last row; then what the new rows leave in a cache:
-    keys/values (keys_values_shape(B, T)) and pointer inputs (B, T, d_model)."""
+    keys/values (keys_values_shape(B, T)) and pointer keys (B, T, d_model)."""
     c = model.config
     attend, attend_short = inputs["attend"].unsqueeze(1), inputs["attend_short"].unsqueeze(1)
     new_keys_values: list[torch.Tensor] = []
@@ -123,14 +123,15 @@ def run_rows(
     item_encoder = model.item_encoder
     item_inputs = embed(item_encoder.transformer, item_input)
     h_item = encode(item_encoder.transformer, item_inputs, attend)
-    pointer_inputs, items = item_inputs, inputs["item"]
-    if past_pointer_inputs is not None:
-        pointer_inputs = torch.cat([past_pointer_inputs, item_inputs], dim=1)
+    new_pointer_keys = item_encoder.repeat_key(item_inputs)
+    pointer_keys, items = new_pointer_keys, inputs["item"]
+    if past_pointer_keys is not None:
+        pointer_keys = torch.cat([past_pointer_keys, new_pointer_keys], dim=1)
         items = torch.cat([past_items, items], dim=1)
-    log_probs = item_encoder.next_item_log_probs(
-        h_item[:, -1:], pointer_inputs, items, attend[:, :, -1:], model.features.item.weight
+    probs = item_encoder.next_item_probs(
+        h_item[:, -1:], pointer_keys, items, attend[:, :, -1:], model.features.item.weight
     )
-    return (log_probs[:, 0].exp(), *intent_outputs, torch.stack(new_keys_values), item_inputs)
+    return (probs[:, 0], *intent_outputs, torch.stack(new_keys_values), new_pointer_keys)
 
 
 class WindowGraph(nn.Module):
@@ -154,11 +155,11 @@ class StepGraph(nn.Module):
 
     def forward(
         self, item, action, kind, release, device, genres, watch_s, gap_s, time_code, attend, attend_short,
-        past_items, past_keys_values, past_pointer_inputs,
+        past_items, past_keys_values, past_pointer_keys,
     ):  # fmt: skip
         values = (item, action, kind, release, device, genres, watch_s, gap_s, time_code, attend, attend_short)
         inputs = dict(zip(GRAPH_INPUTS, values))
-        return run_rows(self.model, inputs, past_items, past_keys_values, past_pointer_inputs)
+        return run_rows(self.model, inputs, past_items, past_keys_values, past_pointer_keys)
 
 
 @dataclass
@@ -168,17 +169,17 @@ class GraphOutputs:
     intent_embedding: torch.Tensor | None
     intent_weights: torch.Tensor | None
     keys_values: torch.Tensor  # keys_values_shape(B, T)
-    pointer_inputs: torch.Tensor  # (B, T, d_model)
+    pointer_keys: torch.Tensor  # (B, T, d_model)
 
 
 def split_outputs(config: IntentRecConfig, outputs: Sequence[torch.Tensor]) -> GraphOutputs:
     tasks = config.intent_tasks
-    item_scores, *middle, keys_values, pointer_inputs = outputs
+    item_scores, *middle, keys_values, pointer_keys = outputs
     if not tasks:
-        return GraphOutputs(item_scores, {}, None, None, keys_values, pointer_inputs)
+        return GraphOutputs(item_scores, {}, None, None, keys_values, pointer_keys)
     probs = dict(zip(tasks, middle[: len(tasks)]))
     z, weights = middle[len(tasks) :]
-    return GraphOutputs(item_scores, probs, z, weights, keys_values, pointer_inputs)
+    return GraphOutputs(item_scores, probs, z, weights, keys_values, pointer_keys)
 
 
 # --------------------------------------------------------------------------- host-side inputs
@@ -345,7 +346,7 @@ class Ring:
 
 class KVCache:
     """What the last L-1 interactions of recently scored users leave for the next one: keys and
-    values of every attention layer and the item encoder's pointer inputs, in tensors on the scoring
+    values of every attention layer and the item encoder's pointer keys, in tensors on the scoring
     device that grow up to `max_users` slots (the least recently used user makes room); items,
     times and validity on the host. Device-side methods take slot (and position) indices already on
     the device, so that they travel with the batch's inputs."""
@@ -355,20 +356,20 @@ class KVCache:
         self.max_users = max_users
         self.device = device
         self.keys_values = torch.zeros(keys_values_shape(config, 0, self.window), device=device)
-        self.pointer_inputs = torch.zeros((0, self.window, config.d_model), device=device)
+        self.pointer_keys = torch.zeros((0, self.window, config.d_model), device=device)
         self.items = np.zeros((0, self.window), dtype=np.int32)
         self.ts = np.zeros((0, self.window), dtype=np.int64)
         self.valid = np.zeros((0, self.window), dtype=bool)
         self.next = np.zeros(0, dtype=np.int64)  # each ring's oldest position
         self.entries: OrderedDict[Hashable, CacheEntry] = OrderedDict()
         self.free: list[int] = []
-        # What a step reads per user: keys/values and pointer inputs (float32).
+        # What a step reads per user: keys/values and pointer keys (float32).
         floats = int(np.prod(keys_values_shape(config, 1, self.window))) + self.window * config.d_model
         self.read_bytes_per_user = 4 * floats
 
     @staticmethod
     def bytes_per_user(config: IntentRecConfig) -> int:
-        """Keys/values and pointer inputs (float32), items, times, validity, and the rows they came
+        """Keys/values and pointer keys (float32), items, times, validity, and the rows they came
         from (kept to recognise them)."""
         window = config.attention_window - 1
         floats = int(np.prod(keys_values_shape(config, 1, window))) + window * config.d_model
@@ -404,8 +405,8 @@ class KVCache:
         return Ring(slots, self.next[slots], self.items[slots], self.ts[slots], self.valid[slots])
 
     def read(self, slot_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys/values (keys_values_shape(B, L-1)) and pointer inputs (B, L-1, d_model) of slots."""
-        return self.keys_values.index_select(2, slot_index), self.pointer_inputs.index_select(0, slot_index)
+        """Keys/values (keys_values_shape(B, L-1)) and pointer keys (B, L-1, d_model) of slots."""
+        return self.keys_values.index_select(2, slot_index), self.pointer_keys.index_select(0, slot_index)
 
     def append(self, ring: Ring, slot_index, position_index, outputs: GraphOutputs, rows: np.ndarray) -> None:
         """Each ring takes the one new row of a step (rows: (B,))."""
@@ -413,7 +414,7 @@ class KVCache:
             return
         new_keys_values = outputs.keys_values[:, :, :, :, -1].permute(2, 0, 1, 3, 4)
         self.keys_values[:, :, slot_index, :, position_index] = new_keys_values
-        self.pointer_inputs[slot_index, position_index] = outputs.pointer_inputs[:, -1]
+        self.pointer_keys[slot_index, position_index] = outputs.pointer_keys[:, -1]
         self.items[ring.slots, ring.positions] = rows["item"]
         self.ts[ring.slots, ring.positions] = rows["ts"]
         self.valid[ring.slots, ring.positions] = True
@@ -421,13 +422,13 @@ class KVCache:
 
     def fill(self, slots: np.ndarray, slot_index, outputs: GraphOutputs, batch: HostBatch) -> None:
         """Each slot's ring takes the last rows of a window (left padding, invalid, comes first)."""
-        kept = min(outputs.pointer_inputs.shape[1], self.window)
+        kept = min(outputs.pointer_keys.shape[1], self.window)
         if kept == 0:
             return
         positions = torch.arange(kept, device=self.device)[None, :]
         last_keys_values = outputs.keys_values[:, :, :, :, -kept:].permute(2, 4, 0, 1, 3, 5)
         self.keys_values[:, :, slot_index[:, None], :, positions] = last_keys_values
-        self.pointer_inputs[slot_index[:, None], positions] = outputs.pointer_inputs[:, -kept:]
+        self.pointer_keys[slot_index[:, None], positions] = outputs.pointer_keys[:, -kept:]
         for mine, theirs in ((self.items, batch.items), (self.ts, batch.ts), (self.valid, batch.valid)):
             mine[slots] = 0
             mine[slots, :kept] = theirs[:, -kept:]
@@ -456,7 +457,7 @@ class KVCache:
         def extend_host(array: np.ndarray) -> np.ndarray:
             return np.concatenate([array, np.zeros((grown - size, *array.shape[1:]), dtype=array.dtype)])
 
-        self.keys_values, self.pointer_inputs = extend(self.keys_values, dim=2), extend(self.pointer_inputs)
+        self.keys_values, self.pointer_keys = extend(self.keys_values, dim=2), extend(self.pointer_keys)
         self.items, self.ts, self.valid = extend_host(self.items), extend_host(self.ts), extend_host(self.valid)
         self.next = extend_host(self.next)
         self.free.extend(range(grown - 1, size, -1))
@@ -567,7 +568,7 @@ class IncrementalScorer:
                 kept_outputs = replace(
                     outputs,
                     keys_values=outputs.keys_values[:, :, kept_index],
-                    pointer_inputs=outputs.pointer_inputs[kept_index],
+                    pointer_keys=outputs.pointer_keys[kept_index],
                 )
                 kept_rows = HostBatch([], batch.items[kept], batch.ts[kept], batch.valid[kept])
                 self.cache.fill(slots, slot_index, kept_outputs, kept_rows)

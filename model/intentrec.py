@@ -254,17 +254,10 @@ class ItemEncoder(nn.Module):
         only for `targets` (B, T) when given, which spares training a (B, T, n_items) mixture.
         The pointer reads the positions of key_inputs (B, P, D) / key_items (B, P) that
         mask (B, 1, T, P) allows."""
-        logits = self.to_item_space(h) @ item_embeddings.T
-        logits[..., PAD] = logits[..., UNKNOWN] = float("-inf")
-        explore = torch.log_softmax(logits, dim=-1)
-
-        scores = self.repeat_query(h) @ self.repeat_key(key_inputs).transpose(1, 2) / math.sqrt(h.shape[-1])
-        pointer = torch.softmax(scores.masked_fill(~mask[:, 0], float("-inf")), dim=-1)  # (B, T, P)
-        gate = torch.sigmoid(self.repeat_gate(h))  # (B, T, 1)
+        explore = torch.log_softmax(self.catalogue_logits(h, item_embeddings), dim=-1)
+        pointer, gate = self.repeat_pointer(h, self.repeat_key(key_inputs), mask)
         if targets is None:
-            B, T, P = pointer.shape
-            slots = key_items.long().unsqueeze(1).expand(B, T, P)
-            repeat = torch.zeros_like(explore).scatter_add_(-1, slots, pointer)
+            repeat = torch.zeros_like(explore).scatter_add_(-1, pointer_slots(key_items, pointer), pointer)
         else:
             explore = explore.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
             repeat = (pointer * (key_items.unsqueeze(1) == targets.unsqueeze(-1))).sum(-1)
@@ -273,6 +266,32 @@ class ItemEncoder(nn.Module):
         return torch.logaddexp(
             torch.log1p(-gate.clamp(max=1 - 1e-6)) + explore, torch.log(gate) + torch.log(repeat.clamp(min=1e-30))
         )
+
+    def next_item_probs(self, h, pointer_keys, key_items, mask, item_embeddings) -> torch.Tensor:
+        """p(next item) over the catalogue, the same mixture as next_item_log_probs, computed in
+        probability space: serving needs no logarithms, and this makes fewer passes over the catalogue.
+        Takes the pointer's keys already projected (`repeat_key` of the positions' inputs), which
+        incremental inference caches."""
+        explore = torch.softmax(self.catalogue_logits(h, item_embeddings), dim=-1)
+        pointer, gate = self.repeat_pointer(h, pointer_keys, mask)
+        return explore.mul_(1 - gate).scatter_add_(-1, pointer_slots(key_items, pointer), pointer * gate)
+
+    def catalogue_logits(self, h, item_embeddings) -> torch.Tensor:
+        logits = self.to_item_space(h) @ item_embeddings.T
+        logits[..., PAD] = logits[..., UNKNOWN] = float("-inf")
+        return logits
+
+    def repeat_pointer(self, h, pointer_keys, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention of each query over the allowed positions (B, T, P), and the gate g (B, T, 1)."""
+        scores = self.repeat_query(h) @ pointer_keys.transpose(1, 2) / math.sqrt(h.shape[-1])
+        pointer = torch.softmax(scores.masked_fill(~mask[:, 0], float("-inf")), dim=-1)
+        return pointer, torch.sigmoid(self.repeat_gate(h))
+
+
+def pointer_slots(key_items: torch.Tensor, pointer: torch.Tensor) -> torch.Tensor:
+    """The catalogue index each pointer weight lands on, shaped like the pointer (B, T, P)."""
+    B, T, P = pointer.shape
+    return key_items.long().unsqueeze(1).expand(B, T, P)
 
 
 # --------------------------------------------------------------------------- the whole model

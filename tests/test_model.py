@@ -196,3 +196,16 @@ def test_scoring_only_the_newest_positions_equals_the_full_distribution():
         full = model(x).item_log_probs
         newest = model(x, last=last).item_log_probs
     torch.testing.assert_close(newest, full[torch.arange(2), last])
+
+
+def test_serving_probabilities_equal_the_log_space_mixture():
+    encoder = IntentRec(tiny_config()).eval().item_encoder
+    history = random_history(9, seed=5)
+    h, inputs = torch.randn(1, 1, 16), torch.randn(1, 9, 16)
+    mask = torch.ones(1, 1, 1, 9, dtype=torch.bool)
+    items = torch.from_numpy(history["item"].astype(np.int64)).unsqueeze(0)
+    weights = torch.randn(30, 16)
+    with torch.no_grad():
+        expected = encoder.next_item_log_probs(h, inputs, items, mask, weights).exp()
+        got = encoder.next_item_probs(h, encoder.repeat_key(inputs), items, mask, weights)
+    torch.testing.assert_close(got, expected)
