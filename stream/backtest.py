@@ -67,7 +67,7 @@ from model.vocab import FIRST_REAL, Vocabularies
 from schemas import ContractError, PlayEvent, decode_play_event, encode_play_event
 from stream.arguments import positive_int, timestamp_ms
 from stream.cli import UsageError
-from stream.dataflow import ScoreRequest, StreamCounters, build_flow
+from stream.dataflow import ScoreRequest, StreamCounters, WrappedPartition, build_flow
 from stream.report import Backtest, IntentSample, JudgmentLog, ReplayStats, SystemResult, summary, write_report
 from stream.run import parse_duration
 from stream.settings import StreamSettings
@@ -338,9 +338,9 @@ class TopicRangeSource(FixedPartitionedSource):
         return _UpToEnd(self.kafka.build_part(step_id, for_part, resume_state), self.ends[partition], self.keep)
 
 
-class _UpToEnd(StatefulSourcePartition):
+class _UpToEnd(WrappedPartition):
     def __init__(self, inner: StatefulSourcePartition, end: int, keep):
-        self.inner = inner
+        super().__init__(inner)
         self.end = end
         self.keep = keep
         self.done = False
@@ -352,15 +352,6 @@ class _UpToEnd(StatefulSourcePartition):
         if any(message.offset >= self.end - 1 for message in batch):
             self.done = True
         return [message for message in batch if message.offset < self.end and self.keep(message)]
-
-    def next_awake(self):
-        return self.inner.next_awake()
-
-    def snapshot(self):
-        return self.inner.snapshot()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class DiscardSink(DynamicSink):

@@ -32,7 +32,7 @@ import bytewax.operators as op
 import numpy as np
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
-from bytewax.inputs import Source
+from bytewax.inputs import Source, StatefulSourcePartition
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 from confluent_kafka import OFFSET_BEGINNING
@@ -341,6 +341,26 @@ class StreamCounters:
 # ---------------------------------------------------------------------------------------------
 # Wiring
 # ---------------------------------------------------------------------------------------------
+
+
+class WrappedPartition(StatefulSourcePartition):
+    """A source partition that hands everything to `inner`; subclasses change `next_batch` (a replay
+    cut to a range, a demo source that can be told to stop)."""
+
+    def __init__(self, inner: StatefulSourcePartition):
+        self.inner = inner
+
+    def next_batch(self) -> list:
+        return self.inner.next_batch()
+
+    def next_awake(self):
+        return self.inner.next_awake()
+
+    def snapshot(self):
+        return self.inner.snapshot()
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def kafka_source(settings: StreamSettings) -> KafkaSource:

@@ -63,6 +63,7 @@ from confluent_kafka import KafkaError, Producer
 from schemas import IntentUpdate, PlayEvent, decode_dead_letter, decode_intent_update, encode_play_event
 from stream.arguments import non_negative_int, positive_float, positive_int
 from stream.broker import EmbeddedBroker, TopicReader, client_config, create_topics, delete_topics
+from stream.dataflow import WrappedPartition
 from stream.settings import StreamSettings
 
 FETCH_WAIT_MS = 10
@@ -308,27 +309,18 @@ def outgoing_messages(events: Sequence[PlayEvent], fmt: str, malformed: int = 0)
 # ---------------------------------------------------------------------------------------------
 
 
-class _StoppablePartition(StatefulSourcePartition):
+class _StoppablePartition(WrappedPartition):
     def __init__(self, partition: StatefulSourcePartition, source: "StoppableKafkaSource") -> None:
-        self._partition = partition
+        super().__init__(partition)
         self._source = source
 
     def next_batch(self):
         if self._source.stop.is_set():
             raise StopIteration()
-        batch = self._partition.next_batch()
+        batch = self.inner.next_batch()
         if batch and self._source.first_read_at is None:
             self._source.first_read_at = time.time()
         return batch
-
-    def next_awake(self):
-        return self._partition.next_awake()
-
-    def snapshot(self):
-        return self._partition.snapshot()
-
-    def close(self) -> None:
-        self._partition.close()
 
 
 class StoppableKafkaSource(KafkaSource):
