@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def data_synth(args) -> int:
+def data_synth(args) -> None:
     from model.logs import log_format, write_log
     from model.synth import generate_world
 
@@ -103,7 +103,7 @@ def data_synth(args) -> int:
     print(f"wrote {count} events to {args.out}")
 
 
-def data_movielens(args) -> int:
+def data_movielens(args) -> None:
     from model.logs import log_format, write_log
     from model.movielens import read_movielens
 
@@ -115,7 +115,7 @@ def data_movielens(args) -> int:
 SMALL_MODEL = dict(d_item=32, d_small=8, d_model=32, d_proj=16, n_layers_item=1, attention_window=20)
 
 
-def train_command(args) -> int:
+def train_command(args) -> None:
     import torch
 
     from model.config import TrainConfig
@@ -138,7 +138,7 @@ def train_command(args) -> int:
     )
 
 
-def evaluate_command(args) -> int:
+def evaluate_command(args) -> None:
     from model.evaluate import evaluate, format_report
     from model.runtime import Scorer
     from model.train import load_rows
