@@ -28,6 +28,7 @@ of one user in a batch can cost a rebuild from the history, never a wrong score.
 """
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -363,6 +364,7 @@ class KVCache:
         self.next = np.zeros(0, dtype=np.int64)  # each ring's oldest position
         self.entries: OrderedDict[Hashable, CacheEntry] = OrderedDict()
         self.free: list[int] = []
+        self._read_buffers = [torch.empty(0, device=device), torch.empty(0, device=device)]  # see read()
         # What a step reads per user: keys/values and pointer keys (float32).
         floats = int(np.prod(keys_values_shape(config, 1, self.window))) + self.window * config.d_model
         self.read_bytes_per_user = 4 * floats
@@ -405,8 +407,21 @@ class KVCache:
         return Ring(slots, self.next[slots], self.items[slots], self.ts[slots], self.valid[slots])
 
     def read(self, slot_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys/values (keys_values_shape(B, L-1)) and pointer keys (B, L-1, d_model) of slots."""
-        return self.keys_values.index_select(2, slot_index), self.pointer_keys.index_select(0, slot_index)
+        """Keys/values (keys_values_shape(B, L-1)) and pointer keys (B, L-1, d_model) of slots, in
+        buffers that the next read overwrites. Reusing them matters on the CPU: a fresh tensor of
+        that size is fresh memory from the system, and its page faults cost twice the copy."""
+        B = len(slot_index)
+        keys_values = self._read_buffer(0, (*self.keys_values.shape[:2], B, *self.keys_values.shape[3:]))
+        pointer_keys = self._read_buffer(1, (B, *self.pointer_keys.shape[1:]))
+        torch.index_select(self.keys_values, 2, slot_index, out=keys_values)
+        torch.index_select(self.pointer_keys, 0, slot_index, out=pointer_keys)
+        return keys_values, pointer_keys
+
+    def _read_buffer(self, which: int, shape: tuple[int, ...]) -> torch.Tensor:
+        size = math.prod(shape)
+        if self._read_buffers[which].numel() < size:
+            self._read_buffers[which] = torch.empty(size, device=self.device)
+        return self._read_buffers[which][:size].view(shape)
 
     def append(self, ring: Ring, slot_index, position_index, outputs: GraphOutputs, rows: np.ndarray) -> None:
         """Each ring takes the one new row of a step (rows: (B,))."""
