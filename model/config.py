@@ -108,6 +108,6 @@ class TrainConfig:
     patience: int = 3  # epochs without a better validation NDCG@10 before stopping
     batch_size: int = 32  # sequences per step
     chunk_len: int = 200  # interactions per training sequence
-    lr: float = 2e-3
+    lr: float = 2e-3  # peak; cosine decay to lr / 20 over `epochs`
     weight_decay: float = 0.01
     seed: int = 0

@@ -53,6 +53,23 @@ def featurize_all(events, vocab: Vocabularies) -> np.ndarray:
     return rows
 
 
+NO_RELEASE = np.iinfo(np.int64).min
+# What an event says about the item it plays (model.intentrec.IntentMatch learns the catalogue from it).
+CATALOGUE_DTYPE = np.dtype(
+    [("item", np.int32), ("kind", np.int8), ("genres", np.int16, (GENRE_SLOTS,)), ("release_ts", np.int64)]
+)
+
+
+def catalogue_entries(rows: np.ndarray, events) -> np.ndarray:
+    """One entry per event: its item's kind, genres and release time (NO_RELEASE when unknown);
+    `rows` are the events featurized."""
+    entries = np.zeros(len(rows), dtype=CATALOGUE_DTYPE)
+    for name in ("item", "kind", "genres"):
+        entries[name] = rows[name]
+    entries["release_ts"] = [NO_RELEASE if event.release_ts is None else event.release_ts for event in events]
+    return entries
+
+
 def batch_tensors(histories, length: int) -> dict[str, torch.Tensor]:
     """Right-pad histories to `length` and turn each field into a tensor; `valid` marks real rows."""
     batch = np.zeros((len(histories), length), dtype=ROW_DTYPE)

@@ -17,7 +17,8 @@ Two graphs over plain tensors, which the backends (model.backends) run eagerly o
 - StepGraph: one new row per user, after the cached rows of the user's last L-1 interactions.
 
 What float32 or TensorRT cannot compute is prepared on the host: the time encoding (float64
-phases of absolute time), the gaps between interactions and the attention masks (int64 times).
+phases of absolute time), the gaps between interactions, the attention masks and each row's days
+since the time origin (for IntentMatch's release recency), all from int64 times.
 
 `IncrementalScorer.score(users, histories)` is the serving entry point. It returns what
 `Scorer.score(histories)` returns, keeping recently scored users' rows in a bounded cache on the
@@ -38,9 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.config import IntentRecConfig
+from model.config import DAY_MS, IntentRecConfig
 from model.features import MAX_GAP_S, ROW_DTYPE
-from model.intentrec import CausalTransformer, IntentRec, attention_mask, intent_probabilities, task_sizes
+from model.intentrec import CausalTransformer, Intent, IntentRec, attention_mask, intent_probabilities, task_sizes
 from model.runtime import Predictions, Scorer, Scores, padded_length
 
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -53,7 +54,7 @@ MAX_GAP_MS = int(MAX_GAP_S * 1000)
 INDEX_FIELDS = ("item", "action", "kind", "release", "device", "genres")
 # Both graphs' inputs prepared on the host, in order. StepGraph then takes the cached rows: their
 # items (from the host), keys/values and pointer keys (read on the device).
-GRAPH_INPUTS = (*INDEX_FIELDS, "watch_s", "gap_s", "time_code", "attend", "attend_short")
+GRAPH_INPUTS = (*INDEX_FIELDS, "watch_s", "gap_s", "time_code", "days", "attend", "attend_short")
 
 
 def cached_layers(config: IntentRecConfig) -> int:
@@ -111,13 +112,13 @@ def run_rows(
         context.append(encode(short, embed(short, features), attend_short))
     context = torch.cat(context, dim=-1)
 
-    intent_outputs = []
+    intent_outputs, intent_probs = [], {}
     item_input = context
     if c.intent_tasks:
         intent = model.intent_encoder.transformer
-        probs = intent_probabilities(model.intent_heads(encode(intent, embed(intent, context), attend)))
-        z, weights = model.intent_fusion(probs)
-        intent_outputs = [probs[task][:, -1] for task in probs] + [z[:, -1], weights[:, -1]]
+        intent_probs = intent_probabilities(model.intent_heads(encode(intent, embed(intent, context), attend)))
+        z, weights = model.intent_fusion(intent_probs)
+        intent_outputs = [intent_probs[task][:, -1] for task in intent_probs] + [z[:, -1], weights[:, -1]]
         if c.feeds_intent:
             item_input = torch.cat([context, z], dim=-1)
 
@@ -129,8 +130,11 @@ def run_rows(
     if past_pointer_keys is not None:
         pointer_keys = torch.cat([past_pointer_keys, new_pointer_keys], dim=1)
         items = torch.cat([past_items, items], dim=1)
+    intent = None
+    if item_encoder.intent_match is not None:
+        intent = Intent({task: p[:, -1:] for task, p in intent_probs.items()}, inputs["days"][:, -1:])
     probs = item_encoder.next_item_probs(
-        h_item[:, -1:], pointer_keys, items, attend[:, :, -1:], model.features.item.weight
+        h_item[:, -1:], pointer_keys, items, attend[:, :, -1:], model.features.item.weight, intent
     )
     return (probs[:, 0], *intent_outputs, torch.stack(new_keys_values), new_pointer_keys)
 
@@ -142,8 +146,8 @@ class WindowGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, item, action, kind, release, device, genres, watch_s, gap_s, time_code, attend, attend_short):
-        values = (item, action, kind, release, device, genres, watch_s, gap_s, time_code, attend, attend_short)
+    def forward(self, item, action, kind, release, device, genres, watch_s, gap_s, time_code, days, attend, attend_short):
+        values = (item, action, kind, release, device, genres, watch_s, gap_s, time_code, days, attend, attend_short)
         return run_rows(self.model, dict(zip(GRAPH_INPUTS, values)))
 
 
@@ -155,10 +159,10 @@ class StepGraph(nn.Module):
         self.model = model
 
     def forward(
-        self, item, action, kind, release, device, genres, watch_s, gap_s, time_code, attend, attend_short,
+        self, item, action, kind, release, device, genres, watch_s, gap_s, time_code, days, attend, attend_short,
         past_items, past_keys_values, past_pointer_keys,
     ):  # fmt: skip
-        values = (item, action, kind, release, device, genres, watch_s, gap_s, time_code, attend, attend_short)
+        values = (item, action, kind, release, device, genres, watch_s, gap_s, time_code, days, attend, attend_short)
         inputs = dict(zip(GRAPH_INPUTS, values))
         return run_rows(self.model, inputs, past_items, past_keys_values, past_pointer_keys)
 
@@ -196,10 +200,15 @@ class HostBatch:
     valid: np.ndarray  # (B, T) bool
 
 
-def graph_inputs(rows: np.ndarray, gap_s, time_code, attend, attend_short) -> list[np.ndarray]:
+def graph_inputs(rows: np.ndarray, gap_s, time_code, days, attend, attend_short) -> list[np.ndarray]:
     """Index fields as int32 (TensorRT has no int16 and treats int8 as quantized)."""
     fields = [rows[name].astype(np.int32) for name in INDEX_FIELDS]
-    return [*fields, rows["watch_s"], gap_s, time_code, attend, attend_short]
+    return [*fields, rows["watch_s"], gap_s, time_code, days, attend, attend_short]
+
+
+def days_since(ts: np.ndarray, origin_ms: int) -> np.ndarray:
+    """IntentMatch.days on the host: float32 days since the time origin."""
+    return ((ts - origin_ms) / DAY_MS).astype(np.float32)
 
 
 def encode_time(time_encoding: nn.Module, ts: np.ndarray) -> np.ndarray:
@@ -226,7 +235,8 @@ def window_batch(histories: Sequence[np.ndarray], length: int, config: IntentRec
     valid_t, ts_t = torch.from_numpy(valid), torch.from_numpy(ts)
     attend = attention_mask(valid_t, ts_t, config.attention_window, None)[:, 0].numpy()
     attend_short = attention_mask(valid_t, ts_t, config.attention_window, config.short_term_window_ms)[:, 0].numpy()
-    inputs = graph_inputs(rows, gap_s, encode_time(time_encoding, ts), attend, attend_short)
+    days = days_since(ts, config.time_origin_ms)
+    inputs = graph_inputs(rows, gap_s, encode_time(time_encoding, ts), days, attend, attend_short)
     return HostBatch(inputs, inputs[0], ts, valid)
 
 
@@ -241,7 +251,8 @@ def step_batch(rows: np.ndarray, previous_ts: np.ndarray, cached: Ring, config, 
     recent = cached.valid & (ts - cached.ts <= config.short_term_window_ms)
     attend = np.concatenate([cached.valid, itself], axis=1)[:, None, :]
     attend_short = np.concatenate([recent, itself], axis=1)[:, None, :]
-    inputs = graph_inputs(rows, gap_s, encode_time(time_encoding, ts), attend, attend_short)
+    days = days_since(ts, config.time_origin_ms)
+    inputs = graph_inputs(rows, gap_s, encode_time(time_encoding, ts), days, attend, attend_short)
     return HostBatch([*inputs, cached.items], inputs[0], ts, itself)
 
 

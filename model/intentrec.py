@@ -6,7 +6,8 @@ Reading order follows the paper:
   3. intent encoder on F_k + S_k, one head per intent task   (IntentEncoder, IntentHeads)
   4. intent embedding Z_k = sum_i softmax(alpha)_i Proj_i(p_k^i)  (IntentFusion)
   5. item encoder on F_k + S_k + Z_k, softmax over the catalogue (ItemEncoder), which we mix
-     with a pointer over the user's recent items (repeat or explore)
+     with a pointer over the user's recent items (repeat or explore); where Z feeds it, the
+     predicted intent also scores the catalogue directly (IntentMatch) and steers the mix
 
 Streaming constraints, kept everywhere:
   - positions come from each interaction's own timestamp (sinusoidal encoding of absolute time), so a
@@ -19,15 +20,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model.config import IntentRecConfig
-from model.features import FeatureEmbedding
-from model.vocab import PAD, UNKNOWN
+from model.features import NO_RELEASE, FeatureEmbedding
+from model.vocab import FIRST_REAL, PAD, RELEASE_BUCKETS, UNKNOWN
 
 HOUR_MS = 3_600_000.0
+DAY_MS = 86_400_000.0
 
 
 def task_sizes(config: IntentRecConfig) -> dict[str, int]:
@@ -220,6 +223,94 @@ class IntentFusion(nn.Module):
         return z, weights
 
 
+class IntentMatch(nn.Module):
+    """How well each catalogue item fits the predicted intent, a bonus to the explore logits where Z
+    feeds the item encoder (our addition, like the repeat pointer):
+        w_kind log p(the item's kind) + w_genre mean over its genres of log p(genre)
+        + w_release log p(the item's release bucket at the time of the query).
+    Z reaches the catalogue only through the item encoder's state; this lets a confident intent
+    ("a title released this month") rank every matching item up at once, including new titles
+    played too rarely to have a good embedding. The items' kinds, genres and release days come from
+    the training log (`learn`); unknown ones get no bonus."""
+
+    TASKS = ("kind", "genre", "release")
+    ATTRIBUTE_TASKS = ("kind", "genre")  # fixed per item: one matrix product scores them all
+
+    def __init__(self, config: IntentRecConfig):
+        super().__init__()
+        self.tasks = tuple(task for task in self.TASKS if task in config.intent_tasks)
+        self.attribute_tasks = tuple(task for task in self.ATTRIBUTE_TASKS if task in self.tasks)
+        self.origin_ms = config.time_origin_ms
+        self.attribute_sizes = tuple(task_sizes(config)[task] for task in self.attribute_tasks)
+        # Per item: one-hot kind, then genres summing to 1 (zeros where unknown).
+        self.register_buffer("item_attributes", torch.zeros(config.n_items, sum(self.attribute_sizes)))
+        self.register_buffer("item_release_day", torch.full((config.n_items,), math.inf))  # days since origin_ms
+        # release_buckets gives 0 below the first bound (the -inf age of an unknown release), then
+        # one bucket per RELEASE_BUCKETS entry.
+        bounds = [-1e12] + [upper for _, upper in RELEASE_BUCKETS[:-1]]
+        self.register_buffer("age_bounds", torch.tensor(bounds), persistent=False)
+        self.weights = nn.Parameter(torch.zeros(len(self.tasks)))
+
+    def forward(self, probs: dict[str, torch.Tensor], days: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_items) logit bonus from the intent probabilities of each position, whose time
+        is `days` (B, T) since the origin."""
+        weighted = {
+            task: weight * torch.log(probs[task].clamp(min=1e-6)) for weight, task in zip(self.weights, self.tasks)
+        }
+        bonus = 0.0
+        if self.attribute_tasks:
+            bonus = torch.cat([weighted[task] for task in self.attribute_tasks], dim=-1) @ self.item_attributes.T
+        if "release" in weighted:
+            real = weighted["release"][..., FIRST_REAL:]
+            by_bucket = torch.cat([torch.zeros_like(real[..., :1]), real], dim=-1)  # bucket 0: unknown
+            bonus = bonus + by_bucket.gather(-1, self.release_buckets(days))
+        return bonus
+
+    def release_buckets(self, days: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_items): 1 + the index in RELEASE_BUCKETS of every item's age at each query
+        time (how many bounds the age has passed); 0 for an item without a release date (release
+        day +inf, age -inf). Compared, not bucketized: compilers fuse comparisons into one loop."""
+        age_days = days.unsqueeze(-1) - self.item_release_day
+        return (age_days.unsqueeze(-1) > self.age_bounds).sum(-1)
+
+    def days(self, ts: torch.Tensor) -> torch.Tensor:
+        """Days since the origin of int64 epoch-ms times, in float32."""
+        return ((ts - self.origin_ms).double() / DAY_MS).float()
+
+    @torch.no_grad()
+    def learn(self, entries: np.ndarray) -> None:
+        """Each item's kind, genres and release day from catalogue entries
+        (model.features.catalogue_entries). Labels are averaged over an item's entries; the release
+        day comes from any entry that has one (a title has one release date)."""
+        items = torch.from_numpy(entries["item"].astype(np.int64)).unsqueeze(1)
+        blocks = []
+        for task, size in zip(self.attribute_tasks, self.attribute_sizes):
+            labels = torch.from_numpy(entries["kind" if task == "kind" else "genres"].astype(np.int64))
+            labels = labels.reshape(len(items), -1)  # (N, 1) kinds, (N, GENRE_SLOTS) genres
+            block = torch.zeros(len(self.item_attributes), size)
+            block[items.expand_as(labels), labels] = 1.0
+            block[:, :FIRST_REAL] = 0.0  # padding, unknown
+            blocks.append(block / block.sum(1, keepdim=True).clamp(min=1.0))
+        if blocks:
+            self.item_attributes.copy_(torch.cat(blocks, dim=1))
+        release_ts = torch.from_numpy(entries["release_ts"].copy())
+        known = release_ts != NO_RELEASE
+        self.item_release_day[items[known, 0]] = self.days(release_ts[known])
+
+
+@dataclass
+class Intent:
+    """The predicted intent the item encoder reads at its query positions (where Z feeds it)."""
+
+    probs: dict[str, torch.Tensor]  # task -> (B, T, labels)
+    days: torch.Tensor  # (B, T): the queries' times, days since the time origin (IntentMatch.days)
+
+    def at(self, rows: torch.Tensor, positions: torch.Tensor) -> "Intent":
+        """Only position positions[b] of row rows[b], kept as a length-1 time axis."""
+        probs = {task: p[rows, positions].unsqueeze(1) for task, p in self.probs.items()}
+        return Intent(probs, self.days[rows, positions].unsqueeze(1))
+
+
 class ItemEncoder(nn.Module):
     """FC + LayerNorm on F_k (+) S_k (+) Z_k, a causal transformer of its own (not shared with the
     intent encoder), then the next-item distribution.
@@ -230,6 +321,12 @@ class ItemEncoder(nn.Module):
     A gate learnt from the same state decides between them: p = (1 - g) p_explore + g p_repeat.
     Resuming shows and rewatching are most of streaming; a catalogue softmax alone learns to copy
     the last item only slowly.
+
+    Where Z feeds the item encoder (V2, V3), the intent probabilities are also read directly, as the
+    hierarchy's second addition: IntentMatch adds to every item's explore logit how well the item
+    fits the predicted kind, genres and release recency, and the predicted next action shifts the
+    gate (w . p_action: "continue" and "rewatch" mean repeat, "discover" means explore). Both start
+    at zero weight, so training decides how much they count.
     """
 
     def __init__(self, d_in: int, config: IntentRecConfig):
@@ -239,23 +336,34 @@ class ItemEncoder(nn.Module):
         self.repeat_query = nn.Linear(config.d_model, config.d_model)
         self.repeat_key = nn.Linear(config.d_model, config.d_model)
         self.repeat_gate = nn.Linear(config.d_model, 1)
+        self.intent_match = IntentMatch(config) if config.feeds_intent else None
+        self.intent_gate = (
+            nn.Linear(config.n_actions, 1, bias=False) if config.feeds_intent and "action" in config.intent_tasks else None
+        )
+        if self.intent_gate is not None:
+            nn.init.zeros_(self.intent_gate.weight)
 
-    def forward(self, x, ts, mask, items: torch.Tensor, item_embeddings: torch.Tensor, targets=None, last=None):
+    def forward(
+        self, x, ts, mask, items: torch.Tensor, item_embeddings: torch.Tensor, intent_probs=None, targets=None, last=None
+    ):
         inputs = self.transformer.embed(x, ts)
         h = self.transformer.encode(inputs, mask)
+        intent = Intent(intent_probs, self.intent_match.days(ts)) if self.intent_match is not None else None
         if last is not None:  # serving: only each row's newest position needs the catalogue
             rows = torch.arange(len(last), device=last.device)
             h, mask = h[rows, last].unsqueeze(1), mask[rows, :, last].unsqueeze(2)
-            return self.next_item_log_probs(h, inputs, items, mask, item_embeddings).squeeze(1)
-        return self.next_item_log_probs(h, inputs, items, mask, item_embeddings, targets)
+            intent = intent.at(rows, last) if intent is not None else None
+            return self.next_item_log_probs(h, inputs, items, mask, item_embeddings, intent).squeeze(1)
+        return self.next_item_log_probs(h, inputs, items, mask, item_embeddings, intent, targets)
 
-    def next_item_log_probs(self, h, key_inputs, key_items, mask, item_embeddings, targets=None):
+    def next_item_log_probs(self, h, key_inputs, key_items, mask, item_embeddings, intent=None, targets=None):
         """log p(next item) for queries h (B, T, D): over the whole catalogue (B, T, n_items), or
         only for `targets` (B, T) when given, which spares training a (B, T, n_items) mixture.
         The pointer reads the positions of key_inputs (B, P, D) / key_items (B, P) that
-        mask (B, 1, T, P) allows."""
-        explore = torch.log_softmax(self.catalogue_logits(h, item_embeddings), dim=-1)
-        pointer, gate = self.repeat_pointer(h, self.repeat_key(key_inputs), mask)
+        mask (B, 1, T, P) allows; `intent` is the queries' predicted intent where Z feeds the item
+        encoder, else None."""
+        explore = torch.log_softmax(self.catalogue_logits(h, item_embeddings, intent), dim=-1)
+        pointer, gate = self.repeat_pointer(h, self.repeat_key(key_inputs), mask, intent)
         if targets is None:
             repeat = torch.zeros_like(explore).scatter_add_(-1, pointer_slots(key_items, pointer), pointer)
         else:
@@ -267,25 +375,30 @@ class ItemEncoder(nn.Module):
             torch.log1p(-gate.clamp(max=1 - 1e-6)) + explore, torch.log(gate) + torch.log(repeat.clamp(min=1e-30))
         )
 
-    def next_item_probs(self, h, pointer_keys, key_items, mask, item_embeddings) -> torch.Tensor:
+    def next_item_probs(self, h, pointer_keys, key_items, mask, item_embeddings, intent=None) -> torch.Tensor:
         """p(next item) over the catalogue, the same mixture as next_item_log_probs, computed in
         probability space: serving needs no logarithms, and this makes fewer passes over the catalogue.
         Takes the pointer's keys already projected (`repeat_key` of the positions' inputs), which
         incremental inference caches."""
-        explore = torch.softmax(self.catalogue_logits(h, item_embeddings), dim=-1)
-        pointer, gate = self.repeat_pointer(h, pointer_keys, mask)
+        explore = torch.softmax(self.catalogue_logits(h, item_embeddings, intent), dim=-1)
+        pointer, gate = self.repeat_pointer(h, pointer_keys, mask, intent)
         return explore.mul_(1 - gate).scatter_add_(-1, pointer_slots(key_items, pointer), pointer * gate)
 
-    def catalogue_logits(self, h, item_embeddings) -> torch.Tensor:
+    def catalogue_logits(self, h, item_embeddings, intent=None) -> torch.Tensor:
         logits = self.to_item_space(h) @ item_embeddings.T
+        if self.intent_match is not None:
+            logits = logits + self.intent_match(intent.probs, intent.days)
         logits[..., PAD] = logits[..., UNKNOWN] = float("-inf")
         return logits
 
-    def repeat_pointer(self, h, pointer_keys, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    def repeat_pointer(self, h, pointer_keys, mask, intent=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention of each query over the allowed positions (B, T, P), and the gate g (B, T, 1)."""
         scores = self.repeat_query(h) @ pointer_keys.transpose(1, 2) / math.sqrt(h.shape[-1])
         pointer = torch.softmax(scores.masked_fill(~mask[:, 0], float("-inf")), dim=-1)
-        return pointer, torch.sigmoid(self.repeat_gate(h))
+        gate = self.repeat_gate(h)
+        if self.intent_gate is not None:
+            gate = gate + self.intent_gate(intent.probs["action"])
+        return pointer, torch.sigmoid(gate)
 
 
 def pointer_slots(key_items: torch.Tensor, pointer: torch.Tensor) -> torch.Tensor:
@@ -320,6 +433,12 @@ class IntentRec(nn.Module):
             self.intent_fusion = IntentFusion(c)
         self.item_encoder = ItemEncoder(d_context + (c.d_proj if c.feeds_intent else 0), c)
 
+    def learn_catalogue(self, entries: np.ndarray) -> None:
+        """Remember what IntentMatch scores of each item (kind, genres, release day) from catalogue
+        entries (model.features.catalogue_entries); nothing to remember where Z is not fed."""
+        if self.item_encoder.intent_match is not None:
+            self.item_encoder.intent_match.learn(entries)
+
     def forward(
         self, x: dict[str, torch.Tensor], targets: torch.Tensor | None = None, last: torch.Tensor | None = None
     ) -> IntentRecOutput:
@@ -344,5 +463,7 @@ class IntentRec(nn.Module):
             z, weights = self.intent_fusion(intent_probs)
 
         item_input = torch.cat([context, z], dim=-1) if c.feeds_intent else context
-        item_log_probs = self.item_encoder(item_input, ts, mask, x["item"], self.features.item.weight, targets, last)
+        item_log_probs = self.item_encoder(
+            item_input, ts, mask, x["item"], self.features.item.weight, intent_probs, targets, last
+        )
         return IntentRecOutput(item_log_probs, intent_logits, intent_probs, z, weights)

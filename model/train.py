@@ -18,7 +18,7 @@ from tqdm import tqdm
 from model.checkpoint import save_checkpoint
 from model.config import IntentRecConfig, TrainConfig, variant_overrides
 from model.evaluate import judge, leave_one_out
-from model.features import ROW_DTYPE, batch_tensors, featurize_all
+from model.features import CATALOGUE_DTYPE, ROW_DTYPE, batch_tensors, catalogue_entries, featurize_all
 from model.intentrec import IntentRec
 from model.logs import LogError, read_user_sequences
 from model.runtime import Scorer
@@ -46,10 +46,19 @@ def seed_everything(seed: int) -> None:
 
 def load_rows(log_path, vocab: Vocabularies | None = None, until_ts: int | None = None):
     """Read a log into featurized per-user arrays (fitting the vocabularies when none are given)."""
+    rows_by_user, vocab, _ = load_rows_and_catalogue(log_path, vocab, until_ts)
+    return rows_by_user, vocab
+
+
+def load_rows_and_catalogue(log_path, vocab: Vocabularies | None = None, until_ts: int | None = None):
+    """load_rows, and what the log says of the items it plays (model.features.catalogue_entries)."""
     sequences = read_user_sequences(log_path, until_ts=until_ts)
     if vocab is None:
         vocab = Vocabularies.fit(e for events in sequences.values() for e in events)
-    return {user: featurize_all(events, vocab) for user, events in sequences.items()}, vocab
+    rows_by_user = {user: featurize_all(events, vocab) for user, events in sequences.items()}
+    entries = [catalogue_entries(rows_by_user[user], events) for user, events in sequences.items()]
+    catalogue = np.concatenate(entries) if entries else np.zeros(0, dtype=CATALOGUE_DTYPE)
+    return rows_by_user, vocab, catalogue
 
 
 def chunk_spans(n: int, chunk_len: int, warmup: int) -> list[tuple[int, int, int]]:
@@ -135,7 +144,7 @@ def train_model(
     """Train IntentRec on a play log and save the best (by validation NDCG@10) checkpoint to out_dir."""
     started = time.perf_counter()
     seed_everything(train_config.seed)
-    rows_by_user, vocab = load_rows(log_path, until_ts=until_ts)
+    rows_by_user, vocab, catalogue = load_rows_and_catalogue(log_path, until_ts=until_ts)
     n_train = sum(max(0, len(r) - 2) for r in rows_by_user.values())
     if n_train < 2:
         raise LogError(f"{log_path}: too few events to train on (each user's last two are held out)")
@@ -153,12 +162,17 @@ def train_model(
     if model_overrides:
         config = replace(config, **model_overrides)
     model = IntentRec(config)
+    model.learn_catalogue(catalogue)
 
     warmup = min(config.history_len - 1, train_config.chunk_len // 2)
     windows = training_windows(rows_by_user, train_config.chunk_len, warmup)
     mean_weight = float(np.mean([w[2]["watch_s"].mean() for w in windows])) + WATCH_FLOOR_S
     validation_cases = leave_one_out(rows_by_user, vocab, holdout=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
+    steps_per_epoch = -(-len(windows) // train_config.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=train_config.epochs * steps_per_epoch, eta_min=train_config.lr / 20
+    )
 
     best = (-1.0, 0, None)  # (validation NDCG@10, epoch, weights)
     epoch = 0
@@ -177,6 +191,7 @@ def train_model(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            schedule.step()
             losses.append(loss.item())
         ndcg = validation_ndcg(model, vocab, validation_cases)
         if ndcg > best[0]:

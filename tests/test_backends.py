@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-from test_model import random_history, tiny_config, tiny_vocab
+from test_model import random_history, random_model, tiny_config, tiny_vocab
 
 from model.backends import BackendError, check_backend_spec, load_backend
 from model.checkpoint import save_checkpoint
@@ -24,7 +24,7 @@ NEEDS_TENSORRT = "the tensorrt backend needs torch-tensorrt (pip install 'intent
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("model")
-    save_checkpoint(directory, IntentRec(tiny_config()).eval(), tiny_vocab(), {"name": "tiny", "version": "1"})
+    save_checkpoint(directory, random_model(tiny_config()), tiny_vocab(), {"name": "tiny", "version": "1"})
     return directory
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_model import HOUR, random_history, tiny_config, tiny_vocab
+from test_model import HOUR, random_history, random_model, tiny_config, tiny_vocab
 
 from model.config import variant_overrides
 from model.incremental import HostToDevice, IncrementalScorer, KVCache, rounds
-from model.intentrec import IntentRec
 from model.runtime import Scorer
 from schemas import ModelRef
 
@@ -18,7 +17,7 @@ TOLERANCE = dict(rtol=1e-4, atol=1e-6)
 
 def make_scorer(seed: int = 0, **overrides) -> Scorer:
     torch.manual_seed(seed)
-    return Scorer(IntentRec(tiny_config(**overrides)).eval(), tiny_vocab(), ModelRef("tiny", "1"))
+    return Scorer(random_model(tiny_config(**overrides)), tiny_vocab(), ModelRef("tiny", "1"))
 
 
 def assert_same_predictions(incremental, full):

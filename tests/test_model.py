@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,13 +12,14 @@ import torch
 
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import IntentRecConfig, variant_overrides
-from model.features import ROW_DTYPE, batch_tensors
-from model.intentrec import IntentRec, attention_mask
+from model.features import CATALOGUE_DTYPE, NO_RELEASE, ROW_DTYPE, batch_tensors, catalogue_entries
+from model.intentrec import Intent, IntentRec, attention_mask, intent_probabilities, task_sizes
 from model.runtime import Scorer, padded_length
 from model.vocab import Vocabularies, Vocabulary
 from schemas import ModelRef
 
 HOUR = 3_600_000
+DAY = 24 * HOUR
 
 
 def tiny_config(**overrides) -> IntentRecConfig:
@@ -41,6 +44,29 @@ def random_history(n: int, seed: int = 0, max_gap_ms: int = 20 * HOUR) -> np.nda
     rows["ts"] = 1_600_000_000_000 + np.cumsum(rng.integers(60_000, max_gap_ms, n))
     rows["watch_s"] = rng.uniform(0, 3600, n)
     return rows
+
+
+def random_catalogue(n: int, seed: int = 0) -> np.ndarray:
+    """Catalogue entries of random items, released up to three years before the origin (some unknown)."""
+    rows = random_history(n, seed)
+    rng = np.random.default_rng(seed)
+    release_ts = rows["ts"] - rng.integers(0, 3 * 365 * DAY, n)
+    release_ts[rng.random(n) < 0.2] = NO_RELEASE
+    return catalogue_entries(rows, [SimpleNamespace(release_ts=None if ts == NO_RELEASE else ts) for ts in release_ts])
+
+
+def random_model(config: IntentRecConfig) -> IntentRec:
+    """An untrained model whose every path counts: a catalogue learnt from random rows, and random
+    values in the parameters that start at zero (they would hide the intent-matching paths)."""
+    model = IntentRec(config)
+    model.learn_catalogue(random_catalogue(60, seed=99))
+    encoder = model.item_encoder
+    with torch.no_grad():
+        for parameter in (encoder.intent_match, encoder.intent_gate):
+            if parameter is not None:
+                for weights in parameter.parameters():
+                    weights.normal_()
+    return model.eval()
 
 
 def tiny_vocab() -> Vocabularies:
@@ -198,14 +224,70 @@ def test_scoring_only_the_newest_positions_equals_the_full_distribution():
     torch.testing.assert_close(newest, full[torch.arange(2), last])
 
 
+def random_intent_probs(config: IntentRecConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return intent_probabilities(
+        {task: torch.randn(1, 1, n, generator=generator) for task, n in task_sizes(config).items()}
+    )
+
+
 def test_serving_probabilities_equal_the_log_space_mixture():
-    encoder = IntentRec(tiny_config()).eval().item_encoder
+    config = tiny_config()
+    model = IntentRec(config).eval()
+    model.learn_catalogue(random_catalogue(40, seed=6))
+    encoder = model.item_encoder
     history = random_history(9, seed=5)
     h, inputs = torch.randn(1, 1, 16), torch.randn(1, 9, 16)
     mask = torch.ones(1, 1, 1, 9, dtype=torch.bool)
     items = torch.from_numpy(history["item"].astype(np.int64)).unsqueeze(0)
     weights = torch.randn(30, 16)
+    intent = Intent(random_intent_probs(config), torch.tensor([[250.0]]))
     with torch.no_grad():
-        expected = encoder.next_item_log_probs(h, inputs, items, mask, weights).exp()
-        got = encoder.next_item_probs(h, encoder.repeat_key(inputs), items, mask, weights)
+        encoder.intent_match.weights.fill_(0.7)
+        encoder.intent_gate.weight.normal_()
+        expected = encoder.next_item_log_probs(h, inputs, items, mask, weights, intent).exp()
+        got = encoder.next_item_probs(h, encoder.repeat_key(inputs), items, mask, weights, intent)
     torch.testing.assert_close(got, expected)
+
+
+def test_the_catalogue_learnt_from_rows_ranks_items_that_match_the_predicted_intent_up():
+    config = tiny_config()
+    model = IntentRec(config).eval()
+    origin = config.time_origin_ms
+    entries = np.zeros(3, dtype=CATALOGUE_DTYPE)
+    entries["item"], entries["kind"] = [5, 6, 7], [2, 3, 3]
+    entries["genres"][0, :2] = [4, 7]
+    entries["genres"][1, :1] = [8]
+    entries["release_ts"] = [origin + 100 * DAY, origin - 1000 * DAY, NO_RELEASE]
+    model.learn_catalogue(entries)
+    match = model.item_encoder.intent_match
+    kinds, genres = match.item_attributes[:, :4], match.item_attributes[:, 4:]  # 4 kind labels, 9 genre labels
+    assert kinds[[5, 6, 7]].argmax(1).tolist() == [2, 3, 3] and (kinds.sum(1)[[5, 6, 7]] == 1).all()
+    assert genres[5].tolist() == pytest.approx([0, 0, 0, 0, 0.5, 0, 0, 0.5, 0])
+    assert genres[6, 8] == 1.0 and genres[6].sum() == 1.0
+    assert match.item_attributes[[0, 1, 8]].sum() == 0  # padding, unknown, never played
+    assert match.item_release_day[[5, 6, 7]].tolist() == [100, -1000, math.inf]
+
+    intent = random_intent_probs(config)
+    intent["kind"] = torch.tensor([[[0.0, 0.0, 0.9, 0.1]]])  # item 5's kind is likely
+    intent["genre"] = torch.full((1, 1, 9), 0.1)
+    intent["genre"][..., 8] = 0.9  # item 6's genre is likely
+    intent["release"] = torch.tensor([[[0.0, 0.0, 0.7, 0.1, 0.1, 0.1]]])  # a title out this month
+    days = torch.tensor([[110.0]])  # item 5 is 10 days old, item 6 is 1110 days old
+
+    def bonus(kind: float, genre: float, release: float) -> torch.Tensor:
+        with torch.no_grad():
+            match.weights.copy_(torch.tensor([kind, genre, release]))
+            return match(intent, days)[0, 0]
+
+    assert bonus(1, 0, 0)[5] > bonus(1, 0, 0)[6]
+    assert bonus(0, 1, 0)[6] > bonus(0, 1, 0)[5]
+    assert bonus(0, 0, 1)[5] == pytest.approx(math.log(0.7)) and bonus(0, 0, 1)[6] == pytest.approx(math.log(0.1))
+    assert bonus(0, 0, 1)[7] == 0  # no release date: no bonus
+
+
+def test_only_a_model_that_feeds_intent_to_the_item_encoder_matches_items_to_it():
+    for variant, matches in (("V0", False), ("V1", False), ("V2", True), ("V3", True)):
+        encoder = IntentRec(tiny_config(**variant_overrides(variant))).item_encoder
+        assert (encoder.intent_match is not None) == matches
+        assert (encoder.intent_gate is not None) == matches
