@@ -46,19 +46,20 @@ def seed_everything(seed: int) -> None:
 
 def load_rows(log_path, vocab: Vocabularies | None = None, until_ts: int | None = None):
     """Read a log into featurized per-user arrays (fitting the vocabularies when none are given)."""
-    rows_by_user, vocab, _ = load_rows_and_catalogue(log_path, vocab, until_ts)
-    return rows_by_user, vocab
+    return featurize_sequences(read_user_sequences(log_path, until_ts=until_ts), vocab)
 
 
-def load_rows_and_catalogue(log_path, vocab: Vocabularies | None = None, until_ts: int | None = None):
-    """load_rows, and what the log says of the items it plays (model.features.catalogue_entries)."""
-    sequences = read_user_sequences(log_path, until_ts=until_ts)
+def featurize_sequences(sequences: dict[str, list], vocab: Vocabularies | None = None):
+    """Per-user event lists as featurized arrays, and the vocabularies (fitted when none are given)."""
     if vocab is None:
         vocab = Vocabularies.fit(e for events in sequences.values() for e in events)
-    rows_by_user = {user: featurize_all(events, vocab) for user, events in sequences.items()}
+    return {user: featurize_all(events, vocab) for user, events in sequences.items()}, vocab
+
+
+def learnt_catalogue(sequences: dict[str, list], rows_by_user: dict[str, np.ndarray]) -> np.ndarray:
+    """What the training log says of the items it plays (model.features.catalogue_entries)."""
     entries = [catalogue_entries(rows_by_user[user], events) for user, events in sequences.items()]
-    catalogue = np.concatenate(entries) if entries else np.zeros(0, dtype=CATALOGUE_DTYPE)
-    return rows_by_user, vocab, catalogue
+    return np.concatenate(entries) if entries else np.zeros(0, dtype=CATALOGUE_DTYPE)
 
 
 def chunk_spans(n: int, chunk_len: int, warmup: int) -> list[tuple[int, int, int]]:
@@ -144,7 +145,8 @@ def train_model(
     """Train IntentRec on a play log and save the best (by validation NDCG@10) checkpoint to out_dir."""
     started = time.perf_counter()
     seed_everything(train_config.seed)
-    rows_by_user, vocab, catalogue = load_rows_and_catalogue(log_path, until_ts=until_ts)
+    sequences = read_user_sequences(log_path, until_ts=until_ts)
+    rows_by_user, vocab = featurize_sequences(sequences)
     n_train = sum(max(0, len(r) - 2) for r in rows_by_user.values())
     if n_train < 2:
         raise LogError(f"{log_path}: too few events to train on (each user's last two are held out)")
@@ -162,7 +164,7 @@ def train_model(
     if model_overrides:
         config = replace(config, **model_overrides)
     model = IntentRec(config)
-    model.learn_catalogue(catalogue)
+    model.learn_catalogue(learnt_catalogue(sequences, rows_by_user))
 
     warmup = min(config.history_len - 1, train_config.chunk_len // 2)
     windows = training_windows(rows_by_user, train_config.chunk_len, warmup)
