@@ -39,9 +39,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.config import DAY_MS, IntentRecConfig
+from model.config import IntentRecConfig
 from model.features import MAX_GAP_S, ROW_DTYPE
-from model.intentrec import CausalTransformer, Intent, IntentRec, attention_mask, intent_probabilities, task_sizes
+from model.intentrec import (
+    CausalTransformer,
+    Intent,
+    IntentRec,
+    attention_mask,
+    days_since_origin,
+    intent_probabilities,
+    task_sizes,
+)
 from model.runtime import Predictions, Scorer, Scores, padded_length
 
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -206,11 +214,6 @@ def graph_inputs(rows: np.ndarray, gap_s, time_code, days, attend, attend_short)
     return [*fields, rows["watch_s"], gap_s, time_code, days, attend, attend_short]
 
 
-def days_since(ts: np.ndarray, origin_ms: int) -> np.ndarray:
-    """IntentMatch.days on the host: float32 days since the time origin."""
-    return ((ts - origin_ms) / DAY_MS).astype(np.float32)
-
-
 def encode_time(time_encoding: nn.Module, ts: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         return time_encoding(torch.from_numpy(ts)).numpy()
@@ -235,7 +238,7 @@ def window_batch(histories: Sequence[np.ndarray], length: int, config: IntentRec
     valid_t, ts_t = torch.from_numpy(valid), torch.from_numpy(ts)
     attend = attention_mask(valid_t, ts_t, config.attention_window, None)[:, 0].numpy()
     attend_short = attention_mask(valid_t, ts_t, config.attention_window, config.short_term_window_ms)[:, 0].numpy()
-    days = days_since(ts, config.time_origin_ms)
+    days = days_since_origin(torch.from_numpy(ts), config.time_origin_ms).numpy()
     inputs = graph_inputs(rows, gap_s, encode_time(time_encoding, ts), days, attend, attend_short)
     return HostBatch(inputs, inputs[0], ts, valid)
 
@@ -251,7 +254,7 @@ def step_batch(rows: np.ndarray, previous_ts: np.ndarray, cached: Ring, config, 
     recent = cached.valid & (ts - cached.ts <= config.short_term_window_ms)
     attend = np.concatenate([cached.valid, itself], axis=1)[:, None, :]
     attend_short = np.concatenate([recent, itself], axis=1)[:, None, :]
-    days = days_since(ts, config.time_origin_ms)
+    days = days_since_origin(torch.from_numpy(ts), config.time_origin_ms).numpy()
     inputs = graph_inputs(rows, gap_s, encode_time(time_encoding, ts), days, attend, attend_short)
     return HostBatch([*inputs, cached.items], inputs[0], ts, itself)
 
@@ -375,7 +378,7 @@ class KVCache:
         self.next = np.zeros(0, dtype=np.int64)  # each ring's oldest position
         self.entries: OrderedDict[Hashable, CacheEntry] = OrderedDict()
         self.free: list[int] = []
-        self._read_buffers = [torch.empty(0, device=device), torch.empty(0, device=device)]  # see read()
+        self._read_buffers: dict[str, torch.Tensor] = {}  # see read()
         # What a step reads per user: keys/values and pointer keys (float32).
         floats = int(np.prod(keys_values_shape(config, 1, self.window))) + self.window * config.d_model
         self.read_bytes_per_user = 4 * floats
@@ -422,17 +425,17 @@ class KVCache:
         buffers that the next read overwrites. Reusing them matters on the CPU: a fresh tensor of
         that size is fresh memory from the system, and its page faults cost twice the copy."""
         B = len(slot_index)
-        keys_values = self._read_buffer(0, (*self.keys_values.shape[:2], B, *self.keys_values.shape[3:]))
-        pointer_keys = self._read_buffer(1, (B, *self.pointer_keys.shape[1:]))
+        keys_values = self._read_buffer("keys_values", (*self.keys_values.shape[:2], B, *self.keys_values.shape[3:]))
+        pointer_keys = self._read_buffer("pointer_keys", (B, *self.pointer_keys.shape[1:]))
         torch.index_select(self.keys_values, 2, slot_index, out=keys_values)
         torch.index_select(self.pointer_keys, 0, slot_index, out=pointer_keys)
         return keys_values, pointer_keys
 
-    def _read_buffer(self, which: int, shape: tuple[int, ...]) -> torch.Tensor:
+    def _read_buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         size = math.prod(shape)
-        if self._read_buffers[which].numel() < size:
-            self._read_buffers[which] = torch.empty(size, device=self.device)
-        return self._read_buffers[which][:size].view(shape)
+        if name not in self._read_buffers or self._read_buffers[name].numel() < size:
+            self._read_buffers[name] = torch.empty(size, device=self.device)
+        return self._read_buffers[name][:size].view(shape)
 
     def append(self, ring: Ring, slot_index, position_index, outputs: GraphOutputs, rows: np.ndarray) -> None:
         """Each ring takes the one new row of a step (rows: (B,))."""

@@ -43,6 +43,11 @@ def task_sizes(config: IntentRecConfig) -> dict[str, int]:
     return {task: sizes[task] for task in config.intent_tasks}
 
 
+def days_since_origin(ts: torch.Tensor, origin_ms: int) -> torch.Tensor:
+    """Days since the origin of int64 epoch-ms times, in float32 (IntentMatch's clock)."""
+    return ((ts - origin_ms).double() / DAY_MS).float()
+
+
 # --------------------------------------------------------------------------- building blocks
 
 
@@ -273,10 +278,6 @@ class IntentMatch(nn.Module):
         age_days = days.unsqueeze(-1) - self.item_release_day
         return (age_days.unsqueeze(-1) > self.age_bounds).sum(-1)
 
-    def days(self, ts: torch.Tensor) -> torch.Tensor:
-        """Days since the origin of int64 epoch-ms times, in float32."""
-        return ((ts - self.origin_ms).double() / DAY_MS).float()
-
     @torch.no_grad()
     def learn(self, entries: np.ndarray) -> None:
         """Each item's kind, genres and release day from catalogue entries
@@ -295,7 +296,7 @@ class IntentMatch(nn.Module):
             self.item_attributes.copy_(torch.cat(blocks, dim=1))
         release_ts = torch.from_numpy(entries["release_ts"].copy())
         known = release_ts != NO_RELEASE
-        self.item_release_day[items[known, 0]] = self.days(release_ts[known])
+        self.item_release_day[items[known, 0]] = days_since_origin(release_ts[known], self.origin_ms)
 
 
 @dataclass
@@ -303,7 +304,7 @@ class Intent:
     """The predicted intent the item encoder reads at its query positions (where Z feeds it)."""
 
     probs: dict[str, torch.Tensor]  # task -> (B, T, labels)
-    days: torch.Tensor  # (B, T): the queries' times, days since the time origin (IntentMatch.days)
+    days: torch.Tensor  # (B, T): the queries' times, days_since_origin
 
     def at(self, rows: torch.Tensor, positions: torch.Tensor) -> "Intent":
         """Only position positions[b] of row rows[b], kept as a length-1 time axis."""
@@ -348,7 +349,9 @@ class ItemEncoder(nn.Module):
     ):
         inputs = self.transformer.embed(x, ts)
         h = self.transformer.encode(inputs, mask)
-        intent = Intent(intent_probs, self.intent_match.days(ts)) if self.intent_match is not None else None
+        intent = None
+        if self.intent_match is not None:
+            intent = Intent(intent_probs, days_since_origin(ts, self.intent_match.origin_ms))
         if last is not None:  # serving: only each row's newest position needs the catalogue
             rows = torch.arange(len(last), device=last.device)
             h, mask = h[rows, last].unsqueeze(1), mask[rows, :, last].unsqueeze(2)
