@@ -59,9 +59,14 @@ def floor_baselines(log: Path) -> dict[str, dict]:
     }
 
 
-def train_and_judge(log: Path, variant: str, seed: int, train_config: TrainConfig, workdir: Path) -> dict:
+def train_and_judge(
+    log: Path, variant: str, seed: int, train_config: TrainConfig, model_overrides: dict, workdir: Path
+) -> dict:
     model_dir = workdir / f"{log.stem}-{variant}-{seed}"
-    result = train_model(log, model_dir, variant=variant, train_config=replace(train_config, seed=seed), progress=False)
+    result = train_model(
+        log, model_dir, variant=variant, train_config=replace(train_config, seed=seed),
+        model_overrides=model_overrides, progress=False,
+    )
     scorer = Scorer.load(model_dir)
     rows_by_user, _ = load_rows(log, vocab=scorer.vocab)
     test = evaluate(scorer, rows_by_user, scorer.vocab)["test"]["overall"]
@@ -135,6 +140,8 @@ def main() -> None:
                         help="intra-op threads; one is fastest on a shared 2-core machine")
     parser.add_argument("--jobs", type=int, default=1,
                         help="models trained at once, each in its own process (2 on this 2-core machine)")
+    parser.add_argument("--model-overrides", type=json.loads, default={}, metavar="JSON",
+                        help='IntentRecConfig fields for every variant, e.g. \'{"d_model": 32}\' (capacity probes)')
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.md")
     args = parser.parse_args()
     command = "python bench/quality.py " + shlex.join(sys.argv[1:])
@@ -152,7 +159,7 @@ def main() -> None:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, context, initializer=torch.set_num_threads, initargs=(args.torch_threads,)) as pool:
             futures = {
-                pool.submit(train_and_judge, logs[dataset], variant, seed, train_config, workdir): (dataset, variant, seed)
+                pool.submit(train_and_judge, logs[dataset], variant, seed, train_config, args.model_overrides, workdir): (dataset, variant, seed)
                 for dataset, variant, seed in jobs
             }
             for future in tqdm(as_completed(futures), total=len(futures), desc="quality", unit="model"):
