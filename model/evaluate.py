@@ -54,13 +54,19 @@ def target_ranks(item_scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.where(known, at_least, n_items).astype(np.int64)
 
 
+def ndcg_per_case(ranks: np.ndarray, k: int = K) -> np.ndarray:
+    """NDCG@k of each case: one relevant item, so 1 / log2(rank + 1) within the top k, else 0."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks <= k, 1.0 / np.log2(ranks + 1), 0.0)
+
+
 def ranking_metrics(ranks: np.ndarray, k: int = K) -> dict[str, float]:
     ranks = np.asarray(ranks, dtype=np.float64)
     hit = ranks <= k
     return {
         "users": int(len(ranks)),
         f"HR@{k}": float(hit.mean()) if len(ranks) else 0.0,
-        f"NDCG@{k}": float(np.where(hit, 1.0 / np.log2(ranks + 1), 0.0).mean()) if len(ranks) else 0.0,
+        f"NDCG@{k}": float(ndcg_per_case(ranks, k).mean()) if len(ranks) else 0.0,
         f"MRR@{k}": float(np.where(hit, 1.0 / ranks, 0.0).mean()) if len(ranks) else 0.0,
     }
 
