@@ -5,7 +5,9 @@
 For each dataset: the floor baselines once (they are deterministic), then every variant with every
 seed, each trained on the same split and judged by the same leave-one-out protocol as
 `intentstream evaluate` (test = each user's last interaction, full-catalogue ranking). Writes
-bench/results/quality.md (mean ± std over seeds, training wall time on this machine) and quality.json.
+bench/results/quality.md (mean ± std over seeds, training wall time on this machine, and V3 against
+each other model: by the seed spread and by a paired interval over test users) and quality.json
+(the same, with every model's per-user test ranks).
 """
 from __future__ import annotations
 
