@@ -9,7 +9,7 @@ import pytest
 from model.baselines import Popularity, Recency
 from model.checkpoint import load_checkpoint
 from model.config import TrainConfig
-from model.evaluate import evaluate, leave_one_out, ranking_metrics, target_ranks
+from model.evaluate import evaluate, leave_one_out, ndcg_per_case, ranking_metrics, target_ranks
 from model.features import ROW_DTYPE
 from model.logs import LogError, read_log, write_log
 from model.runtime import Scorer
@@ -43,6 +43,7 @@ def test_ranking_metrics_by_hand():
     assert metrics["HR@10"] == pytest.approx(2 / 3)
     assert metrics["NDCG@10"] == pytest.approx((1 + 1 / np.log2(4)) / 3)
     assert metrics["MRR@10"] == pytest.approx((1 + 1 / 3) / 3)
+    assert ndcg_per_case(np.array([1, 3, 11]), k=10) == pytest.approx([1.0, 0.5, 0.0])
 
 
 def test_chunks_cover_every_position_once_with_context():
