@@ -208,15 +208,17 @@ class HostBatch:
     valid: np.ndarray  # (B, T) bool
 
 
-def graph_inputs(rows: np.ndarray, gap_s, time_code, days, attend, attend_short) -> list[np.ndarray]:
-    """Index fields as int32 (TensorRT has no int16 and treats int8 as quantized)."""
+def graph_inputs(
+    rows: np.ndarray, gap_s, attend, attend_short, config: IntentRecConfig, time_encoding
+) -> list[np.ndarray]:
+    """GRAPH_INPUTS in order: index fields as int32 (TensorRT has no int16 and treats int8 as
+    quantized), then what the rows' int64 times give: their time encoding and days since the origin."""
     fields = [rows[name].astype(np.int32) for name in INDEX_FIELDS]
-    return [*fields, rows["watch_s"], gap_s, time_code, days, attend, attend_short]
-
-
-def encode_time(time_encoding: nn.Module, ts: np.ndarray) -> np.ndarray:
+    ts = torch.from_numpy(rows["ts"].copy())
     with torch.inference_mode():
-        return time_encoding(torch.from_numpy(ts)).numpy()
+        time_code = time_encoding(ts).numpy()
+    days = days_since_origin(ts, config.time_origin_ms).numpy()
+    return [*fields, rows["watch_s"], gap_s, time_code, days, attend, attend_short]
 
 
 def window_batch(histories: Sequence[np.ndarray], length: int, config: IntentRecConfig, time_encoding) -> HostBatch:
@@ -238,8 +240,7 @@ def window_batch(histories: Sequence[np.ndarray], length: int, config: IntentRec
     valid_t, ts_t = torch.from_numpy(valid), torch.from_numpy(ts)
     attend = attention_mask(valid_t, ts_t, config.attention_window, None)[:, 0].numpy()
     attend_short = attention_mask(valid_t, ts_t, config.attention_window, config.short_term_window_ms)[:, 0].numpy()
-    days = days_since_origin(torch.from_numpy(ts), config.time_origin_ms).numpy()
-    inputs = graph_inputs(rows, gap_s, encode_time(time_encoding, ts), days, attend, attend_short)
+    inputs = graph_inputs(rows, gap_s, attend, attend_short, config, time_encoding)
     return HostBatch(inputs, inputs[0], ts, valid)
 
 
@@ -254,8 +255,7 @@ def step_batch(rows: np.ndarray, previous_ts: np.ndarray, cached: Ring, config, 
     recent = cached.valid & (ts - cached.ts <= config.short_term_window_ms)
     attend = np.concatenate([cached.valid, itself], axis=1)[:, None, :]
     attend_short = np.concatenate([recent, itself], axis=1)[:, None, :]
-    days = days_since_origin(torch.from_numpy(ts), config.time_origin_ms).numpy()
-    inputs = graph_inputs(rows, gap_s, encode_time(time_encoding, ts), days, attend, attend_short)
+    inputs = graph_inputs(rows, gap_s, attend, attend_short, config, time_encoding)
     return HostBatch([*inputs, cached.items], inputs[0], ts, itself)
 
 
