@@ -233,9 +233,7 @@ def random_intent_probs(config: IntentRecConfig, seed: int = 0) -> dict[str, tor
 
 def test_serving_probabilities_equal_the_log_space_mixture():
     config = tiny_config()
-    model = IntentRec(config).eval()
-    model.learn_catalogue(random_catalogue(40, seed=6))
-    encoder = model.item_encoder
+    encoder = random_model(config).item_encoder
     history = random_history(9, seed=5)
     h, inputs = torch.randn(1, 1, 16), torch.randn(1, 9, 16)
     mask = torch.ones(1, 1, 1, 9, dtype=torch.bool)
@@ -243,8 +241,6 @@ def test_serving_probabilities_equal_the_log_space_mixture():
     weights = torch.randn(30, 16)
     intent = Intent(random_intent_probs(config), torch.tensor([[250.0]]))
     with torch.no_grad():
-        encoder.intent_match.weights.fill_(0.7)
-        encoder.intent_gate.weight.normal_()
         expected = encoder.next_item_log_probs(h, inputs, items, mask, weights, intent).exp()
         got = encoder.next_item_probs(h, encoder.repeat_key(inputs), items, mask, weights, intent)
     torch.testing.assert_close(got, expected)
