@@ -27,9 +27,9 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 from bytewax.run import cli_main  # noqa: E402
 
-from model.incremental import IncrementalScorer  # noqa: E402
-from model.logs import read_log, write_log  # noqa: E402
-from model.runtime import Scorer  # noqa: E402
+from model.serving.incremental import IncrementalScorer  # noqa: E402
+from model.playlogs.files import read_log, write_log  # noqa: E402
+from model.serving.scorer import Scorer  # noqa: E402
 from schemas import encode_play_event  # noqa: E402
 from stream.backtest import LogReplay, run_backtest  # noqa: E402
 from stream.broker import EmbeddedBroker, create_topics, produce_messages  # noqa: E402

@@ -35,11 +35,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.backends import compile_artifact, example_rows, load_backend  # noqa: E402
+from model.serving.backends import compile_artifact, example_rows, load_backend  # noqa: E402
 from model.config import IntentRecConfig  # noqa: E402
-from model.incremental import IncrementalScorer  # noqa: E402
+from model.serving.incremental import IncrementalScorer  # noqa: E402
 from model.intentrec import IntentRec  # noqa: E402
-from model.runtime import Scorer  # noqa: E402
+from model.serving.scorer import Scorer  # noqa: E402
 from model.vocab import Vocabularies, Vocabulary  # noqa: E402
 from schemas import ModelRef  # noqa: E402
 

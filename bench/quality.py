@@ -30,14 +30,14 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.baselines import Popularity, Recency  # noqa: E402
+from model.training.baselines import Popularity, Recency  # noqa: E402
 from model.config import VARIANTS, TrainConfig  # noqa: E402
-from model.evaluate import judge, leave_one_out, ndcg_per_case  # noqa: E402
-from model.logs import write_log  # noqa: E402
-from model.movielens import read_movielens  # noqa: E402
-from model.runtime import Scorer  # noqa: E402
-from model.synth import generate_world  # noqa: E402
-from model.train import load_rows, train_model  # noqa: E402
+from model.training.evaluate import judge, leave_one_out, ndcg_per_case  # noqa: E402
+from model.playlogs.files import write_log  # noqa: E402
+from model.playlogs.movielens import read_movielens  # noqa: E402
+from model.serving.scorer import Scorer  # noqa: E402
+from model.playlogs.synth import generate_world  # noqa: E402
+from model.training.train import load_rows, train_model  # noqa: E402
 
 METRICS = ("NDCG@10", "HR@10", "MRR@10")
 MOVIELENS = ROOT.parent / "shared" / "data" / "ml-100k"

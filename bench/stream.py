@@ -77,7 +77,7 @@ class CannedScorer:
         self._answers = {}  # top_k -> Scores
 
     def predict(self, users, histories):
-        from model.runtime import Predictions
+        from model.serving.scorer import Predictions
 
         if self._prediction is None:
             self._prediction = self._scorer.predict(histories[:1])
@@ -96,7 +96,7 @@ class CannedScorer:
 
 
 def canned_scorer(model_dir) -> CannedScorer:
-    from model.runtime import Scorer
+    from model.serving.scorer import Scorer
 
     return CannedScorer(Scorer.load(model_dir))
 
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = args.model
     else:
         model_dir = train_or_reuse(world, training, say, model_overrides={}, variant="default", progress=False)
-    from model.runtime import Scorer
+    from model.serving.scorer import Scorer
 
     scorer = Scorer.load(model_dir)
     parameters = sum(p.numel() for p in scorer.model.parameters())

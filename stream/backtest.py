@@ -34,7 +34,7 @@ Definitions:
 - Baselines, the floors every model must beat, rank the first model's catalogue: *popularity*
   counts every play of the input at or before e's event time; *recency* puts the user's last items
   (as many as the model reads) first, most recent first, then the rest by that popularity
-  (`model.baselines`). They are computed from the timeline in one sweep, not in the dataflow:
+  (`model.training.baselines`). They are computed from the timeline in one sweep, not in the dataflow:
   they have no model to serve.
 
 One worker replays (the run is deterministic); the scorer is the bottleneck, not Bytewax. The
@@ -58,11 +58,11 @@ from bytewax.inputs import FixedPartitionedSource, Source, StatefulSourcePartiti
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from tqdm import tqdm
 
-from model.baselines import Popularity, Recency
-from model.evaluate import intent_hits, target_ranks
-from model.incremental import IncrementalScorer
-from model.logs import read_log
-from model.runtime import Predictions, Scorer, top_indices
+from model.training.baselines import Popularity, Recency
+from model.training.evaluate import intent_hits, target_ranks
+from model.serving.incremental import IncrementalScorer
+from model.playlogs.files import read_log
+from model.serving.scorer import Predictions, Scorer, top_indices
 from model.vocab import FIRST_REAL, Vocabularies
 from schemas import ContractError, PlayEvent, decode_play_event, encode_play_event
 from stream.arguments import positive_int, timestamp_ms
@@ -182,7 +182,7 @@ class _LogPartition(StatefulSourcePartition):
 
 
 class LogReplay:
-    """Replay a log file (JSONL or msgpack, optionally gzip; see model.logs)."""
+    """Replay a log file (JSONL or msgpack, optionally gzip; see model.playlogs.files)."""
 
     wire_format = LOG_WIRE_FORMAT
 

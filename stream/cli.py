@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from model.checkpoint import CheckpointError
-from model.logs import LogError
+from model.playlogs.files import LogError
 from stream.arguments import positive_int, timestamp_ms
 
 EXIT_USAGE = 2
@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def data_synth(args) -> None:
-    from model.logs import log_format, write_log
-    from model.synth import generate_world
+    from model.playlogs.files import log_format, write_log
+    from model.playlogs.synth import generate_world
 
     log_format(args.out)
     options = {} if args.users is None else {"n_users": args.users}
@@ -104,8 +104,8 @@ def data_synth(args) -> None:
 
 
 def data_movielens(args) -> None:
-    from model.logs import log_format, write_log
-    from model.movielens import read_movielens
+    from model.playlogs.files import log_format, write_log
+    from model.playlogs.movielens import read_movielens
 
     log_format(args.out)
     count = write_log(args.out, read_movielens(args.directory))
@@ -119,7 +119,7 @@ def train_command(args) -> None:
     import torch
 
     from model.config import TrainConfig
-    from model.train import train_model
+    from model.training.train import train_model
 
     if args.out.exists() and any(args.out.iterdir()) and not (args.out / "config.json").exists():
         raise UsageError(f"--out {args.out} exists and is not a model directory; choose a new path")
@@ -139,9 +139,9 @@ def train_command(args) -> None:
 
 
 def evaluate_command(args) -> None:
-    from model.evaluate import evaluate, format_report
-    from model.runtime import Scorer
-    from model.train import load_rows
+    from model.training.evaluate import evaluate, format_report
+    from model.serving.scorer import Scorer
+    from model.training.train import load_rows
 
     scorer = Scorer.load(args.model_dir)
     rows_by_user, _ = load_rows(args.log, vocab=scorer.vocab)

@@ -34,8 +34,8 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def compile_command(args: argparse.Namespace) -> int:
-    from model.backends import BackendError, compile_artifact
-    from model.runtime import Scorer
+    from model.serving.backends import BackendError, compile_artifact
+    from model.serving.scorer import Scorer
 
     if args.out.exists() and any(args.out.iterdir()) and not (args.out / "manifest.json").exists():
         print(f"intentstream compile: --out {args.out} exists and is not an artifact; choose a new path",

@@ -37,9 +37,9 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 from confluent_kafka import OFFSET_BEGINNING
 
-from model.backends import load_backend
-from model.incremental import DEFAULT_CACHE_BYTES, IncrementalScorer
-from model.runtime import Predictions, Scorer, Scores
+from model.serving.backends import load_backend
+from model.serving.incremental import DEFAULT_CACHE_BYTES, IncrementalScorer
+from model.serving.scorer import Predictions, Scorer, Scores
 from schemas import (
     LATE,
     ContractError,
@@ -384,7 +384,7 @@ def load_serving_scorer(
     model_dir, backend: str = "eager", cache_bytes: int = DEFAULT_CACHE_BYTES
 ) -> IncrementalScorer:
     """The scorer the flow serves with: the model of `model_dir`, its graphs run by `backend` (a
-    spec of model.backends.load_backend, which raises BackendError), `cache_bytes` of cached users."""
+    spec of model.serving.backends.load_backend, which raises BackendError), `cache_bytes` of cached users."""
     scorer = Scorer.load(model_dir)
     return IncrementalScorer(scorer, load_backend(backend, scorer.model), cache_bytes)
 

@@ -4,7 +4,7 @@
    is given. Topics: the defaults of `intentstream run` (plays, intent-updates, intent-dlq,
    intent-latest) on the embedded broker; uniquely named `intentstream-demo-<run>-*` topics on a
    given broker, deleted at the end.
-2. A synthetic world (model.synth). The model learns from some users; the stream carries the
+2. A synthetic world (model.playlogs.synth). The model learns from some users; the stream carries the
    events of other users, whom it has never seen.
 3. A small IntentRec model, trained once and cached (`--cache-dir`, keyed by the world and the
    epochs), or the one given with `--model DIR`.
@@ -185,7 +185,7 @@ def demo_world(options: DemoOptions) -> tuple[list[PlayEvent], list[PlayEvent]]:
     """(events to train on, events to stream): the same world, disjoint users. The generator gives
     user n the same life whatever the population, so the first `train_users` users are exactly the
     world of that size, and the streamed users are the ones added after them."""
-    from model.synth import generate_world
+    from model.playlogs.synth import generate_world
 
     training = generate_world(seed=options.seed, n_users=options.train_users, n_titles=options.titles, days=options.days)
     seen = {event.user_id for event in training}
@@ -255,8 +255,8 @@ def _train(options: DemoOptions, events: Sequence[PlayEvent], out: Path, overrid
     import torch
 
     from model.config import TrainConfig
-    from model.logs import write_log
-    from model.train import train_model
+    from model.playlogs.files import write_log
+    from model.training.train import train_model
 
     log = out.parent / "world.msgpack"
     write_log(log, events)

@@ -3,7 +3,7 @@
 A *judgment* is one update judged against the user's next event (see stream/backtest.py): the rank
 of that event's item among the system's scores for the whole catalogue, and for each intent task
 whether the top label was right. `JudgmentLog` keeps one system's judgments column by column;
-every number in the report is computed from those columns with `model.evaluate.ranking_metrics`,
+every number in the report is computed from those columns with `model.training.evaluate.ranking_metrics`,
 so `judgments.jsonl` reproduces all of them but catalogue coverage (which needs the top-k lists).
 
 Comparisons are paired: two systems are compared on the judgments both made (same user and judged
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from model.evaluate import ranking_metrics
+from model.training.evaluate import ranking_metrics
 
 DAY_MS = 86_400_000
 BOOTSTRAP_RESAMPLES = 1000

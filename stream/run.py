@@ -22,7 +22,7 @@ vocabulary indices of the model that wrote them, which another vocabulary would 
 model of another vocabulary or row layout. A retrained model with the same vocabulary may resume it.
 
 Scoring is incremental: each user's new event is scored from the rows cached for the user's earlier
-ones (model.incremental; `--kv-cache-mb` of memory for them, 0 to recompute every event from the
+ones (model.serving.incremental; `--kv-cache-mb` of memory for them, 0 to recompute every event from the
 history), run by `--backend`: eager PyTorch on the CPU by default, or eager:cuda, or an artifact of
 `intentstream compile` (aoti:PATH, tensorrt:PATH).
 
@@ -59,8 +59,8 @@ from stream.metrics import StreamMetrics, default_metrics, serving_metrics
 from stream.settings import StreamSettings
 
 if TYPE_CHECKING:
-    from model.incremental import IncrementalScorer
-    from model.runtime import Scorer
+    from model.serving.incremental import IncrementalScorer
+    from model.serving.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def _non_negative_duration(text: str) -> float:
 
 
 def _backend(text: str) -> str:
-    from model.backends import check_backend_spec  # imports torch: only when the option is given
+    from model.serving.backends import check_backend_spec  # imports torch: only when the option is given
 
     return check_backend_spec(text.strip())
 
@@ -578,9 +578,9 @@ def run_command(args: argparse.Namespace) -> int:
 
     import torch  # slow to import: only once the options are good
 
-    from model.backends import BackendError, load_backend
-    from model.incremental import IncrementalScorer
-    from model.runtime import CheckpointError, Scorer
+    from model.serving.backends import BackendError, load_backend
+    from model.serving.incremental import IncrementalScorer
+    from model.serving.scorer import CheckpointError, Scorer
 
     torch.set_num_threads(torch_threads)
     try:

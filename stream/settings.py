@@ -19,7 +19,7 @@ class StreamSettings:
     ttl_s: float = 30 * 86_400.0  # users idle longer than this (event time) are forgotten
     lateness_s: float = 3_600.0  # an event older than a user's newest by more than this is a dead letter
     top_k: int = 10
-    backend: str = "eager"  # who runs the model: eager | eager:cuda | aoti:PATH | tensorrt:PATH (model.backends)
+    backend: str = "eager"  # who runs the model: eager | eager:cuda | aoti:PATH | tensorrt:PATH (model.serving.backends)
     kv_cache_mb: int = 1024  # memory for cached users' rows (incremental scoring); 0: recompute every event
     recovery_dir: Path | None = None
     snapshot_interval_s: float = 10.0

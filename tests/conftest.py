@@ -143,9 +143,9 @@ TINY_MODEL = dict(d_item=16, d_small=4, d_model=16, d_proj=8, n_heads=2, n_layer
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A real, tiny IntentRec checkpoint, trained for one epoch on 20 synthetic users (seconds)."""
     from model.config import TrainConfig
-    from model.logs import write_log
-    from model.synth import generate_world
-    from model.train import train_model
+    from model.playlogs.files import write_log
+    from model.playlogs.synth import generate_world
+    from model.training.train import train_model
 
     directory = tmp_path_factory.mktemp("tiny-model")
     log = directory / "world.jsonl"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_model import HOUR, random_history, random_model, tiny_config, tiny_vocab
+from tests.model.test_intentrec import HOUR, random_history, random_model, tiny_config, tiny_vocab
 
 from model.config import variant_overrides
-from model.incremental import HostToDevice, IncrementalScorer, KVCache, rounds
-from model.runtime import Scorer
+from model.serving.incremental import HostToDevice, IncrementalScorer, KVCache, rounds
+from model.serving.scorer import Scorer
 from schemas import ModelRef
 
 TOLERANCE = dict(rtol=1e-4, atol=1e-6)

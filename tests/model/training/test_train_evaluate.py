@@ -6,15 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from model.baselines import Popularity, Recency
+from model.training.baselines import Popularity, Recency
 from model.checkpoint import load_checkpoint
 from model.config import TrainConfig
-from model.evaluate import evaluate, leave_one_out, ndcg_per_case, ranking_metrics, target_ranks
+from model.training.evaluate import evaluate, leave_one_out, ndcg_per_case, ranking_metrics, target_ranks
 from model.features import ROW_DTYPE
-from model.logs import LogError, read_log, write_log
-from model.runtime import Scorer
-from model.synth import generate_world
-from model.train import chunk_spans, load_rows, train_model
+from model.playlogs.files import LogError, read_log, write_log
+from model.serving.scorer import Scorer
+from model.playlogs.synth import generate_world
+from model.training.train import chunk_spans, load_rows, train_model
 from stream.cli import SMALL_MODEL, main
 
 

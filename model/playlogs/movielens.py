@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from model.logs import LogError
+from model.playlogs.files import LogError
 from schemas.contracts import PlayEvent
 
 # The genre flags of the original u.item, in column order (u.genre).

@@ -1,4 +1,4 @@
-"""Runtime backends: what runs the two graphs of incremental inference (model.incremental).
+"""Runtime backends: what runs the two graphs of incremental inference (model.serving.incremental).
 
 A backend is named by a spec string (`intentstream run --backend`, `load_backend`):
 
@@ -13,7 +13,7 @@ An artifact is a directory written by `compile_artifact` (`intentstream compile`
 never run for another checkpoint) and the two compiled graphs, window and step. Graphs take plain
 tensors and return tuples. Batch size and window length are dynamic dimensions (min/opt/max for
 TensorRT), so one artifact serves every micro-batch; window lengths come in padding buckets
-(model.runtime.padded_length). Compiled artifacts embed the weights.
+(model.serving.scorer.padded_length). Compiled artifacts embed the weights.
 
 Tolerances against eager, asserted by tests/test_backends.py: AOTInductor (float32) within 1e-4
 relative, 1e-6 absolute, on every output; TensorRT (fp16) within 2e-2 absolute on probabilities
@@ -32,7 +32,7 @@ import torch
 
 from model.config import IntentRecConfig
 from model.features import ROW_DTYPE
-from model.incremental import (
+from model.serving.incremental import (
     GRAPH_INPUTS,
     Backend,
     EagerBackend,

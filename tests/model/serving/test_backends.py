@@ -1,4 +1,4 @@
-"""Every backend scores like eager PyTorch, within the tolerance stated in model.backends."""
+"""Every backend scores like eager PyTorch, within the tolerance stated in model.serving.backends."""
 from __future__ import annotations
 
 import argparse
@@ -7,13 +7,13 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-from test_model import random_history, random_model, tiny_config, tiny_vocab
+from tests.model.test_intentrec import random_history, random_model, tiny_config, tiny_vocab
 
-from model.backends import BackendError, check_backend_spec, load_backend
+from model.serving.backends import BackendError, check_backend_spec, load_backend
 from model.checkpoint import save_checkpoint
-from model.incremental import EagerBackend, IncrementalScorer
+from model.serving.incremental import EagerBackend, IncrementalScorer
 from model.intentrec import IntentRec
-from model.runtime import Scorer
+from model.serving.scorer import Scorer
 from stream.compile import add_compile_arguments, compile_command
 
 HAS_TENSORRT = importlib.util.find_spec("torch_tensorrt") is not None

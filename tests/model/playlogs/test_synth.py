@@ -3,7 +3,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from model.synth import (
+from model.playlogs.synth import (
     DAY_MS,
     DEVICES,
     KIDS_GENRES,

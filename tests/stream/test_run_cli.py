@@ -476,7 +476,7 @@ def test_check_brokers_finds_existing_topics(kafka_bootstrap, topics, make_topic
 def test_run_scores_every_event_and_resumes_from_its_recovery_dir(
     clean_environ, capsys, kafka_bootstrap, make_topics, tiny_model_dir, tmp_path
 ):
-    from model.synth import generate_world
+    from model.playlogs.synth import generate_world
     from schemas import decode_intent_update, encode_play_event
 
     topics = make_topics(partitions=2)
@@ -589,7 +589,7 @@ def swapped_vocabulary_copy(model_dir: Path, destination: Path) -> Path:
 
 
 def test_the_fingerprint_is_the_vocabulary_and_row_layout_of_the_model(tiny_model_dir, tmp_path):
-    from model.runtime import Scorer
+    from model.serving.scorer import Scorer
 
     scorer = Scorer.load(tiny_model_dir)
     fingerprint = ModelFingerprint.of(scorer)
@@ -604,7 +604,7 @@ def test_the_fingerprint_is_the_vocabulary_and_row_layout_of_the_model(tiny_mode
 def test_run_refuses_a_recovery_dir_of_another_vocabulary_before_consuming(
     clean_environ, capsys, kafka_bootstrap, topics, tiny_model_dir, tmp_path
 ):
-    from model.runtime import Scorer
+    from model.serving.scorer import Scorer
 
     recovery = tmp_path / "recovery"
     bind_recovery_dir(settings("--recovery-dir", str(recovery)), ModelFingerprint.of(Scorer.load(tiny_model_dir)))

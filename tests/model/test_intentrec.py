@@ -14,7 +14,7 @@ from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import IntentRecConfig, variant_overrides
 from model.features import CATALOGUE_DTYPE, NO_RELEASE, ROW_DTYPE, batch_tensors, catalogue_entries
 from model.intentrec import Intent, IntentRec, attention_mask, intent_probabilities, task_sizes
-from model.runtime import Scorer, padded_length
+from model.serving.scorer import Scorer, padded_length
 from model.vocab import Vocabularies, Vocabulary
 from schemas import ModelRef
 

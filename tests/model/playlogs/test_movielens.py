@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from model.logs import LogError, read_log, write_log
-from model.movielens import GENRE_FLAGS, MovieLensError, read_movielens
+from model.playlogs.files import LogError, read_log, write_log
+from model.playlogs.movielens import GENRE_FLAGS, MovieLensError, read_movielens
 from schemas.codec import decode_play_event, encode_play_event
 
 # MovieLens may not be redistributed: the tests read the copy beside the repository, never a copy in it.
-ML_100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
+ML_100K = Path(__file__).resolve().parents[4] / "shared" / "data" / "ml-100k"
 needs_ml_100k = pytest.mark.skipif(not ML_100K.is_dir(), reason=f"MovieLens-100K not found at {ML_100K}")
 
 
@@ -38,7 +38,7 @@ RATINGS = [
     ("1", "2", 4, ms(1997, 10, 6)),
     ("2", "2", 3, ms(1997, 10, 1, hour=12)),
 ]
-# The rule of model.movielens, applied by hand, in (ts, event_id) order.
+# The rule of model.playlogs.movielens, applied by hand, in (ts, event_id) order.
 EXPECTED = [
     ("ml-1-1", "explore"),  # no history yet
     ("ml-2-2", "explore"),

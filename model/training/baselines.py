@@ -5,7 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
-from model.runtime import Predictions
+from model.serving.scorer import Predictions
 from model.vocab import FIRST_REAL
 
 

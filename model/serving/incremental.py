@@ -9,7 +9,7 @@ short-term, intent and item transformers in turn (chained as in IntentRec.forwar
 those and to itself; the item encoder's repeat pointer reads the same rows' pointer keys and items.
 That is O(L) per layer, against O(L * history_len) for a forward pass over the history.
 
-Two graphs over plain tensors, which the backends (model.backends) run eagerly or compile:
+Two graphs over plain tensors, which the backends (model.serving.backends) run eagerly or compile:
 
 - WindowGraph: the forward pass over a left-padded window of rows, giving the predictions after the
   last row and what every row leaves in a cache. It fills a user's cache (a first event, a cache
@@ -50,7 +50,7 @@ from model.intentrec import (
     intent_probabilities,
     task_sizes,
 )
-from model.runtime import Predictions, Scorer, Scores, padded_length
+from model.serving.scorer import Predictions, Scorer, Scores, padded_length
 
 DEFAULT_CACHE_BYTES = 1 << 30
 # Users x rows x rows of one window call at most: bounds the memory of its masks and attention weights.
@@ -300,7 +300,7 @@ class HostToDevice:
 
 
 class Backend(Protocol):
-    """Runs the two graphs (model.backends has the compiled ones). Inputs are on `device`; outputs
+    """Runs the two graphs (model.serving.backends has the compiled ones). Inputs are on `device`; outputs
     are a tuple, as split_outputs reads it. `max_batch`: users per call, None for no limit."""
 
     name: str
@@ -500,7 +500,7 @@ class IncrementalScorer:
     """Scores micro-batches of (user, history) the way `Scorer.score` does: from the user's cached
     rows when the rows before the new one are cached, else from the history (then cached).
 
-    `backend`: who runs the graphs (model.backends.load_backend; default eager on the CPU).
+    `backend`: who runs the graphs (model.serving.backends.load_backend; default eager on the CPU).
     `cache_bytes`: memory for cached users (KVCache.bytes_per_user each); 0 turns caching off, so
     that every event is a full recomputation through the backend. One call at a time (a lock).
     """

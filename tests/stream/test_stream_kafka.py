@@ -19,8 +19,8 @@ import pytest
 from bytewax.testing import run_main
 from jsonschema import Draft202012Validator
 
-from model.runtime import Scorer
-from model.synth import generate_world
+from model.serving.scorer import Scorer
+from model.playlogs.synth import generate_world
 from schemas import (
     LATE,
     MAX_MESSAGE_BYTES,

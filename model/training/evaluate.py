@@ -13,7 +13,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from model.runtime import Predictions
+from model.serving.scorer import Predictions
 from model.vocab import FIRST_REAL, PAD, UNKNOWN, Vocabularies
 
 K = 10

@@ -5,7 +5,7 @@ import msgpack
 import orjson
 import pytest
 
-from model.logs import LOG_SUFFIXES, LogError, log_format, read_log, read_user_sequences, write_log
+from model.playlogs.files import LOG_SUFFIXES, LogError, log_format, read_log, read_user_sequences, write_log
 from schemas.codec import encode_play_event
 from schemas.contracts import MAX_MESSAGE_BYTES, PlayEvent
 

@@ -17,11 +17,11 @@ from tqdm import tqdm
 
 from model.checkpoint import save_checkpoint
 from model.config import IntentRecConfig, TrainConfig, variant_overrides
-from model.evaluate import judge, leave_one_out
+from model.training.evaluate import judge, leave_one_out
 from model.features import CATALOGUE_DTYPE, ROW_DTYPE, batch_tensors, catalogue_entries, featurize_all
 from model.intentrec import IntentRec
-from model.logs import LogError, read_user_sequences
-from model.runtime import Scorer
+from model.playlogs.files import LogError, read_user_sequences
+from model.serving.scorer import Scorer
 from model.vocab import FIRST_REAL, PAD, UNKNOWN, Vocabularies
 from schemas import ModelRef
 

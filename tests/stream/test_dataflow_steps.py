@@ -16,9 +16,9 @@ from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.operators import StatefulLogic
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from model.incremental import IncrementalScorer
-from model.runtime import Scorer
-from model.synth import generate_world
+from model.serving.incremental import IncrementalScorer
+from model.serving.scorer import Scorer
+from model.playlogs.synth import generate_world
 from schemas import (
     LATE,
     ContractError,

@@ -13,8 +13,8 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from model.runtime import Scorer
-from model.synth import generate_world
+from model.serving.scorer import Scorer
+from model.playlogs.synth import generate_world
 from schemas import ERROR_CODES, LATE, NOT_DECODABLE, decode_intent_update, encode_play_event
 from stream.broker import free_loopback_port, produce_messages
 from stream.dataflow import StreamCounters, build_flow

@@ -14,10 +14,10 @@ import numpy as np
 import orjson
 import pytest
 
-from model.evaluate import intent_hits, ranking_metrics, target_ranks
-from model.logs import write_log
-from model.runtime import Scorer
-from model.synth import generate_world
+from model.training.evaluate import intent_hits, ranking_metrics, target_ranks
+from model.playlogs.files import write_log
+from model.serving.scorer import Scorer
+from model.playlogs.synth import generate_world
 from schemas import PlayEvent, decode_play_event, encode_play_event
 from stream.backtest import LogReplay, LogSource, TopicReplay, run_backtest
 from stream.broker import produce_messages

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from model.synth import generate_world
+from model.playlogs.synth import generate_world
 from schemas import decode_play_event
 from stream.broker import fetch_metadata
 from stream.cli import build_parser
@@ -25,7 +25,7 @@ from stream.demo import (
     train_or_reuse,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_WORLD = ["--train-users", "20", "--stream-users", "10", "--titles", "60", "--days", "10"]
 
 
