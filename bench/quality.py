@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from model.training.baselines import Popularity, Recency  # noqa: E402
 from model.config import VARIANTS, TrainConfig  # noqa: E402
-from model.training.evaluate import judge, leave_one_out, ndcg_per_case  # noqa: E402
+from model.training.evaluate import judge, leave_one_out, ndcg_per_case, paired_bootstrap  # noqa: E402
 from model.playlogs.files import write_log  # noqa: E402
 from model.playlogs.movielens import read_movielens  # noqa: E402
 from model.serving.scorer import Scorer  # noqa: E402
@@ -61,7 +61,7 @@ def floor_baselines(log: Path) -> dict[str, dict]:
     rows_by_user, vocab = load_rows(log)
     training_histories = [rows[:-2] for rows in rows_by_user.values()]
     popularity = Popularity(training_histories, len(vocab.items))
-    recency = Recency(training_histories, len(vocab.items))
+    recency = Recency(popularity)
     return {
         "popularity": judge_test(popularity, rows_by_user, vocab),
         "recency": judge_test(recency, rows_by_user, vocab),
@@ -88,16 +88,14 @@ def mean_std(values, digits: int = 4) -> str:
     return f"{values.mean():.{digits}f} ± {spread:.{digits}f}"
 
 
-def paired_interval(v3_runs: list[dict], other_runs: list[dict], resamples: int = 2000) -> tuple[float, float]:
+def paired_interval(v3_runs: list[dict], other_runs: list[dict]) -> tuple[float, float]:
     """95% bootstrap interval over test users of V3's NDCG@10 minus another model's, each user's
     NDCG averaged over seeds first. Both models face the same users, so this sees a gain that is
     steady from user to user even where the seed spread is wider than the gain."""
     def per_user(runs):
         return np.mean([ndcg_per_case(np.array(run["ranks"])) for run in runs], axis=0)
 
-    gains = per_user(v3_runs) - per_user(other_runs)
-    draws = np.random.default_rng(0).integers(0, len(gains), (resamples, len(gains)))
-    low, high = np.percentile(gains[draws].mean(axis=1), [2.5, 97.5])
+    _, low, high = paired_bootstrap(per_user(v3_runs) - per_user(other_runs), resamples=2000)
     return float(low), float(high)
 
 

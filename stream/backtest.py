@@ -428,20 +428,15 @@ def judge_baselines(timeline: Timeline, vocab: Vocabularies, history_len: int, s
     Popularity counts every play at or before the scored event's time (so plays at the same time
     count whatever order they arrived in); recency reads the user's last `history_len` items."""
     n_items = len(vocab.items)
-    popularity, recency = Popularity([], n_items), Recency([], n_items)
+    popularity = Popularity([], n_items)
+    recency = Recency(popularity)
     logs = {name: JudgmentLog(name, "baseline", (), n_items - FIRST_REAL) for name in ("popularity", "recency")}
-    plays = np.zeros(n_items, dtype=np.float64)
     recent_items: dict[str, deque] = defaultdict(lambda: deque(maxlen=history_len))
     events = timeline.events
     in_time_order = sorted(range(len(events)), key=lambda i: events[i].ts)  # stable: ties keep arrival order
     for _, same_time in groupby(in_time_order, key=lambda i: events[i].ts):
         same_time = [events[i] for i in same_time]
-        for event in same_time:
-            plays[vocab.items.lookup(event.item_id)] += 1
-        # The scores Popularity computes from its counts: plays so far, mapped into (0, 1).
-        scores = plays.copy()
-        scores[:FIRST_REAL] = -1.0
-        popularity.scores = recency.scores = scores / (scores.max() + 1.0)
+        popularity.add([vocab.items.lookup(event.item_id) for event in same_time])
         for event in same_time:
             recent_items[event.user_id].append(vocab.items.lookup(event.item_id))
             after = timeline.next_event(event)

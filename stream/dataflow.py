@@ -37,8 +37,7 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 from confluent_kafka import OFFSET_BEGINNING
 
-from model.serving.backends import load_backend
-from model.serving.incremental import DEFAULT_CACHE_BYTES, IncrementalScorer
+from model.serving.incremental import IncrementalScorer, load_serving_scorer
 from model.serving.scorer import Predictions, Scorer, Scores
 from schemas import (
     LATE,
@@ -378,15 +377,6 @@ def kafka_source(settings: StreamSettings) -> KafkaSource:
 def kafka_sink(settings: StreamSettings) -> KafkaSink:
     """One producer for the updates, latest and dead-letter topics (each message names its topic)."""
     return KafkaSink(settings.brokers.split(","), topic=None, add_config=dict(settings.kafka_config))
-
-
-def load_serving_scorer(
-    model_dir, backend: str = "eager", cache_bytes: int = DEFAULT_CACHE_BYTES
-) -> IncrementalScorer:
-    """The scorer the flow serves with: the model of `model_dir`, its graphs run by `backend` (a
-    spec of model.serving.backends.load_backend, which raises BackendError), `cache_bytes` of cached users."""
-    scorer = Scorer.load(model_dir)
-    return IncrementalScorer(scorer, load_backend(backend, scorer.model), cache_bytes)
 
 
 def state_config(settings: StreamSettings, scorer: IncrementalScorer | Scorer) -> StateConfig:

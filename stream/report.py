@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from model.training.evaluate import ranking_metrics
+from model.training.evaluate import paired_bootstrap, ranking_metrics
 
 DAY_MS = 86_400_000
 BOOTSTRAP_RESAMPLES = 1000
@@ -209,23 +209,14 @@ def compare(reference: JudgmentLog, other: JudgmentLog, k: int, resamples: int =
         return result
 
     reference_ranks, other_ranks = np.array(reference.rank), np.array(other.rank)
-    # Per user: the sum of the per-judgment differences (= count x difference of the user's means).
-    sums = np.zeros((len(pairs_by_user), len(names)))
+    differences = np.zeros((len(pairs_by_user), len(names)))
     counts = np.zeros(len(pairs_by_user))
     for u, pairs in enumerate(pairs_by_user.values()):
         mine, theirs = np.array(pairs).T
         ours, others = ranking_metrics(reference_ranks[mine], k), ranking_metrics(other_ranks[theirs], k)
-        sums[u] = [len(pairs) * (others[name] - ours[name]) for name in names]
+        differences[u] = [others[name] - ours[name] for name in names]
         counts[u] = len(pairs)
-
-    rng = np.random.default_rng(seed)
-    resampled = np.empty((resamples, len(names)))
-    for r in range(resamples):
-        users = rng.integers(0, len(counts), len(counts))
-        resampled[r] = sums[users].sum(axis=0) / counts[users].sum()
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(resampled, [tail, 1 - tail], axis=0)
-    difference = sums.sum(axis=0) / counts.sum()
+    difference, low, high = paired_bootstrap(differences, counts, resamples, confidence, seed)
     result.update(paired_judgments=int(counts.sum()), users=len(counts))
     result["metrics"] = {
         name: {"difference": float(difference[m]), "ci": [float(low[m]), float(high[m])]}

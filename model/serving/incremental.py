@@ -30,6 +30,7 @@ of one user in a batch can cost a rebuild from the history, never a wrong score.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -616,6 +617,18 @@ class IncrementalScorer:
 
     def _chunk_size(self, n: int, limit: int | None = None) -> int:
         return max(1, min(n, self.backend.max_batch or n, limit or n))
+
+
+def load_serving_scorer(
+    model: str | os.PathLike | Scorer, backend: str = "eager", cache_bytes: int = DEFAULT_CACHE_BYTES
+) -> IncrementalScorer:
+    """The scorer a stream serves with: the checkpoint `model` (a directory, or a loaded Scorer),
+    its graphs run by `backend` (a spec of model.serving.backends.load_backend, which raises
+    BackendError), `cache_bytes` of cached users. Live runs, demos and backtests all build theirs here."""
+    from model.serving.backends import load_backend  # it imports this module
+
+    scorer = model if isinstance(model, Scorer) else Scorer.load(model)
+    return IncrementalScorer(scorer, load_backend(backend, scorer.model), cache_bytes)
 
 
 def rounds(users: Sequence[Hashable]) -> list[list[int]]:

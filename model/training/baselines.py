@@ -13,23 +13,35 @@ class Popularity:
     """Rank the catalogue by how often each item was played in the training histories."""
 
     def __init__(self, histories: Sequence[np.ndarray], n_items: int):
-        counts = np.zeros(n_items, dtype=np.float64)
+        self.counts = np.zeros(n_items, dtype=np.float64)
         for history in histories:
-            np.add.at(counts, history["item"].astype(np.int64), 1.0)
-        counts[:FIRST_REAL] = -1.0
-        # Map counts into (0, 1) so that a recency score of 1 or more always outranks them.
-        self.scores = counts / (counts.max() + 1.0)
+            np.add.at(self.counts, history["item"].astype(np.int64), 1.0)
+        self.scores = self._scaled()
+
+    def add(self, items: np.ndarray) -> None:
+        """Count more plays (prequential evaluation: what has been played so far)."""
+        np.add.at(self.counts, np.asarray(items, dtype=np.int64), 1.0)
+        self.scores = self._scaled()
+
+    def _scaled(self) -> np.ndarray:
+        # Counts mapped into (0, 1) so that a recency score of 1 or more always outranks them.
+        scores = self.counts.copy()
+        scores[:FIRST_REAL] = -1.0
+        return scores / (scores.max() + 1.0)
 
     def predict(self, histories: Sequence[np.ndarray]) -> Predictions:
         return Predictions(np.tile(self.scores, (len(histories), 1)), {}, None, None)
 
 
-class Recency(Popularity):
+class Recency:
     """A "continue watching" row: the user's own past items, most recently played first; the rest
-    of the catalogue by popularity."""
+    of the catalogue by `popularity`."""
+
+    def __init__(self, popularity: Popularity):
+        self.popularity = popularity
 
     def predict(self, histories: Sequence[np.ndarray]) -> Predictions:
-        scores = np.tile(self.scores, (len(histories), 1))
+        scores = np.tile(self.popularity.scores, (len(histories), 1))
         for b, history in enumerate(histories):
             items = history["item"].astype(np.int64)
             # Later positions overwrite earlier ones, so each item keeps its last time seen.

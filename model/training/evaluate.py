@@ -71,6 +71,25 @@ def ranking_metrics(ranks: np.ndarray, k: int = K) -> dict[str, float]:
     }
 
 
+def paired_bootstrap(
+    differences: np.ndarray, counts: np.ndarray | None = None, resamples: int = 1000, confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paired difference of two systems judged on the same users, with a bootstrap interval that
+    resamples users. differences: (users,) or (users, metrics), each user's mean difference (system
+    minus reference); counts: how many judgments each user's mean is over (a user with more
+    judgments weighs more), one each by default. Returns the difference over all judgments and the
+    interval's low and high ends, shaped like one row of `differences`."""
+    differences = np.asarray(differences, dtype=np.float64)
+    counts = np.ones(len(differences)) if counts is None else np.asarray(counts, dtype=np.float64)
+    sums = differences * (counts if differences.ndim == 1 else counts[:, None])
+    draws = np.random.default_rng(seed).integers(0, len(counts), (resamples, len(counts)))
+    resampled = sums[draws].sum(axis=1) / counts[draws].sum(axis=1).reshape(-1, *([1] * (sums.ndim - 1)))
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(resampled, [tail, 1 - tail], axis=0)
+    return sums.sum(axis=0) / counts.sum(), low, high
+
+
 def intent_hits(predictions: Predictions, targets: np.ndarray) -> dict[str, np.ndarray]:
     """Per task, whether the top predicted label is right; NaN where the target has no label."""
     hits = {}

@@ -9,7 +9,7 @@ import pytest
 from model.training.baselines import Popularity, Recency
 from model.checkpoint import load_checkpoint
 from model.config import TrainConfig
-from model.training.evaluate import evaluate, leave_one_out, ndcg_per_case, ranking_metrics, target_ranks
+from model.training.evaluate import evaluate, leave_one_out, ndcg_per_case, paired_bootstrap, ranking_metrics, target_ranks
 from model.features import ROW_DTYPE
 from model.playlogs.files import LogError, read_log, write_log
 from model.serving.scorer import Scorer
@@ -56,7 +56,7 @@ def test_chunks_cover_every_position_once_with_context():
 def test_recency_puts_the_last_seen_item_first():
     rows = np.zeros(3, dtype=ROW_DTYPE)
     rows["item"] = [5, 7, 5]
-    recency = Recency([rows], n_items=10)
+    recency = Recency(Popularity([rows], n_items=10))
     scores = recency.predict([rows[:2]]).item_scores[0]
     assert np.argsort(-scores)[:2].tolist() == [7, 5]
     popularity = Popularity([rows], n_items=10)
@@ -118,3 +118,23 @@ def test_cli_refuses_bad_inputs_with_a_message(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", str(empty), "--out", str(tmp_path / "m"), "--until", "yesterday"])
+
+
+def test_popularity_counts_plays_added_later_like_plays_it_started_with():
+    rows = np.zeros(3, dtype=ROW_DTYPE)
+    rows["item"] = [5, 7, 5]
+    prequential = Popularity([], n_items=10)
+    prequential.add([5, 7])
+    prequential.add([5])
+    assert np.array_equal(prequential.scores, Popularity([rows], n_items=10).scores)
+
+
+def test_paired_bootstrap_weighs_users_by_their_judgments_and_brackets_the_difference():
+    differences = np.array([[0.1, 1.0], [0.3, -1.0], [0.2, 0.0]])
+    counts = np.array([1, 3, 1])
+    difference, low, high = paired_bootstrap(differences, counts, resamples=500)
+    assert np.allclose(difference, [(0.1 + 0.9 + 0.2) / 5, (1.0 - 3.0) / 5])
+    assert np.all(low <= difference) and np.all(difference <= high)
+    assert low[0] >= 0.1 and high[0] <= 0.3  # every resample's mean lies within the users' range
+    same, low, high = paired_bootstrap(np.full(20, 0.5))
+    assert same == low == high == 0.5
