@@ -32,7 +32,7 @@ from model.playlogs.files import read_log, write_log  # noqa: E402
 from model.serving.scorer import Scorer  # noqa: E402
 from schemas import encode_play_event  # noqa: E402
 from stream.backtest import LogReplay, run_backtest  # noqa: E402
-from stream.broker import EmbeddedBroker, create_topics, produce_messages  # noqa: E402
+from stream.kafka.broker import EmbeddedBroker, create_topics, produce_messages  # noqa: E402
 from stream.dataflow import StreamCounters, build_flow  # noqa: E402
 from stream.settings import StreamSettings  # noqa: E402
 

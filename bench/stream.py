@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # then hide the `stream` package (a namespace package: no __init__.py): look in the project instead.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from stream.broker import EmbeddedBroker, fetch_metadata, produce_messages, read_topic  # noqa: E402
+from stream.kafka.broker import EmbeddedBroker, fetch_metadata, produce_messages, read_topic  # noqa: E402
 from stream.demo import (  # noqa: E402
     FETCH_WAIT_MS,
     DataflowProcess,

@@ -69,7 +69,7 @@ from stream.arguments import positive_int, timestamp_ms
 from stream.cli import UsageError
 from stream.dataflow import ScoreRequest, StreamCounters, WrappedPartition, build_flow
 from stream.report import Backtest, IntentSample, JudgmentLog, ReplayStats, SystemResult, summary, write_report
-from stream.run import parse_duration
+from stream.parsing import parse_duration
 from stream.settings import StreamSettings
 
 LOG_WIRE_FORMAT = "msgpack"  # how a log's events are encoded for the replay (the flow decodes them)
@@ -269,7 +269,7 @@ class TopicReplay:
         the start of the last record batch."""
         from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-        from stream.broker import BrokerUnavailable, fetch_metadata
+        from stream.kafka.broker import BrokerUnavailable, fetch_metadata
 
         try:
             metadata = fetch_metadata(self.brokers, timeout=10.0, config=self.kafka_config)
@@ -588,14 +588,13 @@ def _replay_source(args: argparse.Namespace) -> LogReplay | TopicReplay:
         return LogReplay(args.log)
     if args.from_ts is not None and args.to_ts is not None and args.from_ts >= args.to_ts:
         raise UsageError(f"empty range: --from {args.from_ts} is not before --to {args.to_ts}")
-    from stream.kafka_config import KafkaConfigError, load_kafka_config
+    from stream.kafka.config import KafkaConfigError, kafka_client
 
     try:
-        kafka_config = load_kafka_config(args.kafka_config, os.environ)
+        brokers, kafka_config = kafka_client(args.brokers or os.environ.get("INTENTSTREAM_BROKERS") or None,
+                                             args.kafka_config, os.environ)
     except KafkaConfigError as error:
         raise UsageError(str(error)) from None
-    brokers = args.brokers or os.environ.get("INTENTSTREAM_BROKERS") or kafka_config.pop("bootstrap.servers", None)
-    kafka_config.pop("bootstrap.servers", None)
     if not brokers:
         raise UsageError("--topic needs --brokers HOST:PORT (or INTENTSTREAM_BROKERS)")
     return TopicReplay(brokers, args.topic, args.format, kafka_config, args.from_ts, args.to_ts)

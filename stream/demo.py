@@ -62,7 +62,7 @@ from confluent_kafka import KafkaError, Producer
 
 from schemas import IntentUpdate, PlayEvent, decode_dead_letter, decode_intent_update, encode_play_event
 from stream.arguments import non_negative_int, positive_float, positive_int
-from stream.broker import EmbeddedBroker, TopicReader, client_config, create_topics, delete_topics
+from stream.kafka.broker import EmbeddedBroker, TopicReader, client_config, create_topics, delete_topics
 from stream.dataflow import WrappedPartition
 from stream.settings import StreamSettings
 
@@ -159,14 +159,12 @@ class DemoError(RuntimeError):
 
 
 def options_from_args(args: argparse.Namespace) -> DemoOptions:
-    from stream.kafka_config import KafkaConfigError, load_kafka_config
+    from stream.kafka.config import KafkaConfigError, kafka_client
 
     try:
-        kafka_config = load_kafka_config(args.kafka_config, os.environ)
+        brokers, kafka_config = kafka_client(args.brokers or None, args.kafka_config, os.environ)
     except KafkaConfigError as error:
         raise DemoError(str(error)) from None
-    brokers = args.brokers or kafka_config.pop("bootstrap.servers", None)
-    kafka_config.pop("bootstrap.servers", None)
     return DemoOptions(
         brokers=brokers, kafka_config=kafka_config, fetch_wait_ms=args.fetch_wait_ms, format=args.format,
         seed=args.seed, train_users=args.train_users, stream_users=args.stream_users, titles=args.titles,

@@ -3,7 +3,7 @@
 Every option can also come from an environment variable INTENTSTREAM_<OPTION> (`--batch-size` ->
 INTENTSTREAM_BATCH_SIZE); the command line beats the environment, which beats the default. Kafka
 client settings (security.protocol, sasl.*, ssl.*) pass through from `--kafka-config FILE` and
-INTENTSTREAM_KAFKA_<SETTING> (see stream/kafka_config.py).
+INTENTSTREAM_KAFKA_<SETTING> (see stream/kafka/config.py).
 
 Before it consumes anything, `run` checks, in this order, and stops with a message that says what to
 fix: the options (exit status 2), the brokers and the input topic, the model and its runtime
@@ -47,14 +47,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, TypeVar
 
-from stream.kafka_config import (
-    KafkaCheckError,
-    KafkaConfigError,
-    check_brokers,
-    create_output_topics,
-    load_kafka_config,
-    redacted,
-)
+from stream import parsing
+from stream.kafka.checks import KafkaCheckError, check_brokers, create_output_topics
+from stream.kafka.config import KafkaConfigError, kafka_client, redacted
 from stream.metrics import StreamMetrics, default_metrics, serving_metrics
 from stream.settings import StreamSettings
 
@@ -149,123 +144,6 @@ def _option(group, flag: str, help: str, **kwargs) -> None:
     group.add_argument(flag, dest=dest, default=None, help=f"{help} [env: {_env(dest)}]", **kwargs)
 
 
-# --- parsing one value -------------------------------------------------------------------------
-
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in '30d', '1h', '90s', '500ms', '1h30m' or a bare number of seconds."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(number + unit for number, unit in parts) != text:
-        raise ValueError("not a duration: use e.g. 30d, 1h, 90s, 500ms or 1h30m")
-    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise ValueError("not a whole number") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise ValueError("must be at least 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise ValueError("must be 0 or more")
-    return value
-
-
-def _positive_duration(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise ValueError("must be longer than zero")
-    return value
-
-
-def _non_negative_duration(text: str) -> float:
-    value = parse_duration(text)
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value
-
-
-def _backend(text: str) -> str:
-    from model.serving.backends import check_backend_spec  # imports torch: only when the option is given
-
-    return check_backend_spec(text.strip())
-
-
-def _format(text: str) -> str:
-    value = text.strip().lower()
-    if value not in FORMATS:
-        raise ValueError(f"unknown format: use {' or '.join(FORMATS)}")
-    return value
-
-
-def _topic(text: str) -> str:
-    if not _TOPIC_NAME.fullmatch(text) or text in (".", ".."):
-        raise ValueError("not a Kafka topic name (1-249 of letters, digits, '.', '_', '-')")
-    return text
-
-
-def _port(text: str) -> int:
-    value = _integer(text)
-    if not 0 < value < 65536:
-        raise ValueError("not a TCP port: use 1-65535")
-    return value
-
-
-def _host_port(text: str) -> str:
-    host, _, port = text.strip().rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text.strip()!r} is not host:port")
-    return text.strip()
-
-
-def _host_port_list(text: str) -> tuple[str, ...]:
-    items = [item for item in text.split(",") if item.strip()]
-    if not items:
-        raise ValueError("empty list: give host:port[,host:port...]")
-    return tuple(_host_port(item) for item in items)
-
-
-def _brokers(text: str) -> str:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise ValueError("empty list: give host:port[,host:port...]")
-    for item in items:  # librdkafka also accepts a protocol prefix (SSL://host:port)
-        _host_port(re.sub(r"^[A-Za-z_]+://", "", item))
-    return ",".join(items)
-
-
-def _optional_topic(text: str) -> str | None:
-    return _topic(text) if text else None
-
-
-def _flag(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("not a yes/no value: use true or false")
-
-
 # --- resolving an option: command line, then environment, then default ---------------------------
 
 
@@ -296,15 +174,15 @@ def _resolve(
 
 
 def connect_timeout_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> float:
-    return _resolve(args, environ, "connect_timeout", _positive_duration, DEFAULT_CONNECT_TIMEOUT_S)
+    return _resolve(args, environ, "connect_timeout", parsing.positive_duration, DEFAULT_CONNECT_TIMEOUT_S)
 
 
 def metrics_port_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> int | None:
-    return _resolve(args, environ, "metrics_port", _port, None)
+    return _resolve(args, environ, "metrics_port", parsing.port, None)
 
 
 def torch_threads_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    return _resolve(args, environ, "torch_threads", _positive_int, DEFAULT_TORCH_THREADS)
+    return _resolve(args, environ, "torch_threads", parsing.positive_int, DEFAULT_TORCH_THREADS)
 
 
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> StreamSettings:
@@ -317,17 +195,10 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
 
     config_file = _resolve(args, environ, "kafka_config", Path, None)
     try:
-        kafka_config = load_kafka_config(config_file, environ)
+        brokers, kafka_config = kafka_client(_resolve(args, environ, "brokers", parsing.brokers, None), config_file,
+                                             environ)
     except KafkaConfigError as error:
         raise SettingsError(str(error)) from None
-    # bootstrap.servers in the client settings is a fallback for --brokers; the brokers travel apart.
-    config_brokers = kafka_config.pop("bootstrap.servers", None)
-    brokers = _resolve(args, environ, "brokers", _brokers, None)
-    if brokers is None and config_brokers:
-        try:
-            brokers = _brokers(config_brokers)
-        except ValueError as error:
-            raise SettingsError(f"bootstrap.servers in the Kafka client settings: {error}") from None
     if brokers is None:
         raise SettingsError("no Kafka brokers: pass --brokers HOST:PORT or set INTENTSTREAM_BROKERS")
 
@@ -339,25 +210,25 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     settings = StreamSettings(
         brokers=brokers,
         model_dir=model_dir,
-        format=option("format", _format),
-        input_topic=option("input_topic", _topic),
-        output_topic=option("output_topic", _topic),
-        dlq_topic=option("dlq_topic", _topic),
-        latest_topic=option("latest_topic", _optional_topic),
-        batch_size=option("batch_size", _positive_int),
-        history=_resolve(args, environ, "history", _positive_int, None),
-        ttl_s=option("ttl", _positive_duration, "ttl_s"),
-        lateness_s=option("lateness", _non_negative_duration, "lateness_s"),
-        top_k=option("top_k", _positive_int),
-        backend=option("backend", _backend),
-        kv_cache_mb=option("kv_cache_mb", _non_negative_int),
+        format=option("format", parsing.wire_format),
+        input_topic=option("input_topic", parsing.topic),
+        output_topic=option("output_topic", parsing.topic),
+        dlq_topic=option("dlq_topic", parsing.topic),
+        latest_topic=option("latest_topic", parsing.optional_topic),
+        batch_size=option("batch_size", parsing.positive_int),
+        history=_resolve(args, environ, "history", parsing.positive_int, None),
+        ttl_s=option("ttl", parsing.positive_duration, "ttl_s"),
+        lateness_s=option("lateness", parsing.non_negative_duration, "lateness_s"),
+        top_k=option("top_k", parsing.positive_int),
+        backend=option("backend", parsing.backend),
+        kv_cache_mb=option("kv_cache_mb", parsing.non_negative_int),
         recovery_dir=_resolve(args, environ, "recovery_dir", Path, None),
-        snapshot_interval_s=option("snapshot_interval", _positive_duration, "snapshot_interval_s"),
-        workers=option("workers", _positive_int),
-        process_id=_resolve(args, environ, "process_id", _non_negative_int, None),
-        addresses=_resolve(args, environ, "addresses", _host_port_list, ()),
+        snapshot_interval_s=option("snapshot_interval", parsing.positive_duration, "snapshot_interval_s"),
+        workers=option("workers", parsing.positive_int),
+        process_id=_resolve(args, environ, "process_id", parsing.non_negative_int, None),
+        addresses=_resolve(args, environ, "addresses", parsing.host_port_list, ()),
         kafka_config=kafka_config,
-        stop_at_end=option("stop_at_end", _flag),
+        stop_at_end=option("stop_at_end", parsing.flag),
     )
     _check_topics_differ(settings)
     _check_cluster(settings)

@@ -1,10 +1,10 @@
 """Shared fixtures: a real Kafka-protocol broker for the integration tests, and fresh topics per test.
 
 The broker is, in this order: KAFKA_BOOTSTRAP_SERVERS if set; a testcontainers Kafka container if a
-Docker engine answers; else the embedded Tansu broker (stream.broker.EmbeddedBroker). When none
+Docker engine answers; else the embedded Tansu broker (stream.kafka.broker.EmbeddedBroker). When none
 starts, the tests that need it fail; they never skip.
 
-To produce and read in tests use stream.broker.produce_messages and stream.broker.read_topic.
+To produce and read in tests use stream.kafka.broker.produce_messages and stream.kafka.broker.read_topic.
 `tiny_model_dir` is a real, tiny IntentRec checkpoint trained once per session.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.broker import BrokerUnavailable, EmbeddedBroker, create_topics, delete_topics, wait_for_broker
+from stream.kafka.broker import BrokerUnavailable, EmbeddedBroker, create_topics, delete_topics, wait_for_broker
 
 BROKER_USED = pytest.StashKey[str]()
 

@@ -20,7 +20,7 @@ from model.serving.scorer import Scorer
 from model.playlogs.synth import generate_world
 from schemas import PlayEvent, decode_play_event, encode_play_event
 from stream.backtest import LogReplay, LogSource, TopicReplay, run_backtest
-from stream.broker import produce_messages
+from stream.kafka.broker import produce_messages
 from stream.cli import main
 from stream.report import REPORT_FILES, JudgmentLog, compare, day_of, summarize
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from model.playlogs.synth import generate_world
 from schemas import decode_play_event
-from stream.broker import fetch_metadata
+from stream.kafka.broker import fetch_metadata
 from stream.cli import build_parser
 from stream.demo import (
     FlowCounts,

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from model.serving.scorer import Scorer
 from model.playlogs.synth import generate_world
 from schemas import ERROR_CODES, LATE, NOT_DECODABLE, decode_intent_update, encode_play_event
-from stream.broker import free_loopback_port, produce_messages
+from stream.kafka.broker import free_loopback_port, produce_messages
 from stream.dataflow import StreamCounters, build_flow
 from stream.metrics import StreamMetrics, serving_metrics
 from stream.run import EXIT_BAD_OPTION, EXIT_UNUSABLE, add_run_arguments, metrics_port_from_args, run_command

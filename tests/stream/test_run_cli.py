@@ -13,16 +13,10 @@ from pathlib import Path
 import pytest
 from bytewax.recovery import init_db_dir
 
-from stream.broker import fetch_metadata, free_loopback_port, produce_messages, read_topic
-from stream.kafka_config import (
-    KafkaCheckError,
-    KafkaConfigError,
-    check_brokers,
-    create_output_topics,
-    load_kafka_config,
-    parse_properties,
-    redacted,
-)
+from stream.kafka.broker import fetch_metadata, free_loopback_port, produce_messages, read_topic
+from stream.kafka.checks import KafkaCheckError, check_brokers, create_output_topics
+from stream.kafka.config import KafkaConfigError, load_kafka_config, parse_properties, redacted
+from stream.parsing import parse_duration
 from stream.run import (
     EXIT_BAD_OPTION,
     EXIT_UNUSABLE,
@@ -32,7 +26,6 @@ from stream.run import (
     SettingsError,
     add_run_arguments,
     bind_recovery_dir,
-    parse_duration,
     prepare_recovery_dir,
     run_command,
     settings_from_args,

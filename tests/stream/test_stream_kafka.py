@@ -33,7 +33,7 @@ from schemas import (
     decode_intent_update,
     encode_play_event,
 )
-from stream.broker import produce_messages, read_topic
+from stream.kafka.broker import produce_messages, read_topic
 from stream.dataflow import StreamCounters, build_flow
 from stream.settings import StreamSettings
 

@@ -34,7 +34,7 @@ from schemas import (
     decode_play_event,
     encode_play_event,
 )
-from stream.broker import TopicReader, create_topics, delete_topics, produce_messages, read_topic
+from stream.kafka.broker import TopicReader, create_topics, delete_topics, produce_messages, read_topic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 2  # these 20 user keys split 10/10 over 2 partitions (3 would leave one empty)

@@ -1,4 +1,4 @@
-"""The test broker fixture and the stream.broker helpers, through a real Kafka-protocol broker."""
+"""The test broker fixture and the stream.kafka.broker helpers, through a real Kafka-protocol broker."""
 from __future__ import annotations
 
 import time
@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import pytest
 
-from stream.broker import (
+from stream.kafka.broker import (
     BrokerUnavailable,
     EmbeddedBroker,
     TopicReader,

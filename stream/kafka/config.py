@@ -1,5 +1,5 @@
-"""Kafka client settings passed through to librdkafka, and the checks `intentstream run` makes before
-it consumes anything.
+"""Kafka client settings passed through to librdkafka, and the brokers they go with: what every
+command that talks to Kafka (run, backtest, demo) resolves with `kafka_client`.
 
 Settings come from a Java-style properties file (`--kafka-config FILE` or INTENTSTREAM_KAFKA_CONFIG)
 and from environment variables `INTENTSTREAM_KAFKA_<SETTING>`, where the setting is lower-cased and
@@ -9,14 +9,10 @@ file. Values are never logged: use `redacted()` to show a configuration.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import ClusterMetadata
-
-from stream.broker import BrokerUnavailable, create_topics, fetch_metadata
+from stream import parsing
 
 ENV_PREFIX = "INTENTSTREAM_KAFKA_"
 CONFIG_FILE_ENV = "INTENTSTREAM_KAFKA_CONFIG"  # the properties file's path, not a client setting
@@ -31,10 +27,6 @@ MASK = "***"
 
 class KafkaConfigError(ValueError):
     """A Kafka client setting that cannot be used; the message says what to fix."""
-
-
-class KafkaCheckError(RuntimeError):
-    """The brokers or the topics are not usable; the message says what to fix."""
 
 
 def is_secret(setting: str) -> bool:
@@ -145,68 +137,16 @@ def load_kafka_config(config_file: Path | None, environ: Mapping[str, str]) -> d
     return settings
 
 
-@dataclass(frozen=True)
-class BrokerCheck:
-    """What `check_brokers` found: all topics needed exist, except `missing_topics` (never the input)."""
-
-    input_partitions: int
-    missing_topics: tuple[str, ...]
-
-
-def check_brokers(
-    brokers: str,
-    config: Mapping[str, str],
-    input_topic: str,
-    output_topics: Sequence[str],
-    timeout: float = 10.0,
-) -> BrokerCheck:
-    """Connect to the brokers and look for the topics. Reads metadata only: changes nothing.
-
-    Raises KafkaCheckError when the brokers do not answer, a client setting is rejected, or the input
-    topic does not exist. Missing output topics are reported in the result; `create_output_topics`
-    creates them."""
-    try:
-        metadata: ClusterMetadata = fetch_metadata(brokers, timeout=timeout, config=config)
-    except BrokerUnavailable as error:
-        raise KafkaCheckError(
-            f"cannot reach Kafka at {brokers} within {timeout:g}s: {error.detail}; check --brokers / "
-            f"INTENTSTREAM_BROKERS (and the security settings in --kafka-config / {ENV_PREFIX}*)"
-        ) from None
-    except KafkaException as error:  # a client setting librdkafka does not accept
-        raise KafkaCheckError(
-            f"Kafka client settings rejected: {error.args[0].str()}; check --kafka-config / {ENV_PREFIX}*"
-        ) from None
-    topics = metadata.topics
-    if input_topic not in topics:
-        raise KafkaCheckError(
-            f"input topic {input_topic!r} does not exist at {brokers}; create it (e.g. `kafka-topics.sh "
-            f"--bootstrap-server {brokers} --create --topic {input_topic} --partitions 12`) or pass the "
-            f"right one with --input-topic / INTENTSTREAM_INPUT_TOPIC"
-        )
-    if topics[input_topic].error is not None:
-        raise KafkaCheckError(f"input topic {input_topic!r} at {brokers}: {topics[input_topic].error.str()}")
-    return BrokerCheck(
-        input_partitions=len(topics[input_topic].partitions),
-        missing_topics=tuple(name for name in output_topics if name not in topics),
-    )
-
-
-def create_output_topics(
-    brokers: str,
-    config: Mapping[str, str],
-    check: BrokerCheck,
-    compacted: Sequence[str] = (),
-    timeout: float = 30.0,
-) -> None:
-    """Create the output topics `check_brokers` found missing, with as many partitions as the input
-    topic (updates are keyed by user, like the events); those named in `compacted` get
-    cleanup.policy=compact. A topic created meanwhile by someone else is left as it is."""
-    for name in check.missing_topics:
-        topic_config = {"cleanup.policy": "compact"} if name in compacted else {}
+def kafka_client(brokers: str | None, config_file: Path | None, environ: Mapping[str, str]) -> tuple[str | None, dict[str, str]]:
+    """What a command needs to talk to Kafka: (brokers, pass-through client settings). The settings
+    are `load_kafka_config`'s; the brokers are `brokers` as given, else the settings'
+    bootstrap.servers, which never stays among the settings: the brokers travel apart. None when
+    neither names any. Raises KafkaConfigError."""
+    settings = load_kafka_config(config_file, environ)
+    config_brokers = settings.pop("bootstrap.servers", None)
+    if brokers is None and config_brokers:
         try:
-            create_topics(
-                brokers, [name], partitions=check.input_partitions, config=topic_config,
-                client=config, exist_ok=True, timeout=timeout,
-            )
-        except RuntimeError as error:
-            raise KafkaCheckError(f"{error}; create it yourself or grant this client CreateTopics") from None
+            brokers = parsing.brokers(config_brokers)
+        except ValueError as error:
+            raise KafkaConfigError(f"bootstrap.servers in the Kafka client settings: {error}") from None
+    return brokers, settings
