@@ -2,7 +2,7 @@
 
     python bench/backtest_speed.py --model DIR LOG [--limit N]
 
-- backtest: `stream.backtest.run_backtest` on the log (the first N events): one replay through the
+- backtest: `stream.backtest.replay.run_backtest` on the log (the first N events): one replay through the
   dataflow with the judge in the score step; events/s = events / the replay's wall time.
 - live: the dataflow of `intentstream run` (`build_flow` with its Kafka source and sink, stop at end)
   on the same events, loaded first into a topic of the embedded broker; events/s = events / the
@@ -27,11 +27,12 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 from bytewax.run import cli_main  # noqa: E402
 
-from model.serving.incremental import IncrementalScorer  # noqa: E402
+from model.serving.incremental import load_serving_scorer  # noqa: E402
 from model.playlogs.files import read_log, write_log  # noqa: E402
 from model.serving.scorer import Scorer  # noqa: E402
 from schemas import encode_play_event  # noqa: E402
-from stream.backtest import LogReplay, run_backtest  # noqa: E402
+from stream.backtest.replay import run_backtest  # noqa: E402
+from stream.backtest.sources import LogReplay  # noqa: E402
 from stream.kafka.broker import EmbeddedBroker, create_topics, produce_messages  # noqa: E402
 from stream.dataflow import StreamCounters, build_flow  # noqa: E402
 from stream.settings import StreamSettings  # noqa: E402
@@ -48,8 +49,8 @@ def live_events_per_s(model_dir: Path, scorer: Scorer, events: list) -> float:
         produce_messages(broker.bootstrap, settings.input_topic,
                          [(e.user_id.encode(), encode_play_event(e, settings.format)) for e in events])
         counters = StreamCounters()
-        serving = IncrementalScorer(scorer)  # as `intentstream run` serves by default: eager, a fresh cache
-        flow = build_flow(settings, lambda _: serving, counters=counters)
+        # as `intentstream run` serves by default: eager, a fresh cache
+        flow = build_flow(settings, load_serving_scorer(scorer), counters=counters)
         started = time.perf_counter()
         cli_main(flow, workers_per_process=1)
         wall_s = time.perf_counter() - started

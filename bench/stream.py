@@ -43,20 +43,18 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 # Run as a script, this file's directory comes first on sys.path, and this file (stream.py) would
-# then hide the `stream` package (a namespace package: no __init__.py): look in the project instead.
+# then hide the `stream` package: look in the project instead.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from stream.kafka.broker import EmbeddedBroker, fetch_metadata, produce_messages, read_topic  # noqa: E402
-from stream.demo import (  # noqa: E402
+from stream.demo import DemoOptions, demo_world, train_or_reuse  # noqa: E402
+from stream.harness import (  # noqa: E402
     FETCH_WAIT_MS,
     DataflowProcess,
-    DemoOptions,
     FlowCounts,
     StreamTopics,
-    demo_world,
     outgoing_messages,
     stream_live,
-    train_or_reuse,
 )
 from stream.settings import StreamSettings  # noqa: E402
 
@@ -105,7 +103,7 @@ def canned_scorer(model_dir) -> CannedScorer:
 class Flow:
     name: str
     batch_size: int
-    scorer_factory: object = None  # None: build_flow's (the incremental scorer)
+    scorer_factory: object = None  # None: DataflowProcess's (the serving scorer of the model)
 
 
 @dataclass

@@ -37,7 +37,7 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 from confluent_kafka import OFFSET_BEGINNING
 
-from model.serving.incremental import IncrementalScorer, load_serving_scorer
+from model.serving.incremental import IncrementalScorer
 from model.serving.scorer import Predictions, Scorer, Scores
 from schemas import (
     LATE,
@@ -394,26 +394,19 @@ def state_config(settings: StreamSettings, scorer: IncrementalScorer | Scorer) -
 
 def build_flow(
     settings: StreamSettings,
-    scorer_factory: Callable[..., IncrementalScorer] | None = None,
+    scorer: IncrementalScorer,
     *,
     source: Source | None = None,
     sink: Sink | None = None,
     counters: StreamCounters | None = None,
     observe_scores: Observer | None = None,
 ) -> Dataflow:
-    """The dataflow `intentstream run` executes. Reads and writes the Kafka topics of `settings`
-    unless another `source` (of KafkaSourceMessage) and `sink` (of KafkaSinkMessage) are given.
-    `observe_scores` sees every scored chunk with its full predictions (see ScoreBatch).
-
-    `scorer_factory(settings.model_dir)` gives the serving scorer; by default load_serving_scorer
-    with the backend and cache size of `settings`. It is called here, once per process (every
-    Bytewax process builds the flow; its worker threads share the scorer and its cache), so a bad
-    model stops the run before any event is read.
+    """The dataflow `intentstream run` executes, scoring with `scorer` (the serving scorer, made by
+    model.serving.incremental.load_serving_scorer; every worker thread of this process shares it
+    and its cache). Reads and writes the Kafka topics of `settings` unless another `source` (of
+    KafkaSourceMessage) and `sink` (of KafkaSinkMessage) are given. `observe_scores` sees every
+    scored chunk with its full predictions (see ScoreBatch).
     """
-    if scorer_factory is None:
-        cache_bytes = settings.kv_cache_mb << 20
-        scorer_factory = partial(load_serving_scorer, backend=settings.backend, cache_bytes=cache_bytes)
-    scorer = scorer_factory(settings.model_dir)
     config = state_config(settings, scorer)
     counters = counters if counters is not None else StreamCounters()
 

@@ -1,4 +1,6 @@
-"""Everything `intentstream run` needs to know, resolved and validated before any event is read."""
+"""The defaults, written down once: what a dataflow needs to know (StreamSettings), what the service
+around it needs besides (ServiceSettings), and the small model that demos and `train --small` use.
+Option help texts and other commands' defaults read them from here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,6 +9,8 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class StreamSettings:
+    """Everything a dataflow needs to know, resolved and validated before any event is read."""
+
     brokers: str  # Kafka bootstrap servers, host:port[,host:port...]
     model_dir: Path
     format: str = "msgpack"  # json | msgpack, for the input and output topics
@@ -29,3 +33,23 @@ class StreamSettings:
     # security.protocol, sasl.*, ssl.*, ...; kept out of repr() because it may hold secrets
     kafka_config: dict[str, str] = field(default_factory=dict, repr=False)
     stop_at_end: bool = False  # replay: stop once the input topic's current end is reached
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return self.kv_cache_mb << 20
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """`intentstream run`: the dataflow's settings, and what the process around it needs."""
+
+    stream: StreamSettings
+    connect_timeout_s: float = 10.0  # how long to wait for the brokers at start-up
+    metrics_port: int | None = None  # serve Prometheus metrics on this port; None: no metrics endpoint
+    # Intra-op threads: the model is small, and on a busy machine 2 threads score 2-3x slower than 1.
+    torch_threads: int = 1
+
+
+# IntentRecConfig overrides for a model small enough to train in seconds: `intentstream train --small`
+# and the demo's model.
+SMALL_MODEL = dict(d_item=32, d_small=8, d_model=32, d_proj=16, n_layers_item=1, attention_window=20)

@@ -13,28 +13,14 @@ import os
 import re
 import uuid
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from stream.kafka.broker import BrokerUnavailable, EmbeddedBroker, create_topics, delete_topics, wait_for_broker
+from stream.harness import StreamTopics
+from stream.kafka.broker import BrokerUnavailable, EmbeddedBroker, delete_topics, wait_for_broker
 
 BROKER_USED = pytest.StashKey[str]()
-
-
-@dataclass(frozen=True)
-class Topics:
-    """Fresh topic names for one test, created on the broker."""
-
-    input: str
-    output: str
-    dlq: str
-    latest: str  # created compacted
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (self.input, self.output, self.dlq, self.latest)
 
 
 def _docker_answers() -> bool:
@@ -106,20 +92,13 @@ def pytest_terminal_summary(terminalreporter, config):
 
 @pytest.fixture
 def make_topics(kafka_bootstrap, request):
-    """make_topics(partitions=1) -> Topics: fresh, uniquely named topics; deleted after the test."""
+    """make_topics(partitions=1) -> StreamTopics: fresh, uniquely named topics; deleted after the test."""
     created: list[str] = []
     test_name = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:80]
 
-    def make(partitions: int = 1) -> Topics:
-        prefix = f"{test_name}-{uuid.uuid4().hex[:8]}"
-        topics = Topics(
-            input=f"{prefix}-plays",
-            output=f"{prefix}-updates",
-            dlq=f"{prefix}-dlq",
-            latest=f"{prefix}-latest",
-        )
-        create_topics(kafka_bootstrap, [topics.input, topics.output, topics.dlq], partitions)
-        create_topics(kafka_bootstrap, [topics.latest], partitions, config={"cleanup.policy": "compact"})
+    def make(partitions: int = 1) -> StreamTopics:
+        topics = StreamTopics.named(f"{test_name}-{uuid.uuid4().hex[:8]}-")
+        topics.create(kafka_bootstrap, partitions)
         created.extend(topics.names)
         return topics
 
@@ -131,7 +110,7 @@ def make_topics(kafka_bootstrap, request):
 
 
 @pytest.fixture
-def topics(make_topics) -> Topics:
+def topics(make_topics) -> StreamTopics:
     """Fresh input/output/dlq/latest topics with one partition each."""
     return make_topics()
 

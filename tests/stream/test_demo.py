@@ -16,14 +16,9 @@ from model.playlogs.synth import generate_world
 from schemas import decode_play_event
 from stream.kafka.broker import fetch_metadata
 from stream.cli import build_parser
-from stream.demo import (
-    FlowCounts,
-    PLAIN_WIDTH,
-    options_from_args,
-    outgoing_messages,
-    run_demo,
-    train_or_reuse,
-)
+from stream.cli.demo import options_from_args
+from stream.demo import PLAIN_WIDTH, run_demo, train_or_reuse
+from stream.harness import FlowCounts, outgoing_messages
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_WORLD = ["--train-users", "20", "--stream-users", "10", "--titles", "60", "--days", "10"]

@@ -2,7 +2,6 @@
 and `intentstream run --metrics-port` wiring them into the default registry."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import socket
 import urllib.request
@@ -17,10 +16,13 @@ from model.serving.scorer import Scorer
 from model.playlogs.synth import generate_world
 from schemas import ERROR_CODES, LATE, NOT_DECODABLE, decode_intent_update, encode_play_event
 from stream.kafka.broker import free_loopback_port, produce_messages
+from model.serving.incremental import load_serving_scorer
 from stream.dataflow import StreamCounters, build_flow
+from stream.errors import EXIT_FAILED, EXIT_USAGE
 from stream.metrics import StreamMetrics, serving_metrics
-from stream.run import EXIT_BAD_OPTION, EXIT_UNUSABLE, add_run_arguments, metrics_port_from_args, run_command
+from stream.service.options import service_settings_from_args
 from stream.settings import StreamSettings
+from tests.stream.service.run_args import REQUIRED, parse, run
 
 HOUR_MS = 3_600_000
 
@@ -28,12 +30,6 @@ HOUR_MS = 3_600_000
 @pytest.fixture(scope="module")
 def scorer(tiny_model_dir) -> Scorer:
     return Scorer.load(tiny_model_dir)
-
-
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="intentstream run")
-    add_run_arguments(parser)
-    return parser.parse_args(list(argv))
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -61,7 +57,7 @@ def in_memory_run(scorer, tiny_model_dir):
     settings = StreamSettings(brokers="unused:9092", model_dir=tiny_model_dir, format="json", batch_size=8,
                               lateness_s=3600.0, top_k=3)  # fmt: skip
     messages = messages_with_every_outcome()
-    flow = build_flow(settings, source=TestingSource(messages, batch_size=20),
+    flow = build_flow(settings, load_serving_scorer(scorer), source=TestingSource(messages, batch_size=20),
                       sink=TestingSink(sent), counters=counters)  # fmt: skip
     run_main(flow)
     updates = [decode_intent_update(m.value, "json") for m in sent if m.topic == settings.output_topic]
@@ -117,15 +113,18 @@ def test_the_endpoint_serves_the_registry(in_memory_run):
 
 
 def test_metrics_port_option(clean_environ):
-    assert metrics_port_from_args(parse(), {}) is None  # off by default
-    assert metrics_port_from_args(parse("--metrics-port", "9100"), {}) == 9100
-    assert metrics_port_from_args(parse(), {"INTENTSTREAM_METRICS_PORT": "9200"}) == 9200
-    assert metrics_port_from_args(parse("--metrics-port", "9100"), {"INTENTSTREAM_METRICS_PORT": "9200"}) == 9100
+    def metrics_port(*argv: str, env: dict[str, str]) -> int | None:
+        return service_settings_from_args(parse(*REQUIRED, *argv), env).metrics_port
+
+    assert metrics_port(env={}) is None  # off by default
+    assert metrics_port("--metrics-port", "9100", env={}) == 9100
+    assert metrics_port(env={"INTENTSTREAM_METRICS_PORT": "9200"}) == 9200
+    assert metrics_port("--metrics-port", "9100", env={"INTENTSTREAM_METRICS_PORT": "9200"}) == 9100
 
 
 @pytest.mark.parametrize("value", ["0", "65536", "http"])
 def test_a_bad_metrics_port_is_a_bad_option(clean_environ, capsys, value):
-    assert run_command(parse("--brokers", "b:1", "--model", "/m", "--metrics-port", value)) == EXIT_BAD_OPTION
+    assert run("--brokers", "b:1", "--model", "/m", "--metrics-port", value) == EXIT_USAGE
     assert f"--metrics-port {value!r}" in capsys.readouterr().err
 
 
@@ -135,10 +134,9 @@ def test_run_counts_into_the_default_registry(clean_environ, kafka_bootstrap, to
     before = {name: REGISTRY.get_sample_value(name) or 0.0
               for name in ("intentstream_events_in_total", "intentstream_updates_out_total")}  # fmt: skip
 
-    code = run_command(parse("--brokers", kafka_bootstrap, "--model", str(tiny_model_dir), "--format", "json",
-                             "--input-topic", topics.input, "--output-topic", topics.output, "--dlq-topic", topics.dlq,
-                             "--latest-topic", topics.latest, "--stop-at-end",
-                             "--metrics-port", str(free_loopback_port())))  # fmt: skip
+    code = run("--brokers", kafka_bootstrap, "--model", str(tiny_model_dir), "--format", "json",
+               "--input-topic", topics.input, "--output-topic", topics.output, "--dlq-topic", topics.dlq,
+               "--latest-topic", topics.latest, "--stop-at-end", "--metrics-port", str(free_loopback_port()))
 
     assert code == 0
     assert REGISTRY.get_sample_value("intentstream_events_in_total") - before["intentstream_events_in_total"] == 12
@@ -152,10 +150,10 @@ def test_a_metrics_port_in_use_stops_it_before_consuming(clean_environ, capsys, 
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code = run_command(parse("--brokers", kafka_bootstrap, "--model", str(tiny_model_dir),
-                                 "--input-topic", topics.input, "--metrics-port", str(port)))  # fmt: skip
+        code = run("--brokers", kafka_bootstrap, "--model", str(tiny_model_dir), "--input-topic", topics.input,
+                   "--metrics-port", str(port))
 
-    assert code == EXIT_UNUSABLE
+    assert code == EXIT_FAILED
     assert f"cannot serve metrics on port {port}" in capsys.readouterr().err
 
 

@@ -1,24 +1,15 @@
 """`intentstream compile MODEL_DIR --backend aoti|tensorrt --out PATH`: compile a trained model's
-scoring graphs into an artifact that `intentstream run --backend aoti:PATH` (or tensorrt:PATH) loads.
-
-Wiring (stream.cli):
-
-    from stream.compile import add_compile_arguments, compile_command
-    compile_parser = commands.add_parser("compile", help=COMPILE_HELP)
-    add_compile_arguments(compile_parser)
-    compile_parser.set_defaults(handler=compile_command)
-"""
+scoring graphs into an artifact that `intentstream run --backend aoti:PATH` (or tensorrt:PATH) loads."""
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-from stream.arguments import positive_int
+from stream.cli.arguments import positive_int
+from stream.errors import EXIT_OK, CommandError
 
 COMPILE_HELP = "compile a model for a faster runtime backend (AOTInductor or TensorRT)"
-EXIT_USAGE = 2
 
 
 def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,20 +29,17 @@ def compile_command(args: argparse.Namespace) -> int:
     from model.serving.scorer import Scorer
 
     if args.out.exists() and any(args.out.iterdir()) and not (args.out / "manifest.json").exists():
-        print(f"intentstream compile: --out {args.out} exists and is not an artifact; choose a new path",
-              file=sys.stderr)
-        return EXIT_USAGE
+        raise CommandError(f"--out {args.out} exists and is not an artifact; choose a new path")
     scorer = Scorer.load(args.model_dir)  # a CheckpointError is reported by stream.cli.main
     device = args.device or ("cuda" if args.backend == "tensorrt" else "cpu")
     started = time.perf_counter()
     try:
         manifest = compile_artifact(scorer.model, args.backend, args.out, device=device, max_batch=args.max_batch)
     except BackendError as error:
-        print(f"intentstream compile: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        raise CommandError(str(error)) from None
     print(
         f"compiled {args.model_dir} for {manifest['backend']} on {manifest['device']} in "
         f"{time.perf_counter() - started:.0f}s (batches up to {manifest['max_batch']} users, windows up to "
         f"{manifest['max_rows']} rows) into {args.out}; run it with --backend {args.backend}:{args.out}"
     )
-    return 0
+    return EXIT_OK

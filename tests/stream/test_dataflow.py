@@ -16,7 +16,7 @@ from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.operators import StatefulLogic
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from model.serving.incremental import IncrementalScorer
+from model.serving.incremental import IncrementalScorer, load_serving_scorer
 from model.serving.scorer import Scorer
 from model.playlogs.synth import generate_world
 from schemas import (
@@ -47,7 +47,6 @@ from stream.dataflow import (
     decode,
     intent_update,
     key_by_user,
-    load_serving_scorer,
     state_config,
 )
 from stream.settings import StreamSettings
@@ -311,12 +310,18 @@ def build_scenario(fmt: str, context: int, lateness_ms: int, seed: int = 0) -> S
     return Scenario(messages, histories, newest_of_user, dead, duplicates, inserted)
 
 
-def run_flow(settings, scenario, workers=1):
-    """The flow with its default scorer: the serving scorer of settings.model_dir."""
+def serving_scorer(settings: StreamSettings) -> IncrementalScorer:
+    """As `intentstream run` serves: the settings' model, backend and cache size."""
+    return load_serving_scorer(settings.model_dir, settings.backend, settings.kv_cache_bytes)
+
+
+def run_flow(settings, scenario, workers=1, serving: IncrementalScorer | None = None):
+    """The flow with `serving`, by default the serving scorer of the settings."""
     sink_items: list[KafkaSinkMessage] = []
     counters = StreamCounters()
     flow = build_flow(
         settings,
+        serving if serving is not None else serving_scorer(settings),
         source=TestingSource(scenario.messages, batch_size=40),
         sink=TestingSink(sink_items),
         counters=counters,
@@ -380,21 +385,12 @@ def test_the_latest_topic_ends_with_each_users_newest_event(scenario_run):
 
 
 @pytest.mark.parametrize("kv_cache_mb", [1024, 0])
-def test_the_flow_scores_incrementally_by_default_and_recomputes_without_a_cache(
-    scorer, tiny_model_dir, monkeypatch, kv_cache_mb
-):
-    built: list[IncrementalScorer] = []
-
-    def recording_load(model_dir, **options):
-        built.append(load_serving_scorer(model_dir, **options))
-        return built[-1]
-
-    monkeypatch.setattr("stream.dataflow.load_serving_scorer", recording_load)
+def test_the_flow_scores_incrementally_by_default_and_recomputes_without_a_cache(scorer, tiny_model_dir, kv_cache_mb):
     settings = settings_for(tiny_model_dir, format="json", batch_size=16, top_k=5, kv_cache_mb=kv_cache_mb)
     scenario = build_scenario("json", scorer.history_len, round(settings.lateness_s * 1000), seed=5)
-    sent, counters = run_flow(settings, scenario)
+    serving = serving_scorer(settings)
+    sent, counters = run_flow(settings, scenario, serving=serving)
 
-    (serving,) = built
     assert isinstance(serving, IncrementalScorer) and serving.backend.name == "eager"
     assert serving.scored_from_cache + serving.scored_from_history == counters.updates_out == len(scenario.histories)
     if kv_cache_mb:  # most users' events follow ones already scored, and cached

@@ -36,7 +36,7 @@ from schemas import (
 )
 from stream.kafka.broker import TopicReader, create_topics, delete_topics, produce_messages, read_topic
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 PARTITIONS = 2  # these 20 user keys split 10/10 over 2 partitions (3 would leave one empty)
 FORMAT = "msgpack"
 PROCESS_TIMEOUT_S = 90.0  # a run of these few hundred events takes a few seconds; this is for a loaded machine

@@ -19,10 +19,11 @@ from model.playlogs.files import write_log
 from model.serving.scorer import Scorer
 from model.playlogs.synth import generate_world
 from schemas import PlayEvent, decode_play_event, encode_play_event
-from stream.backtest import LogReplay, LogSource, TopicReplay, run_backtest
+from stream.backtest.replay import run_backtest
+from stream.backtest.sources import LogReplay, LogSource, TopicReplay
 from stream.kafka.broker import produce_messages
 from stream.cli import main
-from stream.report import REPORT_FILES, JudgmentLog, compare, day_of, summarize
+from stream.backtest.report import REPORT_FILES, day_of, summarize
 
 K = 10
 
@@ -261,19 +262,3 @@ def test_two_models_give_a_report_whose_judgments_reproduce_its_metrics(
         for metric in comparison["metrics"].values():
             low, high = metric["ci"]
             assert low <= metric["difference"] <= high and low < high
-
-
-def test_paired_differences_weigh_users_by_their_judgments():
-    def log(system: str, ranks: list[int]) -> JudgmentLog:
-        judged = JudgmentLog(system, "model", (), catalogue_size=100)
-        for n, (user, rank) in enumerate(zip(["a", "a", "a", "b"], ranks)):
-            event = PlayEvent(f"e{n}", user, "item", 1_700_000_000_000 + n, "discover", (), "movie", None, 1.0)
-            judged.add(event, event, rank, {}, [])
-        return judged
-
-    reference, other = log("reference", [1, 1, 1, 1]), log("other", [50, 50, 50, 1])
-    comparison = compare(reference, other, K, resamples=200)
-    assert comparison["paired_judgments"] == 4 and comparison["users"] == 2
-    hr = comparison["metrics"][f"HR@{K}"]
-    assert hr["difference"] == pytest.approx(-0.75)
-    assert -1.0 <= hr["ci"][0] < hr["difference"] < hr["ci"][1] <= 0.0  # resamples of {a, b}: -1, -0.75 or 0

@@ -34,6 +34,7 @@ from schemas import (
     encode_play_event,
 )
 from stream.kafka.broker import produce_messages, read_topic
+from model.serving.incremental import load_serving_scorer
 from stream.dataflow import StreamCounters, build_flow
 from stream.settings import StreamSettings
 
@@ -112,7 +113,7 @@ def test_every_event_becomes_exactly_one_update_or_dead_letter_through_kafka(
         history=1000, batch_size=16, top_k=5, lateness_s=LATENESS_S, stop_at_end=True,
     )  # fmt: skip
     counters = StreamCounters()
-    run_main(build_flow(settings, counters=counters))  # the serving scorer, incremental, of tiny_model_dir
+    run_main(build_flow(settings, load_serving_scorer(tiny_model_dir), counters=counters))
 
     inputs = read_topic(kafka_bootstrap, topics.input, count=len(plan.messages))
     updates = read_topic(kafka_bootstrap, topics.output, count=len(plan.histories))

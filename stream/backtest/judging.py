@@ -1,0 +1,100 @@
+"""Judging: each update, made for an event e of user u, against u's next event n (the rank of n's item
+in the whole catalogue, and per intent task whether the top label is n's); and the popularity and
+recency floors, judged on the same events."""
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from itertools import groupby
+
+import numpy as np
+
+from model.serving.scorer import Predictions, Scorer, top_indices
+from model.training.baselines import Popularity, Recency
+from model.training.evaluate import intent_hits, target_ranks
+from model.vocab import FIRST_REAL, Vocabularies
+from schemas import PlayEvent
+from stream.backtest.report import IntentSample, JudgmentLog
+from stream.backtest.timeline import Timeline
+from stream.dataflow import ScoreRequest
+
+
+
+
+def _rows_of(predictions: Predictions, rows: list[int]) -> Predictions:
+    def take(values):
+        return None if values is None else values[rows]
+
+    return Predictions(
+        item_scores=predictions.item_scores[rows],
+        intent_probs={task: probs[rows] for task, probs in predictions.intent_probs.items()},
+        intent_embedding=take(predictions.intent_embedding),
+        intent_weights=take(predictions.intent_weights),
+    )
+
+
+class ModelJudge:
+    """The score step's observer: judges each update whose user's next event is in the window."""
+
+    def __init__(self, name: str, scorer: Scorer, timeline: Timeline, score_from: int | None, top_k: int):
+        self.scorer = scorer
+        self.timeline = timeline
+        self.score_from = score_from
+        self.top_k = top_k
+        tasks = tuple(scorer.config.intent_tasks)
+        self.log = JudgmentLog(name, "model", tasks, len(scorer.vocab.items) - FIRST_REAL)
+        self.intents = IntentSample(tasks)
+
+    def judged_event(self, event: PlayEvent) -> PlayEvent | None:
+        after = self.timeline.next_event(event)
+        if after is None or (self.score_from is not None and after.ts < self.score_from):
+            return None
+        return after
+
+    def __call__(self, requests: list[ScoreRequest], predictions: Predictions) -> None:
+        chosen, judged = [], []
+        for position, request in enumerate(requests):
+            after = self.judged_event(request.event)
+            if after is not None:
+                chosen.append(position)
+                judged.append(after)
+        if not chosen:
+            return
+        picked = _rows_of(predictions, chosen)
+        targets = np.stack([self.scorer.featurize(event) for event in judged])
+        ranks = target_ranks(picked.item_scores, targets["item"].astype(np.int64))
+        hits = intent_hits(picked, targets)
+        for row, (position, event) in enumerate(zip(chosen, judged)):
+            self.log.add(requests[position].event, event, ranks[row], {t: h[row] for t, h in hits.items()},
+                         top_indices(picked.item_scores[row], self.top_k))
+        if picked.intent_embedding is not None and picked.intent_weights is not None:
+            self.intents.add(picked.intent_embedding, picked.intent_weights)
+
+
+def judge_baselines(timeline: Timeline, vocab: Vocabularies, history_len: int, score_from: int | None,
+                    top_k: int) -> list[JudgmentLog]:
+    """Prequential popularity and recency, judged on every event with a next event in the window.
+
+    Popularity counts every play at or before the scored event's time (so plays at the same time
+    count whatever order they arrived in); recency reads the user's last `history_len` items."""
+    n_items = len(vocab.items)
+    popularity = Popularity([], n_items)
+    recency = Recency(popularity)
+    logs = {name: JudgmentLog(name, "baseline", (), n_items - FIRST_REAL) for name in ("popularity", "recency")}
+    recent_items: dict[str, deque] = defaultdict(lambda: deque(maxlen=history_len))
+    events = timeline.events
+    in_time_order = sorted(range(len(events)), key=lambda i: events[i].ts)  # stable: ties keep arrival order
+    for _, same_time in groupby(in_time_order, key=lambda i: events[i].ts):
+        same_time = [events[i] for i in same_time]
+        popularity.add([vocab.items.lookup(event.item_id) for event in same_time])
+        for event in same_time:
+            recent_items[event.user_id].append(vocab.items.lookup(event.item_id))
+            after = timeline.next_event(event)
+            if after is None or (score_from is not None and after.ts < score_from):
+                continue
+            history = np.array(recent_items[event.user_id], dtype=[("item", np.int64)])
+            target = np.array([vocab.items.lookup(after.item_id)], dtype=np.int64)
+            for name, baseline in (("popularity", popularity), ("recency", recency)):
+                item_scores = baseline.predict([history]).item_scores
+                (rank,) = target_ranks(item_scores, target)
+                logs[name].add(event, after, rank, {}, top_indices(item_scores[0], top_k))
+    return list(logs.values())

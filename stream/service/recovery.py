@@ -1,0 +1,176 @@
+"""The recovery directory of `intentstream run`: checked with the other options (check_recovery_dir,
+a CommandError when it cannot be used), then bound to the model being served (bind_recovery_dir).
+
+Bytewax needs its SQLite partitions created before the first run (`python -m
+bytewax.recovery DIR N`). A single process initialises an absent or empty directory itself, with one
+partition per worker. A cluster (`--process-id`/`--addresses`) does not, because its processes would
+race to create partitions: initialise the directory once before starting the cluster.
+A recovery directory belongs to one model: users' histories are snapshotted as feature rows holding
+vocabulary indices of the model that wrote them, which another vocabulary would silently misread. So
+`run` marks the directory with the model it serves (RECOVERY_MARKER) and refuses to resume it with a
+model of another vocabulary or row layout. A retrained model with the same vocabulary may resume it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stream.errors import CommandError
+from stream.settings import StreamSettings
+
+if TYPE_CHECKING:
+    from model.serving.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+RECOVERY_MARKER = "intentstream.json"  # in a recovery directory: the model its state belongs to
+_PARTITION_FILE = re.compile(r"part-(\d+)\.sqlite3")
+
+
+def _partition_files(directory: Path) -> dict[int, Path]:
+    return {
+        int(match.group(1)): path
+        for path in directory.iterdir()
+        if (match := _PARTITION_FILE.fullmatch(path.name))
+    }
+
+
+def _holds_nothing(directory: Path) -> bool:
+    """An existing directory with nothing in it but, perhaps, the marker of a model (no state)."""
+    return all(path.name == RECOVERY_MARKER for path in directory.iterdir())
+
+
+def check_recovery_dir(settings: StreamSettings) -> None:
+    directory = settings.recovery_dir
+    init_hint = f"`python -m bytewax.recovery {directory} N` (N = total workers of the cluster)"
+    if directory.exists() and not directory.is_dir():
+        raise CommandError(f"--recovery-dir {directory} is not a directory")
+    if not directory.exists() or _holds_nothing(directory):
+        if settings.process_id is not None:
+            raise CommandError(f"--recovery-dir {directory} holds no recovery partitions; a cluster does not "
+                                f"create them itself: run {init_hint} once before starting the cluster")
+        nearest = directory
+        while not nearest.exists():
+            nearest = nearest.parent
+        if not os.access(nearest, os.W_OK | os.X_OK):
+            raise CommandError(f"--recovery-dir {directory} cannot be created: {nearest} is not writable")
+        return  # bind_recovery_dir initialises it
+    partitions = _partition_files(directory)
+    if not partitions:
+        raise CommandError(f"--recovery-dir {directory} is not empty but holds no Bytewax recovery partitions "
+                            f"(part-N.sqlite3): give an empty directory, or initialise this one with {init_hint}")
+    unwritable = [path.name for path in [directory, *partitions.values()] if not os.access(path, os.W_OK)]
+    if unwritable:
+        raise CommandError(f"--recovery-dir {directory}: not writable: {', '.join(unwritable)}")
+    if settings.process_id is None:  # a single process must see every partition
+        expected = _partition_count(partitions[min(partitions)])
+        missing = sorted(set(range(expected)) - partitions.keys())
+        if missing:
+            raise CommandError(f"--recovery-dir {directory} lacks recovery partition(s) "
+                                f"{', '.join(f'part-{i}.sqlite3' for i in missing)} of {expected}: restore them, "
+                                f"or delete the directory's part-* files to start from scratch")
+
+
+def _partition_count(path: Path) -> int:
+    try:
+        # immutable: read without locks, so no -wal/-shm files appear next to the partition.
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)) as db:
+            (count,) = db.execute("SELECT part_count FROM parts").fetchone()
+    except (sqlite3.Error, TypeError):
+        raise CommandError(f"{path} is not a Bytewax recovery partition") from None
+    return count
+
+
+def prepare_recovery_dir(settings: StreamSettings) -> None:
+    """Create the recovery partitions of an absent or empty directory (one per worker)."""
+    from bytewax.recovery import init_db_dir
+
+    directory = settings.recovery_dir
+    if directory is None or (directory.is_dir() and not _holds_nothing(directory)):
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    init_db_dir(directory, settings.workers)
+    log.info("initialised recovery directory %s with %d partition(s)", directory, settings.workers)
+
+
+class RecoveryModelError(ValueError):
+    """A recovery directory holding the state of a model this one cannot read; says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelFingerprint:
+    """What a recovery directory's per-user state depends on: the rows' layout and the vocabulary
+    whose indices they hold. The model's name and version are kept to name it in messages."""
+
+    name: str
+    version: str
+    vocab_sha256: str
+    row_layout: str
+
+    @classmethod
+    def of(cls, scorer: "Scorer") -> "ModelFingerprint":
+        vocab = json.dumps(scorer.vocab.to_json(), sort_keys=True, separators=(",", ":")).encode()
+        return cls(scorer.model_ref.name, scorer.model_ref.version, hashlib.sha256(vocab).hexdigest(),
+                   str(scorer.row_dtype.descr))  # fmt: skip
+
+    def reads_state_of(self, other: "ModelFingerprint") -> bool:
+        return (self.vocab_sha256, self.row_layout) == (other.vocab_sha256, other.row_layout)
+
+    def describe(self) -> str:
+        return f"model {self.name!r} version {self.version} (vocabulary sha256 {self.vocab_sha256[:12]})"
+
+    def to_json(self) -> dict:
+        return {"model": {"name": self.name, "version": self.version}, "vocab_sha256": self.vocab_sha256,
+                "row_layout": self.row_layout}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "ModelFingerprint":
+        return cls(raw["model"]["name"], raw["model"]["version"], raw["vocab_sha256"], raw["row_layout"])
+
+
+def bind_recovery_dir(settings: StreamSettings, model: ModelFingerprint) -> None:
+    """Make sure the recovery directory's state can be read by `model`, initialise it if it is new
+    (see prepare_recovery_dir), and mark it with `model`. Raises RecoveryModelError, before changing
+    anything, when it holds the state of a model with another vocabulary or row layout."""
+    directory = settings.recovery_dir
+    if directory is None:
+        return
+    marker = directory / RECOVERY_MARKER
+    marked = _read_marker(marker) if marker.exists() else None
+    # Without partitions there is no state: a marker left next to none binds nothing.
+    has_state = directory.is_dir() and bool(_partition_files(directory))
+    if has_state and marked is not None and not model.reads_state_of(marked):
+        raise RecoveryModelError(
+            f"--recovery-dir {directory} holds the state of {marked.describe()}, which --model "
+            f"{settings.model_dir} ({model.describe()}) cannot read: users' histories are stored as "
+            f"vocabulary indices of the model that wrote them. Use a fresh --recovery-dir with this model, "
+            f"or the model that wrote it")
+    if has_state and marked is not None and marked != model:
+        log.info("resuming the state of %s with %s: same vocabulary and row layout", marked.describe(),
+                 model.describe())
+    prepare_recovery_dir(settings)
+    if marked != model:
+        _write_marker(marker, model)
+
+
+def _read_marker(marker: Path) -> ModelFingerprint:
+    try:
+        return ModelFingerprint.from_json(json.loads(marker.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RecoveryModelError(f"{marker} cannot be read ({error}): it names the model whose state this "
+                                 f"recovery directory holds. Restore it, or use a fresh --recovery-dir") from None
+
+
+def _write_marker(marker: Path, model: ModelFingerprint) -> None:
+    """Atomically, so that a process stopped meanwhile leaves the old marker or the new one."""
+    partial = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(model.to_json(), indent=2) + "\n")
+    os.replace(partial, marker)
