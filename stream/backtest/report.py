@@ -1,7 +1,7 @@
 """What a backtest found, and its report: JSON, Markdown, PNG plots and every judgment as JSONL.
 
-A *judgment* is one update judged against the user's next event (see stream/backtest.py): the rank
-of that event's item among the system's scores for the whole catalogue, and for each intent task
+A *judgment* is one update judged against the user's next event (see stream/backtest/judging.py):
+the rank of that event's item among the system's scores for the whole catalogue, and for each intent task
 whether the top label was right. `JudgmentLog` keeps one system's judgments column by column;
 every number in the report is computed from those columns with `model.training.evaluate.ranking_metrics`,
 so `judgments.jsonl` reproduces all of them but catalogue coverage (which needs the top-k lists).

@@ -157,8 +157,11 @@ def test_settings_repr_hides_the_client_settings():
 
 
 def test_torch_threads_come_from_the_command_line_or_the_environment():
-    assert service_settings_from_args(parse(*REQUIRED), {}).torch_threads == 1
-    assert service_settings_from_args(parse(*REQUIRED), {"INTENTSTREAM_TORCH_THREADS": "4"}).torch_threads == 4
-    assert service_settings_from_args(parse(*REQUIRED, "--torch-threads", "2"), {"INTENTSTREAM_TORCH_THREADS": "4"}).torch_threads == 2
+    def torch_threads(*argv: str, env: dict[str, str]) -> int:
+        return service_settings_from_args(parse(*REQUIRED, *argv), env).torch_threads
+
+    assert torch_threads(env={}) == 1
+    assert torch_threads(env={"INTENTSTREAM_TORCH_THREADS": "4"}) == 4
+    assert torch_threads("--torch-threads", "2", env={"INTENTSTREAM_TORCH_THREADS": "4"}) == 2
     with pytest.raises(CommandError, match="--torch-threads '0': must be at least 1"):
-        service_settings_from_args(parse(*REQUIRED, "--torch-threads", "0"), {}).torch_threads
+        torch_threads("--torch-threads", "0", env={})
