@@ -3,8 +3,9 @@
 Per user, the last interaction is the test target and the one before it the validation target (the
 protocol of published SASRec / BERT4Rec results on MovieLens). The candidates are the whole
 catalogue, already-seen items included (rewatching and continuing are real intents here); every
-metric is also reported over unseen items only (the history's items left out of the ranking, the
-target never), the protocol of catalogues without re-consumption and of most recent papers. Ties
+metric is also reported over unseen items only, the protocol of catalogues without re-consumption
+and of most recent papers: the history's items are left out of the ranking and only targets the
+user had not played before are judged ("users" says how many). Ties
 count against the model: rank = 1 + number of other items scored at least as high as the target.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Ranker(Protocol):
 class Case:
     """One judgment: the history before an interaction, and that interaction as the target."""
 
+    user: str
     history: np.ndarray
     target: np.ndarray  # one ROW_DTYPE row
     action: str  # the target's action, for the breakdown
@@ -38,11 +40,11 @@ class Case:
 def leave_one_out(rows_by_user: dict[str, np.ndarray], vocab: Vocabularies, holdout: int) -> list[Case]:
     """holdout=1: test cases (target = last interaction); holdout=2: validation (the one before)."""
     cases = []
-    for rows in rows_by_user.values():
+    for user, rows in rows_by_user.items():
         n = len(rows) - holdout + 1  # history length + 1
         if n >= 2:
             target = rows[n - 1]
-            cases.append(Case(rows[: n - 1], target, vocab.actions.token(int(target["action"]))))
+            cases.append(Case(user, rows[: n - 1], target, vocab.actions.token(int(target["action"]))))
     return cases
 
 
@@ -128,18 +130,20 @@ class Judgments:
 
     ranks: list[np.ndarray] = field(default_factory=list)
     ranks_unseen: list[np.ndarray] = field(default_factory=list)  # with the history's items left out
+    target_seen: list[np.ndarray] = field(default_factory=list)  # the target is in its history
     actions: list[str] = field(default_factory=list)
     hits: dict[str, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
 
     def summary(self, k: int = K) -> dict:
         ranks = np.concatenate(self.ranks) if self.ranks else np.zeros(0)
         ranks_unseen = np.concatenate(self.ranks_unseen) if self.ranks_unseen else np.zeros(0)
+        target_seen = np.concatenate(self.target_seen) if self.target_seen else np.zeros(0, dtype=bool)
         hits = {task: np.concatenate(parts) for task, parts in self.hits.items()}
         actions = np.array(self.actions)
 
         def block(selector):
             result = ranking_metrics(ranks[selector], k)
-            result["unseen"] = ranking_metrics(ranks_unseen[selector], k)
+            result["unseen"] = ranking_metrics(ranks_unseen[selector & ~target_seen], k)
             for task, values in hits.items():
                 chosen = values[selector]
                 chosen = chosen[~np.isnan(chosen)]
@@ -162,6 +166,7 @@ def judge(ranker: Ranker, cases: list[Case], batch: int = BATCH, progress=None) 
         seen = seen_items([c.history for c in chunk], predictions.item_scores.shape[1])
         judgments.ranks.append(target_ranks(predictions.item_scores, items))
         judgments.ranks_unseen.append(target_ranks(predictions.item_scores, items, excluded=seen))
+        judgments.target_seen.append(seen[np.arange(len(items)), items])
         judgments.actions.extend(c.action for c in chunk)
         for task, values in intent_hits(predictions, targets).items():
             judgments.hits[task].append(values)

@@ -150,3 +150,4 @@ def test_unseen_ranking_leaves_the_history_out_but_never_the_target():
     assert target_ranks(scores, np.array([4])).tolist() == [3]
     assert target_ranks(scores, np.array([4]), excluded=seen).tolist() == [2]  # only item 2 left out
     assert target_ranks(scores, np.array([5]), excluded=seen).tolist() == [2]  # 2 and 4 left out: 3 wins
+    assert seen[0, 4] and not seen[0, 5]  # judged over unseen items only when the target is new
