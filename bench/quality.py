@@ -1,13 +1,18 @@
-"""Next-item quality of IntentRec's ablations V0-V3 beside the popularity and recency floors.
+"""Next-item quality of IntentRec's ablations V0-V3 beside the best peer we can run, RecBole's
+SASRec, and the popularity and recency floors, all on the same split in one command.
 
-    python bench/quality.py [--seeds 3] [--datasets synth,movielens] [--epochs 30]
+    python bench/quality.py [--seeds 3] [--datasets synth,movielens] [--epochs 30] [--peer-seeds 1]
 
-For each dataset: the floor baselines once (they are deterministic), then every variant with every
-seed, each trained on the same split and judged by the same leave-one-out protocol as
-`intentstream evaluate` (test = each user's last interaction, full-catalogue ranking). Writes
-bench/results/quality.md (mean ± std over seeds, training wall time on this machine, and V3 against
-each other model: by the seed spread and by a paired interval over test users) and quality.json
-(the same, with every model's per-user test ranks).
+For each dataset: the floors once (they are deterministic), RecBole 1.2.1's SASRec (in a virtualenv
+of its own, bench/peers/setup_recbole.sh; RecBole is not a dependency of the project) on exactly the
+users, targets and tie order our models see (bench/peers/export_sequences.py writes each user's
+items in the order of model.playlogs.files.read_user_sequences), then every variant with every
+seed, trained with `intentstream train`'s defaults unless told otherwise and judged by the
+leave-one-out protocol of `intentstream evaluate` (test = each user's last interaction, the full
+catalogue ranked; also over unseen items only). Writes bench/results/quality.md (mean ± std over
+seeds, training wall time on this machine, each model against SASRec and V3 against the other
+variants by a paired 95% bootstrap interval over test users) and quality.json (the same, with every
+model's per-user test ranks).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import json
 import multiprocessing
 import platform
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,15 +38,19 @@ sys.path.insert(0, str(ROOT))
 
 from model.training.baselines import Popularity, Recency  # noqa: E402
 from model.config import VARIANTS, TrainConfig  # noqa: E402
-from model.training.evaluate import judge, leave_one_out, ndcg_per_case, paired_bootstrap  # noqa: E402
-from model.playlogs.files import write_log  # noqa: E402
+from model.training.evaluate import judge, leave_one_out, ndcg_per_case, paired_bootstrap, ranking_metrics  # noqa: E402
+from model.playlogs.files import read_user_sequences, write_log  # noqa: E402
 from model.playlogs.movielens import read_movielens  # noqa: E402
 from model.serving.scorer import Scorer  # noqa: E402
 from model.playlogs.synth import generate_world  # noqa: E402
 from model.training.train import load_rows, train_model  # noqa: E402
 
 METRICS = ("NDCG@10", "HR@10", "MRR@10")
+UNSEEN_METRICS = ("NDCG@10", "HR@10")
 MOVIELENS = ROOT.parent / "shared" / "data" / "ml-100k"
+PEER = "SASRec (RecBole)"
+PEER_PYTHON = ROOT / "bench" / ".venv-recbole" / "bin" / "python"
+FLOORS = ("popularity", "recency")
 
 
 def make_log(dataset: str, directory: Path, synth_users: int) -> Path:
@@ -51,10 +61,55 @@ def make_log(dataset: str, directory: Path, synth_users: int) -> Path:
 
 
 def judge_test(ranker, rows_by_user: dict, vocab) -> dict:
-    """Test metrics overall, and the target's rank per test user (in the log's user order, the same
-    for every model of a dataset) for the paired comparison."""
-    judgments = judge(ranker, leave_one_out(rows_by_user, vocab, holdout=1))
-    return {**judgments.summary()["overall"], "ranks": np.concatenate(judgments.ranks).tolist()}
+    """Test metrics overall (and over unseen items only), and each test user's rank of the target
+    for the paired comparisons."""
+    cases = leave_one_out(rows_by_user, vocab, holdout=1)
+    judgments = judge(ranker, cases)
+    overall = judgments.summary()["overall"]
+    users = [case.user for case in cases]
+    unseen = zip(users, np.concatenate(judgments.ranks_unseen).tolist(), np.concatenate(judgments.target_seen))
+    return {
+        **{m: overall[m] for m in METRICS},
+        "unseen": {m: overall["unseen"][m] for m in UNSEEN_METRICS},
+        "ranks": dict(zip(users, np.concatenate(judgments.ranks).tolist())),
+        # Only targets the user had not played: the unseen protocol judges nothing else.
+        "ranks_unseen": {user: rank for user, rank, seen in unseen if not seen},
+    }
+
+
+def run_peer(log: Path, seeds: int, workdir: Path) -> list[dict]:
+    """RecBole's SASRec on the log's users, each user's items in our order; one run per seed."""
+    subprocess.run(["bash", str(ROOT / "bench" / "peers" / "setup_recbole.sh")], check=True)
+    sequences, result = workdir / f"{log.stem}-sequences.jsonl", workdir / f"{log.stem}-sasrec.json"
+    new_targets = set()  # users whose test target is not in their history
+    with sequences.open("w") as out:
+        for user, events in read_user_sequences(log).items():
+            items = [e.item_id for e in events]
+            out.write(json.dumps({"user": user, "items": items}) + "\n")
+            if items[-1] not in items[:-1]:
+                new_targets.add(user)
+    subprocess.run(
+        [str(PEER_PYTHON), str(ROOT / "bench" / "peers" / "sasrec.py"), "--sequences", str(sequences),
+         "--out", str(result), "--seeds", str(seeds), "--workdir", str(workdir / f"{log.stem}-recbole")],
+        check=True,
+    )
+    runs = []
+    for seed_run in json.loads(result.read_text())["seeds"]:
+        ranks = seed_run["ranks"]
+        ranks_unseen = {user: rank for user, rank in seed_run["ranks_unseen"].items() if user in new_targets}
+        unseen = ranks_summary(list(ranks_unseen.values()))
+        runs.append({
+            "seed": seed_run["seed"], **ranks_summary(list(ranks.values())),
+            "unseen": {m: unseen[m] for m in UNSEEN_METRICS},
+            "ranks": ranks, "ranks_unseen": ranks_unseen,
+            "train_wall_s": seed_run["wall_s"], "epochs": seed_run["epochs"],
+        })
+    return runs
+
+
+def ranks_summary(ranks: list[int]) -> dict:
+    metrics = ranking_metrics(np.array(ranks))
+    return {m: metrics[m] for m in METRICS}
 
 
 def floor_baselines(log: Path) -> dict[str, dict]:
@@ -88,65 +143,75 @@ def mean_std(values, digits: int = 4) -> str:
     return f"{values.mean():.{digits}f} ± {spread:.{digits}f}"
 
 
-def paired_interval(v3_runs: list[dict], other_runs: list[dict]) -> tuple[float, float]:
-    """95% bootstrap interval over test users of V3's NDCG@10 minus another model's, each user's
-    NDCG averaged over seeds first. Both models face the same users, so this sees a gain that is
-    steady from user to user even where the seed spread is wider than the gain."""
-    def per_user(runs):
-        return np.mean([ndcg_per_case(np.array(run["ranks"])) for run in runs], axis=0)
+def paired_interval(runs: list[dict], reference_runs: list[dict], ranks: str = "ranks") -> tuple[float, float, float]:
+    """NDCG@10 of `runs` minus the reference's, on the test users both judged, each user's NDCG
+    averaged over seeds first, with a 95% bootstrap interval over those users. Both face the same
+    users, so this sees a gain that is steady from user to user even where the seed spread is wider."""
+    users = sorted(set(runs[0][ranks]) & set(reference_runs[0][ranks]))
 
-    _, low, high = paired_bootstrap(per_user(v3_runs) - per_user(other_runs), resamples=2000)
-    return float(low), float(high)
+    def per_user(model_runs):
+        return np.mean([ndcg_per_case(np.array([run[ranks][u] for u in users])) for run in model_runs], axis=0)
+
+    difference, low, high = paired_bootstrap(per_user(runs) - per_user(reference_runs), resamples=2000)
+    return float(difference), float(low), float(high)
 
 
-def v3_against_the_rest(rows: dict) -> list[str]:
-    """Issue 2's criterion: V3 beats every other model on NDCG@10 by more than the spread across
-    seeds (the larger sample std of the two); with the paired interval over users beside it."""
-    if "V3" not in rows:
-        return []
-    v3 = np.array([r["NDCG@10"] for r in rows["V3"]])
+def comparisons(rows: dict) -> list[str]:
+    """Every model against the peer (ratio and paired interval, all items and unseen only), and V3
+    against every other variant."""
+    def as_runs(name):
+        return [rows[name]] if name in FLOORS else rows[name]
+
+    def mean(name, metric="NDCG@10", unseen=False):
+        return float(np.mean([(r["unseen"] if unseen else r)[metric] for r in as_runs(name)]))
+
     lines = []
-    for name, runs in rows.items():
-        if name == "V3":
-            continue
-        baseline = name in ("popularity", "recency")
-        other = np.array([runs["NDCG@10"]] if baseline else [r["NDCG@10"] for r in runs])
-        gain = v3.mean() - other.mean()
-        if len(v3) < 2 or (not baseline and len(other) < 2):
-            lines.append(f"- V3 − {name}: {gain:+.4f} NDCG@10 (one seed so far: no spread yet)")
-            continue
-        spread = max(v3.std(ddof=1), other.std(ddof=1) if not baseline else 0.0)
-        low, high = paired_interval(rows["V3"], [runs] if baseline else runs)
-        lines.append(f"- V3 − {name}: {gain:+.4f} NDCG@10, spread {spread:.4f}: "
-                     + ("beats it by more than the spread" if gain > spread else "NOT by more than the spread")
-                     + f"; paired over users, 95% interval [{low:+.4f}, {high:+.4f}]")
+    models = [name for name in rows if name not in FLOORS and name != PEER]
+    if PEER in rows:
+        for name in models:
+            _, low, high = paired_interval(rows[name], rows[PEER])
+            _, low_u, high_u = paired_interval(rows[name], rows[PEER], "ranks_unseen")
+            lines.append(
+                f"- {name} / {PEER}: NDCG@10 {mean(name) / mean(PEER):.2f}× (paired {name} − SASRec "
+                f"[{low:+.4f}, {high:+.4f}]); unseen only {mean(name, unseen=True) / mean(PEER, unseen=True):.2f}× "
+                f"([{low_u:+.4f}, {high_u:+.4f}])"
+            )
+    if "V3" in rows:
+        for name in [*models, *FLOORS]:
+            if name == "V3" or name not in rows:
+                continue
+            difference, low, high = paired_interval(rows["V3"], as_runs(name))
+            lines.append(f"- V3 − {name}: {difference:+.4f} NDCG@10, paired 95% interval [{low:+.4f}, {high:+.4f}]")
     return lines
 
 
 def markdown(results: dict, command: str, seeds: int, jobs: int) -> str:
     lines = [
-        "# Next-item quality: IntentRec ablations vs floor baselines",
+        "# Next-item quality: IntentRec ablations beside RecBole's SASRec and the floors",
         "",
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
         f"2 shared CPU cores; {time.strftime('%Y-%m-%d')}  ",
-        f"Protocol: leave-one-out (test = each user's last interaction), full-catalogue ranking, "
-        f"mean ± sample std over {seeds} seeds (baselines are deterministic). {jobs} model(s) trained at "
-        f"once, one process each: their wall times include each other's contention.",
+        f"Protocol: leave-one-out (test = each user's last interaction), full-catalogue ranking (and, in "
+        f"the unseen columns, the user's earlier items left out), one tie order for every model; mean ± "
+        f"sample std over seeds ({seeds} for our variants; the floors are deterministic). {jobs} model(s) "
+        f"trained at once, one process each: their wall times include each other's contention.",
         "",
     ]
     for dataset, rows in results.items():
-        lines += [f"## {dataset}", "", "| model | " + " | ".join(METRICS) + " | train wall s | epochs |",
-                  "|---" * (len(METRICS) + 3) + "|"]
+        header = [*METRICS, *[f"{m} unseen" for m in UNSEEN_METRICS], "train wall s", "epochs"]
+        lines += [f"## {dataset}", "", "| model | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
         for name, runs in rows.items():
-            if name in ("popularity", "recency"):
-                cells = [f"{runs[m]:.4f}" for m in METRICS] + ["-", "-"]
+            if name in FLOORS:
+                cells = [f"{runs[m]:.4f}" for m in METRICS] + [f"{runs['unseen'][m]:.4f}" for m in UNSEEN_METRICS]
+                cells += ["-", "-"]
             else:
                 cells = [mean_std([r[m] for r in runs]) for m in METRICS]
+                cells += [mean_std([r["unseen"][m] for r in runs]) for m in UNSEEN_METRICS]
                 cells += [mean_std([r["train_wall_s"] for r in runs], digits=0),
                           "/".join(str(r["epochs"]) for r in runs)]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += ["", *v3_against_the_rest(rows), ""]
+        lines += ["", *comparisons(rows), ""]
     return "\n".join(lines)
 
 
@@ -155,8 +220,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", default="synth,movielens")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--patience", type=int, default=TrainConfig.patience)
+    parser.add_argument("--peer-seeds", type=int, default=1,
+                        help="seeds of RecBole's SASRec (0: leave the peer out); about 10 minutes each on MovieLens-100K")
     parser.add_argument("--synth-users", type=int, default=1000, help="users in the synthetic world")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="intra-op threads; one is fastest on a shared 2-core machine")
@@ -177,7 +244,9 @@ def main() -> None:
         logs = {d: make_log(d, workdir, args.synth_users) for d in args.datasets.split(",")}
         for dataset, log in logs.items():
             results[dataset] = floor_baselines(log)
-        train_config = TrainConfig(epochs=args.epochs, patience=args.patience)
+            if args.peer_seeds:
+                results[dataset][PEER] = run_peer(log, args.peer_seeds, workdir)
+        train_config = replace(TrainConfig(), epochs=args.epochs, patience=args.patience)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, context, initializer=torch.set_num_threads, initargs=(args.torch_threads,)) as pool:
             futures = {

@@ -70,13 +70,16 @@ def catalogue_entries(rows: np.ndarray, events) -> np.ndarray:
     return entries
 
 
-def batch_tensors(histories, length: int) -> dict[str, torch.Tensor]:
-    """Right-pad histories to `length` and turn each field into a tensor; `valid` marks real rows."""
+def batch_tensors(histories, length: int, left_pad: bool = False) -> dict[str, torch.Tensor]:
+    """Pad histories to `length` rows, on the right (training: positions count from each history's
+    start) or on the left (serving: every history's newest row is the last), and turn each field
+    into a tensor; `valid` marks real rows."""
     batch = np.zeros((len(histories), length), dtype=ROW_DTYPE)
     valid = np.zeros((len(histories), length), dtype=bool)
     for b, history in enumerate(histories):
-        batch[b, : len(history)] = history
-        valid[b, : len(history)] = True
+        rows = slice(length - len(history), length) if left_pad else slice(0, len(history))
+        batch[b, rows] = history
+        valid[b, rows] = True
     tensors = {name: torch.from_numpy(batch[name].copy()) for name in ROW_DTYPE.names}
     tensors["valid"] = torch.from_numpy(valid)
     return tensors
@@ -96,11 +99,8 @@ class FeatureEmbedding(nn.Module):
         self.genre = nn.Embedding(c.n_genres, c.d_small, padding_idx=PAD)
         self.dim = c.d_item + 5 * c.d_small + 2
 
-    def forward(self, x: dict[str, torch.Tensor], gap_s: torch.Tensor | None = None) -> torch.Tensor:
-        """`gap_s`: seconds since each row's previous interaction, for rows that do not start the
-        history (incremental inference); by default they come from `x["ts"]`."""
-        if gap_s is None:
-            gap_s = gap_seconds(x["ts"])
+    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """x: model.inputs.model_inputs (gap_s: seconds since each row's previous interaction)."""
         genres = x["genres"].long()
         genre_count = (genres != PAD).sum(-1, keepdim=True).clamp(min=1)
         genre_mean = self.genre(genres).sum(-2) / genre_count
@@ -113,7 +113,7 @@ class FeatureEmbedding(nn.Module):
                 self.device(x["device"].long()),
                 genre_mean,
                 scaled_log(x["watch_s"], MAX_WATCH_S).unsqueeze(-1),
-                scaled_log(gap_s, MAX_GAP_S).unsqueeze(-1),
+                scaled_log(x["gap_s"], MAX_GAP_S).unsqueeze(-1),
             ],
             dim=-1,
         )
@@ -121,10 +121,3 @@ class FeatureEmbedding(nn.Module):
 
 def scaled_log(value: torch.Tensor, maximum: float) -> torch.Tensor:
     return (torch.log1p(value.float().clamp(min=0)) / math.log1p(maximum)).clamp(max=1.0)
-
-
-def gap_seconds(ts: torch.Tensor) -> torch.Tensor:
-    """Seconds since the previous interaction; the first one of a sequence counts as the longest gap."""
-    gap = torch.full_like(ts, int(MAX_GAP_S * 1000))
-    gap[:, 1:] = ts[:, 1:] - ts[:, :-1]
-    return gap.float() / 1000.0

@@ -14,11 +14,17 @@ Streaming constraints, kept everywhere:
     past interaction's representation never changes when a new one arrives;
   - attention is causal and limited to the last L interactions (the short-term encoder also to the
     last H of time), with explicit padding masks; training uses exactly the masks serving uses.
+
+One forward pass serves training (p of each position's target), evaluation and serving (the
+distribution after the newest interaction). Incremental serving passes a `Cache`: the keys and
+values of the user's earlier positions go in, every attention layer attends to them as well, and the
+new positions' own come out — a new event then costs one row per layer (model.serving.incremental).
+The inputs (masks, time encodings, gaps) are prepared by model.inputs.model_inputs.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,10 +33,8 @@ from torch import nn
 
 from model.config import IntentRecConfig
 from model.features import NO_RELEASE, FeatureEmbedding
+from model.inputs import days_since_origin
 from model.vocab import FIRST_REAL, PAD, RELEASE_BUCKETS, UNKNOWN
-
-HOUR_MS = 3_600_000.0
-DAY_MS = 86_400_000.0
 
 
 def task_sizes(config: IntentRecConfig) -> dict[str, int]:
@@ -43,44 +47,39 @@ def task_sizes(config: IntentRecConfig) -> dict[str, int]:
     return {task: sizes[task] for task in config.intent_tasks}
 
 
-def days_since_origin(ts: torch.Tensor, origin_ms: int) -> torch.Tensor:
-    """Days since the origin of int64 epoch-ms times, in float32 (IntentMatch's clock)."""
-    return ((ts - origin_ms).double() / DAY_MS).float()
-
-
 # --------------------------------------------------------------------------- building blocks
 
 
-class TimeEncoding(nn.Module):
-    """Sinusoidal encoding of absolute time in hours, periods from one hour to about ten years."""
+@dataclass
+class Cache:
+    """Incremental inference, as torchtune's KV cache inside the ordinary attention: the keys and
+    values that P earlier positions left in each attention layer (past_keys_values: (layers,
+    key|value, B, heads, P, head size)) and, for the repeat pointer, their pointer keys (B, P, D) and
+    items (B, P). The layers read theirs in the order they run (short-term, intent, item) and leave
+    the new positions' own in keys_values and pointer_keys. A user's entries are kept between events
+    by model.serving.kv_cache, so they come in and go out as tensors."""
 
-    def __init__(self, dim: int, origin_ms: int):
-        super().__init__()
-        periods = torch.logspace(0, math.log10(24 * 365 * 10), dim // 2)
-        self.register_buffer("frequencies", 2 * math.pi / periods, persistent=False)
-        self.origin_ms = origin_ms
+    past_keys_values: torch.Tensor | None = None
+    past_pointer_keys: torch.Tensor | None = None
+    past_items: torch.Tensor | None = None
+    keys_values: list[torch.Tensor] = field(default_factory=list)
+    pointer_keys: torch.Tensor | None = None
 
-    def forward(self, ts: torch.Tensor) -> torch.Tensor:
-        hours = ((ts - self.origin_ms).double() / HOUR_MS).unsqueeze(-1)
-        # Phases in float64: hours since the origin reach 1e5, too many for float32 sin().
-        phases = torch.remainder(hours * self.frequencies.double(), 2 * math.pi).float()
-        return torch.cat([phases.sin(), phases.cos()], dim=-1)
+    def attend(self, q, k, v, mask: torch.Tensor) -> torch.Tensor:
+        """One attention layer's queries over the cached positions followed by the new ones; mask
+        (B, 1, T, P + T), past first."""
+        layer = len(self.keys_values)
+        self.keys_values.append(torch.stack([k, v]))
+        if self.past_keys_values is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return attention_after(q, k, v, self.past_keys_values[layer], mask)
 
-
-def attention_mask(valid: torch.Tensor, ts: torch.Tensor, window: int, max_age_ms: int | None):
-    """(B, 1, T, T) boolean mask, True where query k may attend to key j: j <= k, k - j < window,
-    j is a real interaction and, if max_age_ms is given, T_k - T_j <= max_age_ms.
-    Padding queries attend to themselves only, so no row is empty."""
-    T = valid.shape[1]
-    pos = torch.arange(T, device=valid.device)
-    distance = pos.view(T, 1) - pos.view(1, T)
-    allowed = (distance >= 0) & (distance < window)
-    mask = allowed.unsqueeze(0) & valid.unsqueeze(1) & valid.unsqueeze(2)
-    if max_age_ms is not None:
-        age = ts.unsqueeze(2) - ts.unsqueeze(1)
-        mask = mask & (age <= max_age_ms)
-    mask = mask | (torch.eye(T, dtype=torch.bool, device=valid.device) & ~valid.unsqueeze(2))
-    return mask.unsqueeze(1)
+    def pointer_positions(self, pointer_keys: torch.Tensor, items: torch.Tensor):
+        """The repeat pointer's keys and items: the cached positions' followed by the new ones'."""
+        self.pointer_keys = pointer_keys
+        if self.past_pointer_keys is None:
+            return pointer_keys, items
+        return torch.cat([self.past_pointer_keys, pointer_keys], dim=1), torch.cat([self.past_items, items], dim=1)
 
 
 class SelfAttention(nn.Module):
@@ -93,20 +92,14 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.attend(x, mask)[0]
-
-    def attend(self, x: torch.Tensor, mask: torch.Tensor, past: torch.Tensor | None = None):
-        """Rows x (B, T, D) attend to each other and, in incremental inference, to the cached keys and
-        values of P earlier rows, `past` (2, B, heads, P, D/heads); mask (B, 1, T, P + T), past
-        first. Returns the output and the rows' own keys and values, each (B, heads, T, D/heads)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
-        if past is None:
+        if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
-            y = attention_after(q, k, v, past, mask)
-        return self.out(y.transpose(1, 2).reshape(B, T, D)), k, v
+            y = cache.attend(q, k, v, mask)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 
 def attention_after(q, k, v, past: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -132,33 +125,33 @@ class Block(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.norm1(x), mask))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.norm1(x), mask, cache))
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
 class CausalTransformer(nn.Module):
-    """Input FC + LayerNorm, absolute-time encoding, then causal blocks."""
+    """Input FC + LayerNorm, plus the absolute-time encoding (model.inputs.time_encoding), then
+    causal blocks."""
 
     def __init__(self, d_in: int, config: IntentRecConfig, n_layers: int):
         super().__init__()
         self.input = nn.Sequential(nn.Linear(d_in, config.d_model), nn.LayerNorm(config.d_model))
-        self.time = TimeEncoding(config.d_model, config.time_origin_ms)
         self.blocks = nn.ModuleList(
             Block(config.d_model, config.n_heads, config.dropout) for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, x: torch.Tensor, ts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.encode(self.embed(x, ts), mask)
+    def forward(self, x, time_code, mask, cache: Cache | None = None) -> torch.Tensor:
+        return self.encode(self.embed(x, time_code), mask, cache)
 
-    def embed(self, x: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, time_code: torch.Tensor) -> torch.Tensor:
         """Per-position input of the first block: FC + LayerNorm, plus the time encoding."""
-        return self.input(x) + self.time(ts)
+        return self.input(x) + time_code
 
-    def encode(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def encode(self, h: torch.Tensor, mask: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         for block in self.blocks:
-            h = block(h, mask)
+            h = block(h, mask, cache)
         return self.norm(h)
 
 
@@ -172,8 +165,8 @@ class ShortTermEncoder(nn.Module):
         super().__init__()
         self.transformer = CausalTransformer(d_features, config, config.n_layers_short)
 
-    def forward(self, features, ts, short_mask):
-        return self.transformer(features, ts, short_mask)
+    def forward(self, features, time_code, short_mask, cache: Cache | None = None):
+        return self.transformer(features, time_code, short_mask, cache)
 
 
 class IntentEncoder(nn.Module):
@@ -183,8 +176,8 @@ class IntentEncoder(nn.Module):
         super().__init__()
         self.transformer = CausalTransformer(d_in, config, config.n_layers_intent)
 
-    def forward(self, x, ts, mask):
-        return self.transformer(x, ts, mask)
+    def forward(self, x, time_code, mask, cache: Cache | None = None):
+        return self.transformer(x, time_code, mask, cache)
 
 
 class IntentHeads(nn.Module):
@@ -306,10 +299,9 @@ class Intent:
     probs: dict[str, torch.Tensor]  # task -> (B, T, labels)
     days: torch.Tensor  # (B, T): the queries' times, days_since_origin
 
-    def at(self, rows: torch.Tensor, positions: torch.Tensor) -> "Intent":
-        """Only position positions[b] of row rows[b], kept as a length-1 time axis."""
-        probs = {task: p[rows, positions].unsqueeze(1) for task, p in self.probs.items()}
-        return Intent(probs, self.days[rows, positions].unsqueeze(1))
+    def newest(self) -> "Intent":
+        """Only the last position, kept as a length-1 time axis."""
+        return Intent({task: p[:, -1:] for task, p in self.probs.items()}, self.days[:, -1:])
 
 
 class ItemEncoder(nn.Module):
@@ -345,47 +337,36 @@ class ItemEncoder(nn.Module):
             nn.init.zeros_(self.intent_gate.weight)
 
     def forward(
-        self, x, ts, mask, items: torch.Tensor, item_embeddings: torch.Tensor, intent_probs=None, targets=None, last=None
-    ):
-        inputs = self.transformer.embed(x, ts)
-        h = self.transformer.encode(inputs, mask)
-        intent = None
-        if self.intent_match is not None:
-            intent = Intent(intent_probs, days_since_origin(ts, self.intent_match.origin_ms))
-        if last is not None:  # serving: only each row's newest position needs the catalogue
-            rows = torch.arange(len(last), device=last.device)
-            h, mask = h[rows, last].unsqueeze(1), mask[rows, :, last].unsqueeze(2)
-            intent = intent.at(rows, last) if intent is not None else None
-            return self.next_item_log_probs(h, inputs, items, mask, item_embeddings, intent).squeeze(1)
-        return self.next_item_log_probs(h, inputs, items, mask, item_embeddings, intent, targets)
+        self, x, time_code, mask, items, item_embeddings, intent: Intent | None = None, targets=None,
+        newest: bool = False, cache: Cache | None = None,
+    ) -> torch.Tensor:
+        """p(next item) after each position (B, T, n_items); with `targets` (B, T) only p(target)
+        (B, T), which spares training a (B, T, n_items) mixture; with `newest`, only the
+        distribution after each row's last position (B, n_items), which is all serving needs.
+        `intent`: the positions' predicted intent where Z feeds the item encoder, else None."""
+        inputs = self.transformer.embed(x, time_code)
+        h = self.transformer.encode(inputs, mask, cache)
+        pointer_keys, key_items = self.repeat_key(inputs), items
+        if cache is not None:
+            pointer_keys, key_items = cache.pointer_positions(pointer_keys, items)
+        if newest:
+            h, mask = h[:, -1:], mask[:, :, -1:]
+            intent = intent.newest() if intent is not None else None
+            return self.next_item_probs(h, pointer_keys, key_items, mask, item_embeddings, intent)[:, 0]
+        return self.next_item_probs(h, pointer_keys, key_items, mask, item_embeddings, intent, targets)
 
-    def next_item_log_probs(self, h, key_inputs, key_items, mask, item_embeddings, intent=None, targets=None):
-        """log p(next item) for queries h (B, T, D): over the whole catalogue (B, T, n_items), or
-        only for `targets` (B, T) when given, which spares training a (B, T, n_items) mixture.
-        The pointer reads the positions of key_inputs (B, P, D) / key_items (B, P) that
-        mask (B, 1, T, P) allows; `intent` is the queries' predicted intent where Z feeds the item
-        encoder, else None."""
-        explore = torch.log_softmax(self.catalogue_logits(h, item_embeddings, intent), dim=-1)
-        pointer, gate = self.repeat_pointer(h, self.repeat_key(key_inputs), mask, intent)
-        if targets is None:
-            repeat = torch.zeros_like(explore).scatter_add_(-1, pointer_slots(key_items, pointer), pointer)
-        else:
-            explore = explore.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            repeat = (pointer * (key_items.unsqueeze(1) == targets.unsqueeze(-1))).sum(-1)
-            gate = gate.squeeze(-1)
-        # Clamping keeps log() and its gradient finite where an item got no pointer weight.
-        return torch.logaddexp(
-            torch.log1p(-gate.clamp(max=1 - 1e-6)) + explore, torch.log(gate) + torch.log(repeat.clamp(min=1e-30))
-        )
-
-    def next_item_probs(self, h, pointer_keys, key_items, mask, item_embeddings, intent=None) -> torch.Tensor:
-        """p(next item) over the catalogue, the same mixture as next_item_log_probs, computed in
-        probability space: serving needs no logarithms, and this makes fewer passes over the catalogue.
-        Takes the pointer's keys already projected (`repeat_key` of the positions' inputs), which
-        incremental inference caches."""
+    def next_item_probs(self, h, pointer_keys, key_items, mask, item_embeddings, intent=None, targets=None):
+        """The mixture p = (1 - g) p_explore + g p_repeat for queries h (B, T, D), over the whole
+        catalogue or only for `targets`. The pointer reads the positions whose pointer keys
+        (`repeat_key` of their inputs) and items are given (B, P, D) / (B, P), as mask (B, 1, T, P)
+        allows. The catalogue distribution is computed in place, for inference."""
         explore = torch.softmax(self.catalogue_logits(h, item_embeddings, intent), dim=-1)
         pointer, gate = self.repeat_pointer(h, pointer_keys, mask, intent)
-        return explore.mul_(1 - gate).scatter_add_(-1, pointer_slots(key_items, pointer), pointer * gate)
+        if targets is None:
+            return explore.mul_(1 - gate).scatter_add_(-1, pointer_slots(key_items, pointer), pointer * gate)
+        explore = explore.gather(-1, targets.unsqueeze(-1))
+        repeat = (pointer * (key_items.unsqueeze(1) == targets.unsqueeze(-1))).sum(-1, keepdim=True)
+        return ((1 - gate) * explore + gate * repeat).squeeze(-1)
 
     def catalogue_logits(self, h, item_embeddings, intent=None) -> torch.Tensor:
         logits = self.to_item_space(h) @ item_embeddings.T
@@ -415,7 +396,7 @@ def pointer_slots(key_items: torch.Tensor, pointer: torch.Tensor) -> torch.Tenso
 
 @dataclass
 class IntentRecOutput:
-    item_log_probs: torch.Tensor  # (B, T, n_items): log p(next item) after each interaction
+    item_probs: torch.Tensor  # p(next item): (B, T, n_items); (B, T) for targets; (B, n_items) newest
     intent_logits: dict[str, torch.Tensor]  # task -> (B, T, n_labels)
     intent_probs: dict[str, torch.Tensor]
     intent_embedding: torch.Tensor | None  # Z: (B, T, d_proj), None without intent tasks
@@ -443,30 +424,34 @@ class IntentRec(nn.Module):
             self.item_encoder.intent_match.learn(entries)
 
     def forward(
-        self, x: dict[str, torch.Tensor], targets: torch.Tensor | None = None, last: torch.Tensor | None = None
+        self, x: dict[str, torch.Tensor], targets: torch.Tensor | None = None, newest: bool = False,
+        cache: Cache | None = None,
     ) -> IntentRecOutput:
-        """item_log_probs is (B, T, n_items); with `targets` (B, T) item indices only log p(target)
-        (B, T); with `last` (B,) positions only the distribution after those positions (B, n_items)."""
+        """x: model.inputs.model_inputs of a batch of rows. item_probs is p(next item) after every
+        position (B, T, n_items); with `targets` (B, T) item indices only p(target) (B, T); with
+        `newest`, only the distribution after the last position (B, n_items): rows are then padded
+        on the left. With a `cache`, the rows follow the cached positions (incremental inference)."""
         c = self.config
-        valid, ts = x["valid"], x["ts"]
-        mask = attention_mask(valid, ts, c.attention_window, None)
+        time_code = x["time_code"]
+        mask, short_mask = x["attend"].unsqueeze(1), x["attend_short"].unsqueeze(1)
         features = self.features(x)
 
         context = [features]
         if self.short_term is not None:
-            short_mask = attention_mask(valid, ts, c.attention_window, c.short_term_window_ms)
-            context.append(self.short_term(features, ts, short_mask))
+            context.append(self.short_term(features, time_code, short_mask, cache))
         context = torch.cat(context, dim=-1)
 
         intent_logits, intent_probs, z, weights = {}, {}, None, None
         if c.intent_tasks:
-            h_intent = self.intent_encoder(context, ts, mask)
-            intent_logits = self.intent_heads(h_intent)
+            intent_logits = self.intent_heads(self.intent_encoder(context, time_code, mask, cache))
             intent_probs = intent_probabilities(intent_logits)
             z, weights = self.intent_fusion(intent_probs)
 
-        item_input = torch.cat([context, z], dim=-1) if c.feeds_intent else context
-        item_log_probs = self.item_encoder(
-            item_input, ts, mask, x["item"], self.features.item.weight, intent_probs, targets, last
+        item_input, intent = context, None
+        if c.feeds_intent:
+            item_input = torch.cat([context, z], dim=-1)
+            intent = Intent(intent_probs, x["days"])
+        item_probs = self.item_encoder(
+            item_input, time_code, mask, x["item"], self.features.item.weight, intent, targets, newest, cache
         )
-        return IntentRecOutput(item_log_probs, intent_logits, intent_probs, z, weights)
+        return IntentRecOutput(item_probs, intent_logits, intent_probs, z, weights)

@@ -128,6 +128,15 @@ def generate_world(
     return events
 
 
+def user_modes(seed: int = 0, n_users: int = 1000, days: int = 60) -> dict[str, dict[str, float]]:
+    """Each user's intent-mode weights in the world generate_world(seed, n_users, days) makes: what
+    the model's intent predictions could be judged against (its largest is the user's main mode)."""
+    return {
+        profile.user_id: dict(profile.mode_weights)
+        for profile in (_make_profile(random.Random(f"{seed}-user-{n}"), f"user-{n:04d}", days) for n in range(n_users))
+    }
+
+
 def generate_catalogue(seed: int = 0, n_titles: int = 800, days: int = 60) -> list[Title]:
     """The titles of the world that `generate_world(seed, n_titles=n_titles, days=days)` plays."""
     rng = random.Random(f"{seed}-catalogue")

@@ -1,4 +1,4 @@
-"""Runtime backends: what runs the two graphs of incremental inference (model.serving.incremental).
+"""Runtime backends: what runs the two graphs of incremental inference (model.serving.graphs).
 
 A backend is named by a spec string (`intentstream run --backend`, `load_backend`):
 
@@ -25,30 +25,60 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 
 from model.config import IntentRecConfig
 from model.features import ROW_DTYPE
-from model.serving.incremental import (
-    GRAPH_INPUTS,
-    Backend,
-    EagerBackend,
-    Ring,
-    StepGraph,
-    WindowGraph,
-    keys_values_shape,
-    step_batch,
-    window_batch,
-)
-from model.intentrec import IntentRec, TimeEncoding
+from model.inputs import MODEL_INPUTS
+from model.intentrec import IntentRec
+from model.serving.graphs import StepGraph, WindowGraph
+from model.serving.host_inputs import step_batch, window_batch
+from model.serving.kv_cache import Ring, keys_values_shape
 
 BACKENDS = ("eager", "aoti", "tensorrt")
 MANIFEST = "manifest.json"
 GRAPH_FILES = {"aoti": ("window.pt2", "step.pt2"), "tensorrt": ("window.ep", "step.ep")}
 DEFAULT_MAX_BATCH = 1024
+
+
+class Backend(Protocol):
+    """Runs the two graphs (model.serving.backends has the compiled ones). Inputs are on `device`; outputs
+    are a tuple, as split_outputs reads it. `max_batch`: users per call, None for no limit."""
+
+    name: str
+    device: torch.device
+    max_batch: int | None
+
+    def window(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]: ...
+
+    def step(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]: ...
+
+
+class EagerBackend:
+    """The graphs in eager PyTorch, on the CPU (sharing the scorer's model) or on a GPU (a copy)."""
+
+    name = "eager"
+    max_batch = None
+
+    def __init__(self, model: IntentRec, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        if self.device.type != "cpu":
+            on_device = IntentRec(model.config)
+            on_device.load_state_dict(model.state_dict())
+            model = on_device.to(self.device).eval()
+        self.window_graph = WindowGraph(model).eval()
+        self.step_graph = StepGraph(model).eval()
+
+    @torch.inference_mode()
+    def window(self, *inputs):
+        return self.window_graph(*inputs)
+
+    @torch.inference_mode()
+    def step(self, *inputs):
+        return self.step_graph(*inputs)
 
 
 class BackendError(RuntimeError):
@@ -212,12 +242,11 @@ def as_tensor(array: np.ndarray, device: str) -> torch.Tensor:
 
 def window_shapes(config: IntentRecConfig, limits: Limits, device: str) -> GraphShapes:
     batch, rows = min(2, limits.max_batch), min(8, limits.max_rows)
-    time_encoding = TimeEncoding(config.d_model, config.time_origin_ms)
     histories = list(example_rows(config, batch, rows))
-    host = window_batch(histories, rows, config, time_encoding).inputs
+    host = window_batch(histories, rows, config).inputs
     B = torch.export.Dim("batch", min=1, max=limits.max_batch)
     T = torch.export.Dim("rows", min=2, max=limits.max_rows)
-    dynamic = tuple({0: B, 1: T, 2: T} if name.startswith("attend") else {0: B, 1: T} for name in GRAPH_INPUTS)
+    dynamic = tuple({0: B, 1: T, 2: T} if name.startswith("attend") else {0: B, 1: T} for name in MODEL_INPUTS)
     # Opt: half the largest batch, whole windows (what a returning user's rebuild needs).
     sizes = {
         "batch": (1, max(2, limits.max_batch // 2), limits.max_batch),
@@ -228,12 +257,11 @@ def window_shapes(config: IntentRecConfig, limits: Limits, device: str) -> Graph
 
 def step_shapes(config: IntentRecConfig, limits: Limits, device: str) -> GraphShapes:
     batch, window = min(2, limits.max_batch), config.attention_window - 1
-    time_encoding = TimeEncoding(config.d_model, config.time_origin_ms)
     rows = example_rows(config, batch, window + 1)
     slots = np.arange(batch)
     valid = np.ones((batch, window), dtype=bool)
     ring = Ring(slots, slots, rows["item"][:, :-1].astype(np.int32), rows["ts"][:, :-1], valid)
-    host = step_batch(rows[:, -1], rows["ts"][:, -2], ring, config, time_encoding).inputs
+    host = step_batch(rows[:, -1], rows["ts"][:, -2], ring, config).inputs
     keys_values = torch.randn(keys_values_shape(config, batch, window), device=device)
     pointer_keys = torch.randn((batch, window, config.d_model), device=device)
     example = (*(as_tensor(a, device) for a in host), keys_values, pointer_keys)

@@ -1,7 +1,9 @@
 """The scorer: one loaded checkpoint answering micro-batches of user histories.
 
-Live serving, replays and `intentstream evaluate` all call `Scorer.score` (or `Scorer.predict`
-beneath it), so a streamed update equals the offline prediction for the same history.
+`intentstream evaluate`, training's validation and the floors' judging call `Scorer.predict`: one
+forward pass over each whole history. The stream serves through model.serving.incremental's
+IncrementalScorer, which runs the same forward pass one new row at a time from cached keys and
+values and returns what `Scorer.predict` returns for the same history (tests pin both).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.features import ROW_DTYPE, batch_tensors, featurize
+from model.inputs import model_inputs
 from model.intentrec import IntentRec
 from model.vocab import FIRST_REAL, Vocabularies
 from schemas import ItemScore, LabelScore, ModelRef, PlayEvent
@@ -86,17 +89,14 @@ class Scorer:
         histories = [h[-self.history_len :] for h in histories]
         if not histories or min(len(h) for h in histories) == 0:
             raise ValueError("every history must hold at least the interaction being scored")
-        lengths = np.array([len(h) for h in histories])
-        length = padded_length(int(lengths.max()), self.history_len)
-        last = torch.from_numpy(lengths - 1)
-        out = self.model(batch_tensors(histories, length), last=last)
-        rows = torch.arange(len(histories))
-        item_scores = out.item_log_probs.exp()
+        length = padded_length(max(len(h) for h in histories), self.history_len)
+        x = model_inputs(batch_tensors(histories, length, left_pad=True), self.config)
+        out = self.model(x, newest=True)
         return Predictions(
-            item_scores=item_scores.numpy(),
-            intent_probs={t: p[rows, last].numpy() for t, p in out.intent_probs.items()},
-            intent_embedding=None if out.intent_embedding is None else out.intent_embedding[rows, last].numpy(),
-            intent_weights=None if out.intent_weights is None else out.intent_weights[rows, last].numpy(),
+            item_scores=out.item_probs.numpy(),
+            intent_probs={t: p[:, -1].numpy() for t, p in out.intent_probs.items()},
+            intent_embedding=None if out.intent_embedding is None else out.intent_embedding[:, -1].numpy(),
+            intent_weights=None if out.intent_weights is None else out.intent_weights[:, -1].numpy(),
         )
 
     def score(self, histories: Sequence[np.ndarray], top_k: int = 10) -> list[Scores]:

@@ -2,8 +2,11 @@
 
 Per user, the last interaction is the test target and the one before it the validation target (the
 protocol of published SASRec / BERT4Rec results on MovieLens). The candidates are the whole
-catalogue, already-seen items included (rewatching and continuing are real intents here). Ties count
-against the model: rank = 1 + number of other items scored at least as high as the target.
+catalogue, already-seen items included (rewatching and continuing are real intents here); every
+metric is also reported over unseen items only, the protocol of catalogues without re-consumption
+and of most recent papers: the history's items are left out of the ranking and only targets the
+user had not played before are judged ("users" says how many). Ties
+count against the model: rank = 1 + number of other items scored at least as high as the target.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ class Ranker(Protocol):
 class Case:
     """One judgment: the history before an interaction, and that interaction as the target."""
 
+    user: str
     history: np.ndarray
     target: np.ndarray  # one ROW_DTYPE row
     action: str  # the target's action, for the breakdown
@@ -36,19 +40,33 @@ class Case:
 def leave_one_out(rows_by_user: dict[str, np.ndarray], vocab: Vocabularies, holdout: int) -> list[Case]:
     """holdout=1: test cases (target = last interaction); holdout=2: validation (the one before)."""
     cases = []
-    for rows in rows_by_user.values():
+    for user, rows in rows_by_user.items():
         n = len(rows) - holdout + 1  # history length + 1
         if n >= 2:
             target = rows[n - 1]
-            cases.append(Case(rows[: n - 1], target, vocab.actions.token(int(target["action"]))))
+            cases.append(Case(user, rows[: n - 1], target, vocab.actions.token(int(target["action"]))))
     return cases
 
 
-def target_ranks(item_scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """1-based rank of each target item; an item the model does not know ranks last."""
+def seen_items(histories: Sequence[np.ndarray], n_items: int) -> np.ndarray:
+    """(B, n_items) boolean: the items each history has played."""
+    seen = np.zeros((len(histories), n_items), dtype=bool)
+    for b, history in enumerate(histories):
+        seen[b, history["item"].astype(np.int64)] = True
+    return seen
+
+
+def target_ranks(item_scores: np.ndarray, targets: np.ndarray, excluded: np.ndarray | None = None) -> np.ndarray:
+    """1-based rank of each target item; an item the model does not know ranks last. `excluded`
+    (B, n_items) boolean: items taken out of the ranking (the target itself never is) — the
+    history's items, for the "unseen items only" protocol of gSASRec, HSTU and most recent papers."""
     n_items = item_scores.shape[1]
     known = targets >= FIRST_REAL
     safe_targets = np.where(known, targets, FIRST_REAL)
+    if excluded is not None:
+        excluded = excluded.copy()
+        excluded[np.arange(len(targets)), safe_targets] = False
+        item_scores = np.where(excluded, -np.inf, item_scores)
     target_scores = item_scores[np.arange(len(targets)), safe_targets]
     at_least = (item_scores[:, FIRST_REAL:] >= target_scores[:, None]).sum(axis=1)  # includes target
     return np.where(known, at_least, n_items).astype(np.int64)
@@ -111,16 +129,21 @@ class Judgments:
     """Everything measured on a set of cases, kept per case so any slice can be recomputed."""
 
     ranks: list[np.ndarray] = field(default_factory=list)
+    ranks_unseen: list[np.ndarray] = field(default_factory=list)  # with the history's items left out
+    target_seen: list[np.ndarray] = field(default_factory=list)  # the target is in its history
     actions: list[str] = field(default_factory=list)
     hits: dict[str, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
 
     def summary(self, k: int = K) -> dict:
         ranks = np.concatenate(self.ranks) if self.ranks else np.zeros(0)
+        ranks_unseen = np.concatenate(self.ranks_unseen) if self.ranks_unseen else np.zeros(0)
+        target_seen = np.concatenate(self.target_seen) if self.target_seen else np.zeros(0, dtype=bool)
         hits = {task: np.concatenate(parts) for task, parts in self.hits.items()}
         actions = np.array(self.actions)
 
         def block(selector):
             result = ranking_metrics(ranks[selector], k)
+            result["unseen"] = ranking_metrics(ranks_unseen[selector & ~target_seen], k)
             for task, values in hits.items():
                 chosen = values[selector]
                 chosen = chosen[~np.isnan(chosen)]
@@ -139,7 +162,11 @@ def judge(ranker: Ranker, cases: list[Case], batch: int = BATCH, progress=None) 
         chunk = cases[start : start + batch]
         predictions = ranker.predict([c.history for c in chunk])
         targets = np.stack([c.target for c in chunk])
-        judgments.ranks.append(target_ranks(predictions.item_scores, targets["item"].astype(np.int64)))
+        items = targets["item"].astype(np.int64)
+        seen = seen_items([c.history for c in chunk], predictions.item_scores.shape[1])
+        judgments.ranks.append(target_ranks(predictions.item_scores, items))
+        judgments.ranks_unseen.append(target_ranks(predictions.item_scores, items, excluded=seen))
+        judgments.target_seen.append(seen[np.arange(len(items)), items])
         judgments.actions.extend(c.action for c in chunk)
         for task, values in intent_hits(predictions, targets).items():
             judgments.hits[task].append(values)
@@ -159,13 +186,15 @@ def format_report(report: dict, k: int = K) -> str:
     """A plain-text table of the test split, overall and by the target's action."""
     test = report["test"]
     columns = [f"HR@{k}", f"NDCG@{k}", f"MRR@{k}"]
+    unseen_columns = [f"HR@{k}", f"NDCG@{k}"]
     tasks = sorted(key[: -len("_accuracy")] for key in test["overall"] if key.endswith("_accuracy"))
-    header = ["slice", "users", *columns, *[f"acc:{t}" for t in tasks]]
+    header = ["slice", "users", *columns, *[f"{c} unseen" for c in unseen_columns], *[f"acc:{t}" for t in tasks]]
     lines = [header]
     for name, block in [("overall", test["overall"]), *test["by_action"].items()]:
         accuracy = [block[f"{t}_accuracy"] for t in tasks]
         lines.append(
             [name, str(block["users"]), *[f"{block[c]:.4f}" for c in columns],
+             *[f"{block['unseen'][c]:.4f}" for c in unseen_columns],
              *["-" if a is None else f"{a:.3f}" for a in accuracy]]
         )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]

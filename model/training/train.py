@@ -19,6 +19,7 @@ from model.checkpoint import save_checkpoint
 from model.config import IntentRecConfig, TrainConfig, variant_overrides
 from model.training.evaluate import judge, leave_one_out
 from model.features import CATALOGUE_DTYPE, ROW_DTYPE, batch_tensors, catalogue_entries, featurize_all
+from model.inputs import model_inputs
 from model.intentrec import IntentRec
 from model.playlogs.files import LogError, read_user_sequences
 from model.serving.scorer import Scorer
@@ -107,8 +108,9 @@ def loss_of_batch(model: IntentRec, batch, mean_weight: float):
     positions = torch.arange(length).unsqueeze(0)
     in_loss &= positions >= torch.tensor(loss_from).unsqueeze(1)
 
-    out = model(x, targets=targets["item"].long())
-    item_ce = -out.item_log_probs[in_loss]
+    out = model(model_inputs(x, model.config), targets=targets["item"].long())
+    # The floor keeps log() and its gradient finite where the mixture gives a target nothing.
+    item_ce = -torch.log(out.item_probs[in_loss].clamp(min=1e-30))
     weight = (targets["watch_s"][in_loss] + WATCH_FLOOR_S) / mean_weight
     loss = (weight * item_ce).sum() / weight.sum()
 

@@ -13,7 +13,8 @@ import torch
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import IntentRecConfig, variant_overrides
 from model.features import CATALOGUE_DTYPE, NO_RELEASE, ROW_DTYPE, batch_tensors, catalogue_entries
-from model.intentrec import Intent, IntentRec, attention_mask, intent_probabilities, task_sizes
+from model.inputs import attention_mask, model_inputs
+from model.intentrec import IntentRec, intent_probabilities, task_sizes
 from model.serving.scorer import Scorer, padded_length
 from model.vocab import Vocabularies, Vocabulary
 from schemas import ModelRef
@@ -80,14 +81,16 @@ def tiny_vocab() -> Vocabularies:
     )
 
 
-def run(model, histories):
-    return model(batch_tensors(histories, max(len(h) for h in histories)))
+def run(model, histories, length: int | None = None, **options):
+    """The forward pass over right-padded histories: p(next item) after every position."""
+    rows = batch_tensors(histories, length or max(len(h) for h in histories))
+    return model(model_inputs(rows, model.config), **options)
 
 
 def test_attention_mask_is_causal_windowed_time_limited_and_padded():
     ts = torch.tensor([[0, 1, 2, 20, 21, 0]]) * HOUR
     valid = torch.tensor([[True] * 5 + [False]])
-    mask = attention_mask(valid, ts, window=3, max_age_ms=10 * HOUR)[0, 0]
+    mask = attention_mask(valid, ts, window=3, max_age_ms=10 * HOUR)[0]
     assert mask[2].tolist() == [True, True, True, False, False, False]
     assert mask[4].tolist() == [False, False, False, True, True, False]  # 2 is 19 h older than 4
     assert mask[3].tolist() == [False, False, False, True, False, False]  # window 3, but 1..2 too old
@@ -102,7 +105,7 @@ def test_past_outputs_do_not_change_when_an_event_arrives(variant):
     with torch.no_grad():
         full = run(model, [history])
         prefix = run(model, [history[:7]])
-    torch.testing.assert_close(full.item_log_probs[0, :7], prefix.item_log_probs[0, :7])
+    torch.testing.assert_close(full.item_probs[0, :7], prefix.item_probs[0, :7])
     if full.intent_embedding is not None:
         torch.testing.assert_close(full.intent_embedding[0, :7], prefix.intent_embedding[0, :7])
 
@@ -113,9 +116,9 @@ def test_the_last_history_len_interactions_decide_the_prediction(variant):
     model = IntentRec(config).eval()
     history = random_history(config.history_len + 9, max_gap_ms=HOUR)  # all within the short-term window
     with torch.no_grad():
-        full = run(model, [history]).item_log_probs[0, -1]
-        cut = run(model, [history[-config.history_len :]]).item_log_probs[0, -1]
-        too_short = run(model, [history[-(config.history_len // 2) :]]).item_log_probs[0, -1]
+        full = run(model, [history]).item_probs[0, -1].log()
+        cut = run(model, [history[-config.history_len :]]).item_probs[0, -1].log()
+        too_short = run(model, [history[-(config.history_len // 2) :]]).item_probs[0, -1].log()
     torch.testing.assert_close(full, cut)
     assert (full - too_short)[2:].abs().max() > 1e-4  # older interactions do matter
 
@@ -124,8 +127,8 @@ def test_padding_and_batch_composition_do_not_change_a_prediction():
     model = IntentRec(tiny_config()).eval()
     short, long = random_history(1, seed=1), random_history(9, seed=2)
     with torch.no_grad():
-        alone = run(model, [short]).item_log_probs[0, 0]
-        batched = model(batch_tensors([short, long], 16)).item_log_probs[0, 0]
+        alone = run(model, [short]).item_probs[0, 0].log()
+        batched = run(model, [short, long], length=16).item_probs[0, 0].log()
     torch.testing.assert_close(alone, batched)
     assert torch.isfinite(alone[2:]).all()  # a user with one interaction is valid input
 
@@ -160,7 +163,7 @@ def test_checkpoint_round_trip(tmp_path):
     loaded, vocab, meta = load_checkpoint(tmp_path)
     history = random_history(6)
     with torch.no_grad():
-        torch.testing.assert_close(run(model, [history]).item_log_probs, run(loaded, [history]).item_log_probs)
+        torch.testing.assert_close(run(model, [history]).item_probs, run(loaded, [history]).item_probs)
     assert vocab.items.token(2) == "i0" and meta["name"] == "t"
     scorer = Scorer.load(tmp_path)
     assert scorer.model_ref == ModelRef("t", "1")
@@ -188,16 +191,16 @@ def test_bad_checkpoints_are_refused_with_a_reason(tmp_path):
         load_checkpoint(tmp_path)
 
 
-def test_training_log_probs_of_targets_equal_the_full_distribution():
-    model = IntentRec(tiny_config()).eval()
+def test_training_probabilities_of_targets_equal_the_full_distribution():
+    model = random_model(tiny_config())  # IntentMatch and the intent gate take part in the mixture
     history = random_history(10)
-    x = batch_tensors([history], 10)
     targets = torch.from_numpy(np.roll(history["item"], -1).astype(np.int64)).unsqueeze(0)
     with torch.no_grad():
-        full = model(x).item_log_probs
-        chosen = model(x, targets=targets).item_log_probs
+        full = run(model, [history]).item_probs
+        chosen = run(model, [history], targets=targets).item_probs
     torch.testing.assert_close(chosen, full.gather(-1, targets.unsqueeze(-1)).squeeze(-1))
-    torch.testing.assert_close(full[..., 2:].exp().sum(-1), torch.ones(1, 10))  # a distribution over real items
+    torch.testing.assert_close(full[..., 2:].sum(-1), torch.ones(1, 10))  # a distribution over real items
+    assert (full[..., :2] == 0).all()  # padding and unknown are never predicted
 
 
 def test_the_repeat_pointer_only_reaches_items_in_the_window():
@@ -206,22 +209,23 @@ def test_the_repeat_pointer_only_reaches_items_in_the_window():
     history["item"] = [2, 3, 4, 5, 6, 7, 8, 9]
     with torch.no_grad():
         model.item_encoder.repeat_gate.bias.fill_(-50.0)  # all explore
-        explore_only = run(model, [history]).item_log_probs[0, -1]
+        explore_only = run(model, [history]).item_probs[0, -1].log()
         model.item_encoder.repeat_gate.bias.fill_(50.0)  # all repeat
-        repeat_only = run(model, [history]).item_log_probs[0, -1].exp()
+        repeat_only = run(model, [history]).item_probs[0, -1]
     assert repeat_only[[7, 8, 9]].sum() == pytest.approx(1.0, abs=1e-5)  # the last 3 items only
     assert torch.isfinite(explore_only[2:]).all()
 
 
 def test_scoring_only_the_newest_positions_equals_the_full_distribution():
-    model = IntentRec(tiny_config()).eval()
+    model = random_model(tiny_config())
     histories = [random_history(9, seed=3), random_history(4, seed=4)]
-    x = batch_tensors(histories, 16)
-    last = torch.tensor([8, 3])
+    newest_last = model_inputs(batch_tensors(histories, 16, left_pad=True), model.config)
     with torch.no_grad():
-        full = model(x).item_log_probs
-        newest = model(x, last=last).item_log_probs
-    torch.testing.assert_close(newest, full[torch.arange(2), last])
+        full = run(model, histories, length=16)
+        newest = model(newest_last, newest=True)
+    last = torch.tensor([8, 3])
+    torch.testing.assert_close(newest.item_probs, full.item_probs[torch.arange(2), last])
+    torch.testing.assert_close(newest.intent_embedding[:, -1], full.intent_embedding[torch.arange(2), last])
 
 
 def random_intent_probs(config: IntentRecConfig, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -229,21 +233,6 @@ def random_intent_probs(config: IntentRecConfig, seed: int = 0) -> dict[str, tor
     return intent_probabilities(
         {task: torch.randn(1, 1, n, generator=generator) for task, n in task_sizes(config).items()}
     )
-
-
-def test_serving_probabilities_equal_the_log_space_mixture():
-    config = tiny_config()
-    encoder = random_model(config).item_encoder
-    history = random_history(9, seed=5)
-    h, inputs = torch.randn(1, 1, 16), torch.randn(1, 9, 16)
-    mask = torch.ones(1, 1, 1, 9, dtype=torch.bool)
-    items = torch.from_numpy(history["item"].astype(np.int64)).unsqueeze(0)
-    weights = torch.randn(30, 16)
-    intent = Intent(random_intent_probs(config), torch.tensor([[250.0]]))
-    with torch.no_grad():
-        expected = encoder.next_item_log_probs(h, inputs, items, mask, weights, intent).exp()
-        got = encoder.next_item_probs(h, encoder.repeat_key(inputs), items, mask, weights, intent)
-    torch.testing.assert_close(got, expected)
 
 
 def test_the_catalogue_learnt_from_rows_ranks_items_that_match_the_predicted_intent_up():

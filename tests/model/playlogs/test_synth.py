@@ -1,6 +1,7 @@
 import time
 from collections import Counter, defaultdict
 
+import numpy as np
 import pytest
 
 from model.playlogs.synth import (
@@ -10,6 +11,7 @@ from model.playlogs.synth import (
     WORLD_START_MS,
     generate_catalogue,
     generate_world,
+    user_modes,
 )
 from schemas.codec import decode_play_event, encode_play_event
 
@@ -221,3 +223,20 @@ def test_the_next_item_needs_more_than_recency_or_popularity(sequences):
     assert 0.4 < found_by_recency / users < 0.85
     assert found_by_popularity / users < 0.3
     assert unseen / users > 0.15
+
+
+def test_user_modes_are_the_profiles_the_world_was_made_from():
+    modes = user_modes(seed=0, n_users=40)
+    events = generate_world(seed=0, n_users=40)
+    assert {event.user_id for event in events} <= set(modes) and len(modes) == 40
+    kids = {user for user, weights in modes.items() if set(weights) == {"kids"}}
+    assert kids
+    for event in events:
+        if event.user_id in kids:
+            assert "Kids" in event.genres  # a kids profile only plays kids titles
+    binge_fans = [user for user, weights in modes.items() if max(weights, key=weights.get) == "binge"]
+    continues = Counter(event.user_id for event in events if event.action == "continue")
+    plays = Counter(event.user_id for event in events)
+    others = [user for user in modes if user not in binge_fans and user not in kids and plays[user]]
+    binge_share = np.mean([continues[u] / plays[u] for u in binge_fans if plays[u]])
+    assert binge_share > np.mean([continues[u] / plays[u] for u in others])

@@ -11,7 +11,8 @@ from tests.model.test_intentrec import random_history, random_model, tiny_config
 
 from model.serving.backends import BackendError, check_backend_spec, load_backend
 from model.checkpoint import save_checkpoint
-from model.serving.incremental import EagerBackend, IncrementalScorer
+from model.serving.backends import EagerBackend
+from model.serving.incremental import IncrementalScorer
 from model.intentrec import IntentRec
 from model.serving.scorer import Scorer
 from stream.compile import add_compile_arguments, compile_command

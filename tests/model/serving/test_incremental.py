@@ -8,7 +8,9 @@ import torch
 from tests.model.test_intentrec import HOUR, random_history, random_model, tiny_config, tiny_vocab
 
 from model.config import variant_overrides
-from model.serving.incremental import HostToDevice, IncrementalScorer, KVCache, rounds
+from model.serving.host_inputs import HostToDevice
+from model.serving.incremental import IncrementalScorer, rounds
+from model.serving.kv_cache import KVCache
 from model.serving.scorer import Scorer
 from schemas import ModelRef
 

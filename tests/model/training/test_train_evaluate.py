@@ -9,7 +9,9 @@ import pytest
 from model.training.baselines import Popularity, Recency
 from model.checkpoint import load_checkpoint
 from model.config import TrainConfig
-from model.training.evaluate import evaluate, leave_one_out, ndcg_per_case, paired_bootstrap, ranking_metrics, target_ranks
+from model.training.evaluate import (
+    evaluate, leave_one_out, ndcg_per_case, paired_bootstrap, ranking_metrics, seen_items, target_ranks,
+)
 from model.features import ROW_DTYPE
 from model.playlogs.files import LogError, read_log, write_log
 from model.serving.scorer import Scorer
@@ -138,3 +140,14 @@ def test_paired_bootstrap_weighs_users_by_their_judgments_and_brackets_the_diffe
     assert low[0] >= 0.1 and high[0] <= 0.3  # every resample's mean lies within the users' range
     same, low, high = paired_bootstrap(np.full(20, 0.5))
     assert same == low == high == 0.5
+
+
+def test_unseen_ranking_leaves_the_history_out_but_never_the_target():
+    scores = np.array([[0.0, 0.0, 0.9, 0.8, 0.7, 0.1]])
+    history = np.zeros(2, dtype=ROW_DTYPE)
+    history["item"] = [2, 4]  # item 4, the target, was also played before
+    seen = seen_items([history], 6)
+    assert target_ranks(scores, np.array([4])).tolist() == [3]
+    assert target_ranks(scores, np.array([4]), excluded=seen).tolist() == [2]  # only item 2 left out
+    assert target_ranks(scores, np.array([5]), excluded=seen).tolist() == [2]  # 2 and 4 left out: 3 wins
+    assert seen[0, 4] and not seen[0, 5]  # judged over unseen items only when the target is new
