@@ -1,7 +1,6 @@
 """Every backend scores like eager PyTorch, within the tolerance stated in model.serving.backends."""
 from __future__ import annotations
 
-import argparse
 import importlib.util
 
 import numpy as np
@@ -15,7 +14,7 @@ from model.serving.backends import EagerBackend
 from model.serving.incremental import IncrementalScorer
 from model.intentrec import IntentRec
 from model.serving.scorer import Scorer
-from stream.compile import add_compile_arguments, compile_command
+from stream.cli import main
 
 HAS_TENSORRT = importlib.util.find_spec("torch_tensorrt") is not None
 NEEDS_TENSORRT = "the tensorrt backend needs torch-tensorrt (pip install 'intentstream[gpu]') and an NVIDIA GPU"
@@ -30,10 +29,7 @@ def model_dir(tmp_path_factory):
 
 
 def compile_through_cli(model_dir, out, backend: str) -> int:
-    parser = argparse.ArgumentParser()
-    add_compile_arguments(parser)
-    arguments = [str(model_dir), "--backend", backend, "--out", str(out), "--max-batch", "8"]
-    return compile_command(parser.parse_args(arguments))
+    return main(["compile", str(model_dir), "--backend", backend, "--out", str(out), "--max-batch", "8"])
 
 
 def stream_of_batches(scorer: Scorer, n_users: int = 12, n_events: int = 24):

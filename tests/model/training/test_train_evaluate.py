@@ -17,7 +17,8 @@ from model.playlogs.files import LogError, read_log, write_log
 from model.serving.scorer import Scorer
 from model.playlogs.synth import generate_world
 from model.training.train import chunk_spans, load_rows, train_model
-from stream.cli import SMALL_MODEL, main
+from stream.cli import main
+from stream.settings import SMALL_MODEL
 
 
 @pytest.fixture(scope="module")
