@@ -139,17 +139,17 @@ def bench_backend(name: str, backend, scorer: Scorer, grid: Grid, sync, log) -> 
     users = Users(config, max(grid.batches), window, extra)
     incremental = IncrementalScorer(scorer, backend, cache_bytes=1 << 40)
     started = time.perf_counter()
-    incremental.predict(users.ids, users.histories(len(users.ids), advance=False))
+    incremental.predict_users(users.ids, users.histories(len(users.ids), advance=False))
     log(f"  {name} L={window}: filled {len(users.ids)} caches in {time.perf_counter() - started:.1f}s")
     for batch in grid.batches:
-        latencies = timed(lambda: incremental.predict(users.ids[:batch], users.histories(batch)), grid, sync)
+        latencies = timed(lambda: incremental.predict_users(users.ids[:batch], users.histories(batch)), grid, sync)
         cells.append(log_cell(Cell(name, window, batch, "incremental", latencies), log))
     assert incremental.scored_from_history == len(users.ids), "a step missed its cache"
 
     recomputing = IncrementalScorer(scorer, backend, cache_bytes=0)
     long_users = Users(config, max(grid.full_batches), config.history_len, extra)
     for batch in grid.full_batches:
-        latencies = timed(lambda: recomputing.predict(long_users.ids[:batch], long_users.histories(batch)), grid, sync)
+        latencies = timed(lambda: recomputing.predict_users(long_users.ids[:batch], long_users.histories(batch)), grid, sync)
         cells.append(log_cell(Cell(name, window, batch, "full", latencies), log))
     return cells
 
@@ -162,7 +162,7 @@ def bench_baseline(scorer: Scorer, device: str, grid: Grid, log) -> Cell:
         on_device = IncrementalScorer(scorer, load_backend(f"eager:{device}", scorer.model), cache_bytes=0)
 
         def predict(histories):
-            return on_device.predict(users.ids, histories)
+            return on_device.predict_users(users.ids, histories)
 
     latencies = timed(lambda: predict(users.histories(1)), grid, lambda: None)
     return log_cell(Cell("eager", scorer.config.attention_window, 1, "one-at-a-time", latencies), log)
@@ -203,12 +203,12 @@ def process_worker(window: int, batch: int, repetitions: int, start) -> tuple[in
     scorer = make_scorer(window)
     users = Users(scorer.config, batch, window, repetitions + 2)
     incremental = IncrementalScorer(scorer, cache_bytes=1 << 40)
-    incremental.predict(users.ids, users.histories(batch, advance=False))
-    incremental.predict(users.ids, users.histories(batch))
+    incremental.predict_users(users.ids, users.histories(batch, advance=False))
+    incremental.predict_users(users.ids, users.histories(batch))
     start.wait()
     began = time.perf_counter()
     for _ in range(repetitions):
-        incremental.predict(users.ids, users.histories(batch))
+        incremental.predict_users(users.ids, users.histories(batch))
     return batch * repetitions, time.perf_counter() - began
 
 

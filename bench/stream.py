@@ -62,7 +62,7 @@ RESULTS = ROOT / "bench" / "results" / "stream.md"
 
 
 class CannedScorer:
-    """What build_flow asks of the serving scorer, without the model: `predict` answers every
+    """What build_flow asks of the serving scorer, without the model: `predict_users` answers every
     history with one real prediction, made on the first call, and `to_scores` with its Scores."""
 
     def __init__(self, scorer) -> None:
@@ -74,7 +74,7 @@ class CannedScorer:
         self._prediction = None  # Predictions of one history
         self._answers = {}  # top_k -> Scores
 
-    def predict(self, users, histories):
+    def predict_users(self, users, histories):
         from model.serving.scorer import Predictions
 
         if self._prediction is None:

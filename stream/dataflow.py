@@ -232,7 +232,7 @@ class ScoreBatch:
             users = [request.event.user_id for request in chunk]
             histories = [request.history for request in chunk]
             started = time.perf_counter()
-            predictions = self.scorer.predict(users, histories)
+            predictions = self.scorer.predict_users(users, histories)
             if self.observe is not None:
                 self.observe(chunk, predictions)
             all_scores = self.scorer.to_scores(predictions, top_k=self.top_k)

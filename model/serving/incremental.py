@@ -14,7 +14,7 @@ call it (model.serving.graphs: a window of rows, or one step after cached rows) 
 backends run or compile, their inputs are prepared on the host (model.serving.host_inputs), and
 each user's cached keys and values live in model.serving.kv_cache.
 
-`IncrementalScorer.score(users, histories)` is the serving entry point. It returns what
+`IncrementalScorer.score_users(users, histories)` is the serving entry point. It returns what
 `Scorer.score(histories)` returns, keeping recently scored users' rows in a bounded cache on the
 scoring device (KVCache). A cached entry is used only if it was computed from exactly the rows that
 precede the new one (their last history_len - 1, compared byte for byte: the new row's prediction
@@ -47,9 +47,10 @@ WINDOW_CELLS = 1 << 24
 STEP_READ_BYTES = 32 << 20
 
 
-class IncrementalScorer:
-    """Scores micro-batches of (user, history) the way `Scorer.score` does: from the user's cached
-    rows when the rows before the new one are cached, else from the history (then cached).
+class IncrementalScorer(Scorer):
+    """A Scorer that also remembers users: `predict_users(users, histories)` answers what
+    `Scorer.predict(histories)` answers, from each user's cached rows when the rows before the new
+    one are cached, else from the history (then cached).
 
     `backend`: who runs the graphs (model.serving.backends.load_backend; default eager on the CPU).
     `cache_bytes`: memory for cached users (KVCache.bytes_per_user each); 0 turns caching off, so
@@ -57,14 +58,8 @@ class IncrementalScorer:
     """
 
     def __init__(self, scorer: Scorer, backend: Backend | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES):
-        self.scorer = scorer
-        self.config = scorer.config
+        super().__init__(scorer.model, scorer.vocab, scorer.model_ref)
         self.backend = backend if backend is not None else EagerBackend(scorer.model)
-        self.history_len = scorer.history_len
-        self.row_dtype = scorer.row_dtype
-        self.model_ref = scorer.model_ref
-        self.featurize = scorer.featurize
-        self.to_scores = scorer.to_scores  # Predictions -> Scores, for callers that look at both
         self.cache = KVCache(self.config, cache_bytes // KVCache.bytes_per_user(self.config), self.backend.device)
         self.to_device = HostToDevice(self.backend.device)
         self.scored_from_cache = 0  # events scored by a step from cached rows
@@ -72,10 +67,10 @@ class IncrementalScorer:
         self._round = 0
         self._lock = threading.Lock()
 
-    def score(self, users: Sequence[Hashable], histories: Sequence[np.ndarray], top_k: int = 10) -> list[Scores]:
-        return self.scorer.to_scores(self.predict(users, histories), top_k)
+    def score_users(self, users: Sequence[Hashable], histories: Sequence[np.ndarray], top_k: int = 10) -> list[Scores]:
+        return self.to_scores(self.predict_users(users, histories), top_k)
 
-    def predict(self, users: Sequence[Hashable], histories: Sequence[np.ndarray]) -> Predictions:
+    def predict_users(self, users: Sequence[Hashable], histories: Sequence[np.ndarray]) -> Predictions:
         """histories[i]: users[i]'s rows up to and including the event to score, oldest first. A user
         may appear several times, in event order: each history then extends the one before."""
         if len(users) != len(histories):

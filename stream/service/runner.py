@@ -63,7 +63,7 @@ def serve(service: ServiceSettings) -> int:
         log.warning("--history %d is shorter than the %d interactions the model attends to: updates will "
                     "differ from offline predictions", settings.history, serving.history_len)
     try:
-        bind_recovery_dir(settings, ModelFingerprint.of(serving.scorer))
+        bind_recovery_dir(settings, ModelFingerprint.of(serving))
     except RecoveryModelError as error:
         raise CommandError(str(error), EXIT_FAILED) from None
 

@@ -180,9 +180,9 @@ class RecordingScorer:
         self.to_scores = scorer.to_scores
         self.batch_sizes: list[int] = []
 
-    def predict(self, users, histories):
+    def predict_users(self, users, histories):
         self.batch_sizes.append(len(histories))
-        return self.scorer.predict(users, histories)
+        return self.scorer.predict_users(users, histories)
 
 
 def test_score_batch_caps_batches_and_equals_scoring_each_history_alone(scorer):

@@ -46,7 +46,7 @@ def assert_close_to_eager(backend, scorer: Scorer, atol: float, rtol: float):
     for users, histories in stream_of_batches(scorer):  # 12 users: more than max_batch (8)
         expected = scorer.predict(histories)
         for incremental in (compiled, recomputed):
-            got = incremental.predict(users, histories)
+            got = incremental.predict_users(users, histories)
             np.testing.assert_allclose(got.item_scores, expected.item_scores, atol=atol, rtol=rtol)
             np.testing.assert_allclose(got.intent_embedding, expected.intent_embedding, atol=atol, rtol=rtol)
             for task, probs in expected.intent_probs.items():

@@ -52,7 +52,7 @@ def replay(incremental: IncrementalScorer, scorer: Scorer, histories, events, ba
         batch = events[start : start + batch_size]
         users = [user for user, _ in batch]
         rows = [histories[user][:n] for user, n in batch]
-        assert_same_predictions(incremental.predict(users, rows), scorer.predict(rows))
+        assert_same_predictions(incremental.predict_users(users, rows), scorer.predict(rows))
 
 
 @pytest.mark.parametrize("variant", ["V0", "V1", "V2", "V3"])
@@ -71,8 +71,8 @@ def test_scores_are_those_of_the_scorer():
     histories = [random_history(30, seed=s) for s in range(4)]
     incremental = IncrementalScorer(scorer)
     users = ["a", "b", "c", "d"]
-    incremental.predict(users, [h[:-1] for h in histories])
-    mine, theirs = incremental.score(users, histories, top_k=5), scorer.score(histories, top_k=5)
+    incremental.predict_users(users, [h[:-1] for h in histories])
+    mine, theirs = incremental.score_users(users, histories, top_k=5), scorer.score(histories, top_k=5)
     assert incremental.scored_from_cache == 4
     for a, b in zip(mine, theirs):
         assert [s.item_id for s in a.next_items] == [s.item_id for s in b.next_items]
@@ -100,9 +100,9 @@ def test_a_batch_with_more_users_than_the_cache_holds_is_still_scored_right():
     histories = [random_history(20, seed=s) for s in range(6)]
     incremental = IncrementalScorer(scorer, cache_bytes=2 * KVCache.bytes_per_user(scorer.config))
     users = [f"u{u}" for u in range(6)]
-    assert_same_predictions(incremental.predict(users, histories), scorer.predict(histories))
+    assert_same_predictions(incremental.predict_users(users, histories), scorer.predict(histories))
     assert len(incremental.cache) == 2
-    assert_same_predictions(incremental.predict(users, histories), scorer.predict(histories))
+    assert_same_predictions(incremental.predict_users(users, histories), scorer.predict(histories))
 
 
 def test_a_late_event_inserted_in_the_middle_rebuilds_the_cache():
@@ -110,7 +110,7 @@ def test_a_late_event_inserted_in_the_middle_rebuilds_the_cache():
     history = random_history(40, seed=3)
     incremental = IncrementalScorer(scorer)
     for n in range(1, 31):
-        incremental.predict(["u"], [history[:n]])
+        incremental.predict_users(["u"], [history[:n]])
     assert incremental.scored_from_history == 1
     late = history[27].copy()
     late["ts"] = (history["ts"][25] + history["ts"][26]) // 2
@@ -118,10 +118,10 @@ def test_a_late_event_inserted_in_the_middle_rebuilds_the_cache():
     with_late = np.concatenate([history[:26], [late], history[26:30]])
     # The late event is scored with the history up to it, then the next in-order event.
     for rows in (with_late[:27], np.concatenate([with_late, history[30:31]])):
-        assert_same_predictions(incremental.predict(["u"], [rows]), scorer.predict([rows]))
+        assert_same_predictions(incremental.predict_users(["u"], [rows]), scorer.predict([rows]))
     assert incremental.scored_from_history == 3
     nxt = np.concatenate([with_late, history[30:32]])
-    assert_same_predictions(incremental.predict(["u"], [nxt]), scorer.predict([nxt]))
+    assert_same_predictions(incremental.predict_users(["u"], [nxt]), scorer.predict([nxt]))
     assert incremental.scored_from_history == 3  # back on the cached path
 
 
@@ -130,9 +130,9 @@ def test_a_user_that_starts_afresh_is_not_scored_from_the_old_cache():
     history = random_history(25, seed=4)
     incremental = IncrementalScorer(scorer)
     for n in range(1, 21):
-        incremental.predict(["u"], [history[:n]])
+        incremental.predict_users(["u"], [history[:n]])
     for rows in (history[20:21], history[20:22]):  # state forgotten (TTL): the history restarts
-        assert_same_predictions(incremental.predict(["u"], [rows]), scorer.predict([rows]))
+        assert_same_predictions(incremental.predict_users(["u"], [rows]), scorer.predict([rows]))
     assert incremental.scored_from_history == 2 and incremental.scored_from_cache == 20
 
 
@@ -150,7 +150,7 @@ def test_without_a_cache_every_event_is_recomputed_in_full():
     incremental = IncrementalScorer(scorer, cache_bytes=0)
     users = ["a", "b", "c", "d", "e"]
     for _ in range(2):
-        assert_same_predictions(incremental.predict(users, histories), scorer.predict(histories))
+        assert_same_predictions(incremental.predict_users(users, histories), scorer.predict(histories))
     assert incremental.scored_from_cache == 0 and len(incremental.cache) == 0
 
 
@@ -161,9 +161,9 @@ def test_rounds_keep_each_users_events_in_order():
 def test_bad_requests_are_refused():
     incremental = IncrementalScorer(make_scorer())
     with pytest.raises(ValueError, match="at least the interaction"):
-        incremental.predict(["a"], [random_history(0)])
+        incremental.predict_users(["a"], [random_history(0)])
     with pytest.raises(ValueError, match="1 users but 2 histories"):
-        incremental.predict(["a"], [random_history(2), random_history(3)])
+        incremental.predict_users(["a"], [random_history(2), random_history(3)])
 
 
 def test_host_to_device_packs_arrays_into_one_buffer_and_views_them():
