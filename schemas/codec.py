@@ -17,8 +17,9 @@ this module publish the same rules for other languages; tests hold the two in ag
 - In msgpack, IntentUpdate floats are packed as float32: the model computes in float32, so
   nothing is lost and the update is half the size. PlayEvents keep float64 so watch times round-trip.
 - Only PlayEvents have a size limit (MAX_MESSAGE_BYTES, checked before parsing): they come from
-  outside. Updates and dead letters are written by IntentStream itself, and a dead letter may hold
-  a too-large event.
+  outside. Updates and dead letters are written by IntentStream itself; a dead letter keeps at most
+  the first MAX_DEAD_LETTER_VALUE_BYTES of a too-large message, with its size and SHA-256, so that
+  it always fits in a Kafka message.
 """
 from __future__ import annotations
 
@@ -424,7 +425,10 @@ def encode_dead_letter(dead_letter: DeadLetter) -> bytes:
             "partition": dead_letter.partition,
             "offset": dead_letter.offset,
             "key_b64": _b64(dead_letter.key),
+            "key_size": dead_letter.key_size,
             "value_b64": _b64(dead_letter.value),
+            "value_size": dead_letter.value_size,
+            "value_sha256": dead_letter.value_sha256,
             "failed_at": dead_letter.failed_at,
         }
     )
@@ -445,4 +449,7 @@ def decode_dead_letter(data: bytes) -> DeadLetter:
         key=_optional(_unb64, _required(letter, "key_b64"), "key_b64"),
         value=_unb64(_required(letter, "value_b64"), "value_b64"),
         failed_at=_epoch_ms(_required(letter, "failed_at"), "failed_at", TS_MIN_MS, TS_MAX_MS),
+        key_size=_optional(_offset, _required(letter, "key_size"), "key_size"),
+        value_size=_offset(_required(letter, "value_size"), "value_size"),
+        value_sha256=_string(_required(letter, "value_sha256"), "value_sha256"),
     )

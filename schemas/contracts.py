@@ -5,10 +5,15 @@ The JSON Schema files beside this module are the published form of the same cont
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 # Limits are part of the contract: a message outside them is a dead letter, never truncated.
 MAX_MESSAGE_BYTES = 16 * 1024
+# A dead letter keeps at most this much of the original key and value (with their sizes and a
+# digest of the whole), so it always fits in a Kafka message (1 MB by default) whatever came in.
+MAX_DEAD_LETTER_KEY_BYTES = 4 * 1024
+MAX_DEAD_LETTER_VALUE_BYTES = 64 * 1024
 MAX_ID_CHARS = 128  # event_id, user_id, item_id
 MAX_LABEL_CHARS = 64  # action, each genre, device
 MAX_GENRES = 16
@@ -70,7 +75,11 @@ class IntentUpdate:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A message that could not be scored, with everything needed to replay it."""
+    """A message that could not be scored, with everything needed to replay it. `key` and `value`
+    are the original bytes, or, for a message larger than the dead-letter limits, their first
+    MAX_DEAD_LETTER_KEY_BYTES / MAX_DEAD_LETTER_VALUE_BYTES; `key_size`, `value_size` and
+    `value_sha256` describe the original. Made from a whole message (sizes left None), it cuts and
+    measures it itself."""
 
     code: str  # a ContractError code, or `late`
     detail: str
@@ -80,3 +89,20 @@ class DeadLetter:
     key: bytes | None
     value: bytes
     failed_at: int = field(default=0)  # epoch ms
+    key_size: int | None = None  # None when there is no key
+    value_size: int | None = None
+    value_sha256: str | None = None  # hex digest of the whole original value
+
+    def __post_init__(self) -> None:
+        if self.value_size is None:
+            object.__setattr__(self, "value_size", len(self.value))
+            object.__setattr__(self, "value_sha256", hashlib.sha256(self.value).hexdigest())
+            object.__setattr__(self, "value", self.value[:MAX_DEAD_LETTER_VALUE_BYTES])
+        if self.key_size is None and self.key is not None:
+            object.__setattr__(self, "key_size", len(self.key))
+            object.__setattr__(self, "key", self.key[:MAX_DEAD_LETTER_KEY_BYTES])
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the key or value kept here is only the start of the original."""
+        return self.value_size > len(self.value) or (self.key is not None and self.key_size > len(self.key))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import pickle
@@ -23,6 +24,8 @@ from schemas import (
     MAX_GENRES,
     MAX_ID_CHARS,
     MAX_LABEL_CHARS,
+    MAX_DEAD_LETTER_KEY_BYTES,
+    MAX_DEAD_LETTER_VALUE_BYTES,
     MAX_MESSAGE_BYTES,
     MISSING_FIELD,
     NOT_AN_OBJECT,
@@ -621,3 +624,18 @@ def test_mutated_msgpack_events_raise_only_contract_errors(fields: dict) -> None
     event = decode_or_contract_error(msgpack.packb(fields), "msgpack")
     if event is not None:  # what decodes is a valid event
         assert VALIDATORS["play_event"].is_valid(orjson.loads(encode_play_event(event, "json")))
+
+
+def test_a_dead_letter_of_a_huge_message_keeps_its_start_size_and_digest_and_fits_in_kafka() -> None:
+    huge, key = b"\x81" + bytes(range(256)) * 4000, b"k" * 10_000  # 1 MB and 10 KB
+    letter = DeadLetter(TOO_LARGE, "too big", "plays", 0, 9, key, huge, 1)
+    data = encode_dead_letter(letter)
+    assert len(data) < 200_000  # whatever came in, far below Kafka's 1 MB message limit
+    VALIDATORS["dead_letter"].validate(orjson.loads(data))
+    decoded = decode_dead_letter(data)
+    assert decoded == letter and decoded.truncated
+    assert decoded.value == huge[:MAX_DEAD_LETTER_VALUE_BYTES] and decoded.value_size == len(huge)
+    assert decoded.value_sha256 == hashlib.sha256(huge).hexdigest()
+    assert decoded.key == key[:MAX_DEAD_LETTER_KEY_BYTES] and decoded.key_size == len(key)
+    small = DeadLetter(TOO_LARGE, "fits", "plays", 0, 9, None, b"abc", 1)
+    assert not small.truncated and small.key_size is None and small.value == b"abc"

@@ -9,6 +9,7 @@ answer for the same history), a dead letter pointing back at it, or a dropped co
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 from collections import Counter
@@ -23,6 +24,7 @@ from model.serving.scorer import Scorer
 from model.playlogs.synth import generate_world
 from schemas import (
     LATE,
+    MAX_DEAD_LETTER_VALUE_BYTES,
     MAX_MESSAGE_BYTES,
     NOT_AN_OBJECT,
     NOT_DECODABLE,
@@ -74,7 +76,8 @@ def plan_stream(fmt: str, context: int, seed: int = 0) -> Plan:
     for e in rng.sample(events[100:], 5):  # beyond the lateness
         arrivals.append(dataclasses.replace(e, event_id=e.event_id + "-late", ts=e.ts - 3 * lateness_ms))
     bad = {b"\xc1 not msgpack": NOT_DECODABLE, b"\x93\x01\x02\x03": NOT_AN_OBJECT,
-           b"\x80" + b"x" * MAX_MESSAGE_BYTES: TOO_LARGE}  # fmt: skip
+           b"\x80" + b"x" * MAX_MESSAGE_BYTES: TOO_LARGE,
+           b"\x81" + b"y" * 900_000: TOO_LARGE}  # its dead letter must still fit in a Kafka message  # fmt: skip
     for value in bad:
         arrivals.insert(rng.randrange(len(arrivals)), value)
 
@@ -145,8 +148,11 @@ def test_every_event_becomes_exactly_one_update_or_dead_letter_through_kafka(
         assert not list(VALIDATORS["dead_letter"].iter_errors(json.loads(record.value)))
         letter = decode_dead_letter(record.value)
         source = by_position[(letter.partition, letter.offset)]
-        assert (letter.source_topic, letter.key, letter.value) == (topics.input, source.key, source.value)
-        assert letter.code == plan.dead_letters[letter.value]
+        assert (letter.source_topic, letter.key) == (topics.input, source.key)
+        assert letter.value == source.value[:MAX_DEAD_LETTER_VALUE_BYTES] and letter.value_size == len(source.value)
+        assert letter.value_sha256 == hashlib.sha256(source.value).hexdigest()
+        assert letter.truncated == (len(source.value) > MAX_DEAD_LETTER_VALUE_BYTES)
+        assert letter.code == plan.dead_letters[source.value]
         assert record.key == source.key
 
     # The latest topic ends with each user's newest event.
