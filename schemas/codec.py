@@ -62,6 +62,7 @@ TOO_SHORT = "too_short"  # an empty id
 TOO_LONG = "too_long"  # a string or a list over its limit
 TOO_LARGE = "too_large"  # the whole message is over MAX_MESSAGE_BYTES
 LATE = "late"  # the stream's verdict for an event later than the allowed lateness
+FROM_FUTURE = "from_future"  # the stream's verdict for an event further ahead of its clock than allowed
 ERROR_CODES = (
     NOT_DECODABLE,
     NOT_AN_OBJECT,
@@ -74,6 +75,7 @@ ERROR_CODES = (
     TOO_LONG,
     TOO_LARGE,
     LATE,
+    FROM_FUTURE,
 )
 
 SCHEMA_FILES = {

@@ -40,6 +40,7 @@ from confluent_kafka import OFFSET_BEGINNING
 from model.serving.incremental import IncrementalScorer
 from model.serving.scorer import Predictions, Scorer, Scores
 from schemas import (
+    FROM_FUTURE,
     LATE,
     ContractError,
     DeadLetter,
@@ -136,8 +137,9 @@ def key_by_user(play: Play) -> str:
 class RememberUser(StatefulLogic):
     """The keyed step: one instance per user, holding that user's UserState.
 
-    Emits a ScoreRequest for each accepted event, a `late` dead letter for a late one, and nothing
-    for a duplicate (counted). Users idle longer than the TTL are forgotten in two ways:
+    Emits a ScoreRequest for each accepted event, a `late` dead letter for a late one, a
+    `from_future` one for an event further ahead of the wall clock than the allowed skew (it would
+    make every later real event of the user late), and nothing for a duplicate (counted). Users idle longer than the TTL are forgotten in two ways:
 
     - exactly, in event time: `UserState.add` starts afresh when an event comes more than the TTL
       after the user's newest one, so results never depend on when memory was reclaimed;
@@ -162,10 +164,16 @@ class RememberUser(StatefulLogic):
         self.featurize = featurize
         self.counters = counters
         self.keep_for = timedelta(milliseconds=config.ttl_ms)
+        self.max_clock_skew_ms = config.max_clock_skew_ms
         self.forget_at = datetime.now(timezone.utc) + self.keep_for
 
     def on_item(self, play: Play) -> tuple[list[ScoreRequest | DeadLetter], bool]:
         event = play.event
+        ahead_ms = event.ts - now_ms()
+        if ahead_ms > self.max_clock_skew_ms:
+            detail = (f"field 'ts': {event.ts} is {ahead_ms / 1000:.0f} s ahead of this process's clock "
+                      f"(allowed clock skew {self.max_clock_skew_ms / 1000:g} s)")
+            return [dead_letter(play.origin, FROM_FUTURE, detail)], StatefulLogic.RETAIN
         outcome = self.state.add(self.featurize(event), event.event_id, event.ts)
         self.forget_at = datetime.now(timezone.utc) + self.keep_for
         if outcome.verdict is Verdict.ADDED:
@@ -389,6 +397,7 @@ def state_config(settings: StreamSettings, scorer: IncrementalScorer | Scorer) -
         capacity=capacity,
         lateness_ms=round(settings.lateness_s * 1000),
         ttl_ms=round(settings.ttl_s * 1000),
+        max_clock_skew_ms=round(settings.max_clock_skew_s * 1000),
     )
 
 

@@ -22,6 +22,7 @@ class StreamSettings:
     history: int | None = None  # interactions kept per user; None: what the model's attention reaches
     ttl_s: float = 30 * 86_400.0  # users idle longer than this (event time) are forgotten
     lateness_s: float = 3_600.0  # an event older than a user's newest by more than this is a dead letter
+    max_clock_skew_s: float = 300.0  # an event further ahead of the wall clock than this is a dead letter
     top_k: int = 10
     backend: str = "eager"  # who runs the model: eager | eager:cuda | aoti:PATH | tensorrt:PATH (model.serving.backends)
     kv_cache_mb: int = 1024  # memory for cached users' rows (incremental scoring); 0: recompute every event

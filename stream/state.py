@@ -58,6 +58,9 @@ class StateConfig:
     capacity: int  # rows kept per user, >= context
     lateness_ms: int
     ttl_ms: int
+    # `remember` turns away events further ahead of the wall clock than this: one event from the far
+    # future would otherwise make every later real event of its user late.
+    max_clock_skew_ms: int = 300_000
 
     def __post_init__(self):
         if self.context < 1:
@@ -69,6 +72,8 @@ class StateConfig:
             )
         if self.lateness_ms < 0:
             raise ValueError(f"lateness must be >= 0, got {self.lateness_ms} ms")
+        if self.max_clock_skew_ms < 0:
+            raise ValueError(f"the allowed clock skew must be >= 0, got {self.max_clock_skew_ms} ms")
         if self.ttl_ms < self.lateness_ms:
             raise ValueError(
                 f"the idle TTL ({self.ttl_ms} ms) must not be shorter than the allowed lateness "

@@ -47,6 +47,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             f"{format_duration(default_of('ttl_s'))})", metavar="DURATION")
     _option(scoring, "--lateness", "an event older than its user's newest by more than this is a dead letter "
             f"(default: {format_duration(default_of('lateness_s'))})", metavar="DURATION")
+    _option(scoring, "--max-clock-skew", "an event further ahead of this process's clock than this is a dead "
+            f"letter from_future (default: {format_duration(default_of('max_clock_skew_s'))})", metavar="DURATION")
     _option(scoring, "--backend", "what runs the model: eager, eager:cuda, aoti:PATH or tensorrt:PATH (an "
             f"artifact of `intentstream compile`) (default: {default_of('backend')})", metavar="BACKEND")
     _option(scoring, "--kv-cache-mb", "memory for cached users' rows, from which a new event is scored "

@@ -80,6 +80,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         history=_resolve(args, environ, "history", parsing.positive_int, None),
         ttl_s=option("ttl", parsing.positive_duration, "ttl_s"),
         lateness_s=option("lateness", parsing.non_negative_duration, "lateness_s"),
+        max_clock_skew_s=option("max_clock_skew", parsing.non_negative_duration, "max_clock_skew_s"),
         top_k=option("top_k", parsing.positive_int),
         backend=option("backend", parsing.backend),
         kv_cache_mb=option("kv_cache_mb", parsing.non_negative_int),
@@ -93,6 +94,10 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     )
     _check_topics_differ(settings)
     _check_cluster(settings)
+    if settings.ttl_s < settings.lateness_s:
+        raise CommandError(f"--ttl {parsing.format_duration(settings.ttl_s)} is shorter than --lateness "
+                            f"{parsing.format_duration(settings.lateness_s)}: a late copy of a forgotten event would "
+                            "pass as new; make the TTL at least the lateness")
     if settings.recovery_dir is not None:
         check_recovery_dir(settings)
     return settings

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from model.serving.incremental import IncrementalScorer, load_serving_scorer
 from model.serving.scorer import Scorer
 from model.playlogs.synth import generate_world
 from schemas import (
+    FROM_FUTURE,
     LATE,
     ContractError,
     MAX_MESSAGE_BYTES,
@@ -146,6 +148,19 @@ def test_remember_emits_score_requests_late_dead_letters_and_counts_duplicates(s
     assert isinstance(letter, DeadLetter)
     assert (letter.code, letter.offset, letter.value) == (LATE, 99, too_old.origin.value)
     assert "allowed lateness" in letter.detail
+
+
+def test_an_event_from_the_far_future_is_a_dead_letter_and_does_not_silence_its_user(scorer, tiny_model_dir):
+    logic = remember_logic(scorer, settings_for(tiny_model_dir, lateness_s=3600.0), StreamCounters())
+    now = int(time.time() * 1000)
+    year_2100 = play(event(n=0, ts=4_102_444_000_000), offset=5)
+    (letter,), _ = logic.on_item(year_2100)
+    assert isinstance(letter, DeadLetter) and (letter.code, letter.offset) == (FROM_FUTURE, 5)
+    assert "ahead of this process's clock" in letter.detail and "allowed clock skew 300 s" in letter.detail
+    (request,), _ = logic.on_item(play(event(n=1, ts=now - 1000)))  # the user's real events still count
+    assert isinstance(request, ScoreRequest) and request.newest
+    (request,), _ = logic.on_item(play(event(n=2, ts=now + 60_000)))  # a clock a minute fast is fine
+    assert isinstance(request, ScoreRequest)
 
 
 def test_remember_forgets_an_idle_user_after_the_ttl_and_restores_from_a_snapshot(scorer, tiny_model_dir):

@@ -22,7 +22,7 @@ def test_every_option_from_the_command_line(tmp_path):
     resolved = settings(
         "--format", "JSON", "--input-topic", "in", "--output-topic", "out", "--dlq-topic", "dead",
         "--latest-topic", "last", "--batch-size", "64", "--history", "50", "--ttl", "7d",
-        "--lateness", "90s", "--top-k", "5", "--backend", "eager:cuda", "--kv-cache-mb", "0",
+        "--lateness", "90s", "--max-clock-skew", "1m", "--top-k", "5", "--backend", "eager:cuda", "--kv-cache-mb", "0",
         "--recovery-dir", str(tmp_path / "rec"),
         "--snapshot-interval", "500ms", "--workers", "2", "--process-id", "1",
         "--addresses", "a:2101, b:2101", "--stop-at-end",
@@ -30,7 +30,7 @@ def test_every_option_from_the_command_line(tmp_path):
     assert resolved == StreamSettings(
         brokers="localhost:9092", model_dir=Path("/models/m"), format="json", input_topic="in",
         output_topic="out", dlq_topic="dead", latest_topic="last", batch_size=64, history=50,
-        ttl_s=7 * 86_400.0, lateness_s=90.0, top_k=5, backend="eager:cuda", kv_cache_mb=0,
+        ttl_s=7 * 86_400.0, lateness_s=90.0, max_clock_skew_s=60.0, top_k=5, backend="eager:cuda", kv_cache_mb=0,
         recovery_dir=tmp_path / "rec",
         snapshot_interval_s=0.5, workers=2, process_id=1, addresses=("a:2101", "b:2101"), stop_at_end=True,
     )
@@ -111,6 +111,8 @@ def test_stop_at_end_flag_beats_the_environment():
         (["--backend", "onnx"], {}, "--backend 'onnx': expected eager, eager:cuda, aoti:PATH or tensorrt:PATH"),
         ([], {"INTENTSTREAM_BACKEND": "tensorrt"}, "INTENTSTREAM_BACKEND='tensorrt': expected eager"),
         (["--kv-cache-mb", "-1"], {}, "--kv-cache-mb '-1': must be 0 or more"),
+        (["--ttl", "1s", "--lateness", "1h"], {}, "--ttl 1s is shorter than --lateness 1h"),
+        ([], {"INTENTSTREAM_MAX_CLOCK_SKEW": "soon"}, "INTENTSTREAM_MAX_CLOCK_SKEW='soon': not a duration"),
     ],
 )
 def test_bad_options_say_what_to_fix(argv, env, expected):
