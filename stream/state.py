@@ -99,12 +99,10 @@ class Outcome:
     reason: str = ""  # LATE: why, in words
 
 
-@dataclass(frozen=True, slots=True)
-class UserSnapshot:
-    """A UserState for recovery: its held entries as raw bytes and one number."""
-
-    entries: bytes
-    dropped_ts: int | None  # newest event time among the rows dropped for capacity
+# A UserState for recovery: its held entries as raw bytes, and the newest event time among the rows
+# dropped for capacity (None: none dropped). A plain tuple, so that its pickle imports and calls
+# nothing: resuming refuses any snapshot that would (stream.service.recovery).
+UserSnapshot = tuple[bytes, int | None]
 
 
 class UserState:
@@ -117,15 +115,16 @@ class UserState:
     @classmethod
     def restore(cls, config: StateConfig, snapshot: UserSnapshot) -> "UserState":
         state = cls(config)
-        held = np.frombuffer(snapshot.entries, dtype=config.entry_dtype)
+        entries, dropped_ts = snapshot
+        held = np.frombuffer(entries, dtype=config.entry_dtype)
         state._entries = np.zeros(max(len(held), state._entries.size), dtype=config.entry_dtype)
         state._entries[: len(held)] = held
         state._size = len(held)
-        state._dropped_ts = snapshot.dropped_ts
+        state._dropped_ts = dropped_ts
         return state
 
     def snapshot(self) -> UserSnapshot:
-        return UserSnapshot(self._entries[: self._size].tobytes(), self._dropped_ts)
+        return self._entries[: self._size].tobytes(), self._dropped_ts
 
     def __len__(self) -> int:
         return self._size

@@ -9,6 +9,13 @@ A recovery directory belongs to one model: users' histories are snapshotted as f
 vocabulary indices of the model that wrote them, which another vocabulary would silently misread. So
 `run` marks the directory with the model it serves (RECOVERY_MARKER) and refuses to resume it with a
 model of another vocabulary or row layout. A retrained model with the same vocabulary may resume it.
+
+Bytewax stores every snapshot as a pickle, and unpickling can run any code the pickle names, so a
+tampered partition would run its writer's code on resume. Every snapshot this service takes is
+plain data (bytes, numbers, tuples: stream.state.UserSnapshot, the Kafka sources' offsets), whose
+pickles import and call nothing; before anything resumes, every stored snapshot is read with
+pickletools, without being unpickled, and a directory holding one that would import or call
+anything is refused.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import pickletools
 import re
 import sqlite3
 from contextlib import closing
@@ -33,6 +41,11 @@ log = logging.getLogger(__name__)
 
 RECOVERY_MARKER = "intentstream.json"  # in a recovery directory: the model its state belongs to
 _PARTITION_FILE = re.compile(r"part-(\d+)\.sqlite3")
+# The pickle opcodes that import or call something; plain data is built without any of them.
+_CODE_OPCODES = frozenset({
+    "GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "BUILD", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4",
+    "PERSID", "BINPERSID",
+})
 
 
 def _partition_files(directory: Path) -> dict[int, Path]:
@@ -77,6 +90,43 @@ def check_recovery_dir(settings: StreamSettings) -> None:
             raise CommandError(f"--recovery-dir {directory} lacks recovery partition(s) "
                                 f"{', '.join(f'part-{i}.sqlite3' for i in missing)} of {expected}: restore them, "
                                 f"or delete the directory's part-* files to start from scratch")
+    for path in partitions.values():
+        _check_snapshots_are_data(path)
+
+
+def _check_snapshots_are_data(path: Path) -> None:
+    """Refuse a partition holding a snapshot whose pickle would import or call anything."""
+    try:
+        # Read-write, so that rows still in the write-ahead log are read too, and closing merges it
+        # into the partition (as Bytewax would) instead of leaving -wal/-shm files behind.
+        with closing(sqlite3.connect(path)) as db:
+            rows = db.execute("SELECT step_id, state_key, ser_change FROM snaps WHERE ser_change IS NOT NULL")
+            for step_id, key, pickled in rows:
+                what = code_in_pickle(pickled)
+                if what:
+                    raise CommandError(
+                        f"{path}: the snapshot of step {step_id!r}, key {key[:40]!r} is not plain data ({what}): "
+                        "this directory was tampered with or written by other software, and resuming it could run "
+                        "code; restore it from a trusted copy, or delete its part-* files to start from scratch"
+                    )
+    except sqlite3.Error as error:
+        raise CommandError(f"{path} is not a readable Bytewax recovery partition: {error}") from None
+
+
+def code_in_pickle(pickled: bytes) -> str | None:
+    """What in a pickle would import or call code (read without unpickling), or None."""
+    strings: list[str] = []  # the strings pushed so far: STACK_GLOBAL imports the last two
+    try:
+        for opcode, argument, _ in pickletools.genops(pickled):
+            if isinstance(argument, str):
+                strings.append(argument)
+            if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                return f"it imports {strings[-2]}.{strings[-1]}"
+            if opcode.name in _CODE_OPCODES:
+                return f"{opcode.name} {argument}" if argument is not None else opcode.name
+    except Exception as error:  # a malformed pickle: nothing it holds can be trusted
+        return f"a malformed pickle: {error}"
+    return None
 
 
 def _partition_count(path: Path) -> int:

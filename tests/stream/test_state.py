@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.features import ROW_DTYPE
-from stream.state import StateConfig, UserSnapshot, UserState, Verdict, default_capacity
+from stream.service.recovery import code_in_pickle
+from stream.state import StateConfig, UserState, Verdict, default_capacity
 
 MINUTE = 60_000
 
@@ -162,7 +163,7 @@ def test_snapshot_is_compact_and_restores_the_same_behaviour():
     wire = pickle.dumps(snapshot, protocol=pickle.HIGHEST_PROTOCOL)
     assert len(wire) < len(state) * cfg.entry_dtype.itemsize + 120
     restored = UserState.restore(cfg, pickle.loads(wire))
-    assert isinstance(snapshot, UserSnapshot)
+    assert code_in_pickle(wire) is None  # plain data: resuming it runs nothing
     np.testing.assert_array_equal(restored.rows(), state.rows())
     # Same verdicts afterwards: duplicate, complete-history insert, too old, new.
     probes = [(5, 5 * MINUTE, "e5"), (9, 5 * MINUTE + 1, "x"), (8, 2 * MINUTE, "y"), (7, 7 * MINUTE, "e7")]

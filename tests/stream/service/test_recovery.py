@@ -4,12 +4,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import pickle
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bytewax.recovery import init_db_dir
 
-from stream.service.recovery import RECOVERY_MARKER, ModelFingerprint, RecoveryModelError, bind_recovery_dir, prepare_recovery_dir
+from stream.service.recovery import (
+    RECOVERY_MARKER, ModelFingerprint, RecoveryModelError, bind_recovery_dir, code_in_pickle, prepare_recovery_dir,
+)
+from stream.state import StateConfig, UserState
 from tests.stream.service.run_args import settings, settings_error, swapped_vocabulary_copy
 
 
@@ -148,3 +156,42 @@ def test_the_fingerprint_is_the_vocabulary_and_row_layout_of_the_model(tiny_mode
     assert fingerprint.row_layout == str(scorer.row_dtype.descr)
     swapped = ModelFingerprint.of(Scorer.load(swapped_vocabulary_copy(tiny_model_dir, tmp_path / "swapped")))
     assert not swapped.reads_state_of(fingerprint)
+
+
+class RunsACommand:
+    """What an attacker would plant: unpickling it runs a shell command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def plant_snapshot(directory: Path, value: object, epoch: int) -> None:
+    with closing(sqlite3.connect(directory / "part-0.sqlite3")) as db, db:
+        db.execute("INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, ?, ?)",
+                   ("intentstream.remember", "user-1", epoch, pickle.dumps(value)))
+
+
+def test_a_recovery_dir_holding_a_snapshot_that_would_run_code_is_refused_without_running_it(tmp_path):
+    directory, marker = tmp_path / "rec", tmp_path / "ran"
+    directory.mkdir()
+    init_db_dir(directory, 1)
+    state = UserState(StateConfig(np.dtype([("item", np.int32)]), context=2, capacity=4, lateness_ms=0, ttl_ms=1))
+    plant_snapshot(directory, state.snapshot(), epoch=1)  # what the service itself writes
+    settings("--recovery-dir", str(directory))  # accepted
+    plant_snapshot(directory, RunsACommand(marker), epoch=2)
+    error = settings_error("--recovery-dir", str(directory))
+    assert "part-0.sqlite3: the snapshot of step 'intentstream.remember', key 'user-1' is not plain data" in error
+    assert "tampered with" in error
+    assert not marker.exists()  # checked without unpickling
+
+
+def test_the_service_s_own_snapshots_are_plain_data_and_anything_that_imports_is_not():
+    assert code_in_pickle(pickle.dumps((b"\x00\x01", None))) is None
+    assert code_in_pickle(pickle.dumps({"offset": 17, "parts": [1.5, "a"]})) is None
+    assert code_in_pickle(pickle.dumps(RunsACommand(Path("x")))) == f"it imports {os.system.__module__}.system"
+    assert code_in_pickle(pickle.dumps(Path("x"))) == "it imports pathlib.PosixPath"
+    assert code_in_pickle(pickle.dumps(Path("x"), protocol=0)).startswith("GLOBAL")
+    assert code_in_pickle(b"\x80\x05garbage").startswith("a malformed pickle")
