@@ -1,8 +1,9 @@
 """Shared fixtures: a real Kafka-protocol broker for the integration tests, and fresh topics per test.
 
-The broker is, in this order: KAFKA_BOOTSTRAP_SERVERS if set; a testcontainers Kafka container if a
-Docker engine answers; else the embedded Tansu broker (stream.kafka.broker.EmbeddedBroker). When none
-starts, the tests that need it fail; they never skip.
+The broker is, in this order (DESIGN.md §6): KAFKA_BOOTSTRAP_SERVERS if set; Apache Kafka 4.x in KRaft
+mode from the official jars where Java is found (stream.kafka.apache_broker; its log dirs on disk);
+a testcontainers Kafka container if a Docker engine answers; else the embedded Tansu broker
+(stream.kafka.broker.EmbeddedBroker). When none starts, the tests that need it fail; they never skip.
 
 To produce and read in tests use stream.kafka.broker.produce_messages and stream.kafka.broker.read_topic.
 `tiny_model_dir` is a real, tiny IntentRec checkpoint trained once per session.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import uuid
 import warnings
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from stream.harness import StreamTopics
+from stream.kafka.apache_broker import ApacheKafkaBroker
 from stream.kafka.broker import BrokerUnavailable, EmbeddedBroker, delete_topics, wait_for_broker
 
 BROKER_USED = pytest.StashKey[str]()
@@ -55,6 +58,22 @@ def kafka_bootstrap(request, tmp_path_factory):
         return
 
     failures = []
+    if shutil.which("java") or os.environ.get("JAVA_HOME"):
+        broker = ApacheKafkaBroker(tmp_path_factory.mktemp("apache-kafka"))
+        try:
+            broker.start()
+        except Exception as error:
+            failures.append(f"Apache Kafka: {error}")
+        else:
+            request.config.stash[BROKER_USED] = f"Apache Kafka at {broker.bootstrap} (log {broker.log_path})"
+            try:
+                yield broker.bootstrap
+            finally:
+                broker.stop()
+            return
+    else:
+        failures.append("no Java for Apache Kafka")
+
     if _docker_answers():
         container = _kafka_container()
         try:
