@@ -8,7 +8,9 @@
                                                                                    +--> latest topic
 
 Every step is a plain function or a small class, tested on its own; `build_flow` only wires them.
-One sink writes all three topics: each outgoing `KafkaSinkMessage` names its topic.
+One sink writes all three topics: each outgoing `KafkaSinkMessage` names its topic, and it returns
+only once the brokers have acknowledged every message (stream.kafka.sink): a failed delivery stops
+the flow before its next snapshot. A broker outage longer than `max_broker_outage_s` stops it too.
 
 Order: Bytewax reads each Kafka partition in offset order and interleaves partitions, so a user's
 events keep their topic order when producers key them by user_id (one partition per user). The
@@ -30,9 +32,9 @@ from typing import Callable
 
 import bytewax.operators as op
 import numpy as np
-from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
-from bytewax.inputs import Source, StatefulSourcePartition
+from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 from confluent_kafka import OFFSET_BEGINNING
@@ -51,6 +53,9 @@ from schemas import (
     encode_dead_letter,
     encode_intent_update,
 )
+from stream.kafka.health import BrokerHealth
+from stream.kafka.sink import CheckedKafkaSink
+from stream.kafka.source import WatchedKafkaSource
 from stream.metrics import StreamMetrics
 from stream.settings import StreamSettings
 from stream.state import StateConfig, UserSnapshot, UserState, Verdict, default_capacity
@@ -350,41 +355,16 @@ class StreamCounters:
 # ---------------------------------------------------------------------------------------------
 
 
-class WrappedPartition(StatefulSourcePartition):
-    """A source partition that hands everything to `inner`; subclasses change `next_batch` (a replay
-    cut to a range, a demo source that can be told to stop)."""
-
-    def __init__(self, inner: StatefulSourcePartition):
-        self.inner = inner
-
-    def next_batch(self) -> list:
-        return self.inner.next_batch()
-
-    def next_awake(self):
-        return self.inner.next_awake()
-
-    def snapshot(self):
-        return self.inner.snapshot()
-
-    def close(self) -> None:
-        self.inner.close()
+def broker_health(settings: StreamSettings, counters: "StreamCounters") -> BrokerHealth:
+    gauge = counters.metrics.kafka_up if counters.metrics is not None else None
+    return BrokerHealth(settings.brokers, settings.kafka_config, settings.max_broker_outage_s, gauge)
 
 
-def kafka_source(settings: StreamSettings) -> KafkaSource:
+def kafka_source(settings: StreamSettings, health: BrokerHealth) -> WatchedKafkaSource:
     """The input topic from its beginning on a fresh start (a resumed run continues from the
     offsets in its recovery store); with `stop_at_end`, each partition stops at the end it sees."""
-    return KafkaSource(
-        settings.brokers.split(","),
-        [settings.input_topic],
-        tail=not settings.stop_at_end,
-        starting_offset=OFFSET_BEGINNING,
-        add_config=dict(settings.kafka_config),
-    )
-
-
-def kafka_sink(settings: StreamSettings) -> KafkaSink:
-    """One producer for the updates, latest and dead-letter topics (each message names its topic)."""
-    return KafkaSink(settings.brokers.split(","), topic=None, add_config=dict(settings.kafka_config))
+    return WatchedKafkaSource(health, [settings.input_topic], tail=not settings.stop_at_end,
+                              starting_offset=OFFSET_BEGINNING)
 
 
 def state_config(settings: StreamSettings, scorer: IncrementalScorer | Scorer) -> StateConfig:
@@ -413,14 +393,16 @@ def build_flow(
     """The dataflow `intentstream run` executes, scoring with `scorer` (the serving scorer, made by
     model.serving.incremental.load_serving_scorer; every worker thread of this process shares it
     and its cache). Reads and writes the Kafka topics of `settings` unless another `source` (of
-    KafkaSourceMessage) and `sink` (of KafkaSinkMessage) are given. `observe_scores` sees every
-    scored chunk with its full predictions (see ScoreBatch).
+    KafkaSourceMessage) and `sink` (of KafkaSinkMessage) are given; both Kafka ends report to one
+    BrokerHealth (stream.kafka.health), and the sink checks every delivery (stream.kafka.sink).
+    `observe_scores` sees every scored chunk with its full predictions (see ScoreBatch).
     """
     config = state_config(settings, scorer)
     counters = counters if counters is not None else StreamCounters()
+    health = broker_health(settings, counters)
 
     flow = Dataflow("intentstream")
-    messages = op.input("plays", flow, source if source is not None else kafka_source(settings))
+    messages = op.input("plays", flow, source if source is not None else kafka_source(settings, health))
     messages = op.inspect("count_events", messages, counters.count_event)
     decoded = op.branch("valid", op.map("decode", messages, partial(decode, fmt=settings.format)), is_play)
     by_user = op.key_on("key_by_user", decoded.trues, key_by_user)
@@ -435,5 +417,5 @@ def build_flow(
     dead_letters = op.merge("dead_letters", decoded.falses, in_time.falses)
     dead_letters = op.inspect("count_dead_letters", dead_letters, counters.count_dead_letter)
     dlq = op.map("encode_dead_letter", dead_letters, partial(dead_letter_message, topic=settings.dlq_topic))
-    op.output("publish", op.merge("outgoing", updates, dlq), sink if sink is not None else kafka_sink(settings))
+    op.output("publish", op.merge("outgoing", updates, dlq), sink if sink is not None else CheckedKafkaSink(health))
     return flow

@@ -41,7 +41,7 @@ from bytewax.inputs import StatefulSourcePartition
 from confluent_kafka import KafkaError, Producer
 
 from schemas import IntentUpdate, PlayEvent, decode_dead_letter, decode_intent_update, encode_play_event
-from stream.dataflow import WrappedPartition
+from stream.kafka.source import WrappedPartition
 from stream.kafka.broker import TopicReader, client_config, create_topics, delete_topics
 from stream.settings import StreamSettings
 

@@ -54,6 +54,8 @@ class StreamMetrics:
         self.update_lag = Histogram("intentstream_event_to_update_seconds", "Time from an event's timestamp to "
                                     "its update's scored_at, in seconds.", buckets=LAG_SECONDS_BUCKETS,
                                     registry=registry)  # fmt: skip
+        self.kafka_up = Gauge("intentstream_kafka_up", "1 while this process reaches its Kafka brokers, 0 during "
+                              "an outage (it exits after --max-broker-outage).", registry=registry)
         self.model_info = Gauge("intentstream_model_info", "1 for the model this process serves.",
                                 ["name", "version"], registry=registry)  # fmt: skip
 

@@ -23,6 +23,7 @@ class StreamSettings:
     ttl_s: float = 30 * 86_400.0  # users idle longer than this (event time) are forgotten
     lateness_s: float = 3_600.0  # an event older than a user's newest by more than this is a dead letter
     max_clock_skew_s: float = 300.0  # an event further ahead of the wall clock than this is a dead letter
+    max_broker_outage_s: float = 60.0  # no broker answering for longer stops the flow (exit 75), to be restarted
     top_k: int = 10
     backend: str = "eager"  # who runs the model: eager | eager:cuda | aoti:PATH | tensorrt:PATH (model.serving.backends)
     kv_cache_mb: int = 1024  # memory for cached users' rows (incremental scoring); 0: recompute every event
@@ -49,6 +50,8 @@ class ServiceSettings:
     metrics_port: int | None = None  # serve Prometheus metrics on this port; None: no metrics endpoint
     # Intra-op threads: the model is small, and on a busy machine 2 threads score 2-3x slower than 1.
     torch_threads: int = 1
+    # After SIGTERM or Ctrl-C the process ends within this, wherever it was (Kubernetes waits 30 s).
+    shutdown_timeout_s: float = 15.0
 
 
 # IntentRecConfig overrides for a model small enough to train in seconds: `intentstream train --small`

@@ -14,7 +14,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from model.playlogs.files import read_log
 from schemas import ContractError, PlayEvent, decode_play_event, encode_play_event
 from stream.backtest.timeline import Timeline, build_timeline
-from stream.dataflow import WrappedPartition
+from stream.kafka.source import WrappedPartition
 from stream.errors import CommandError
 
 LOG_WIRE_FORMAT = "msgpack"  # how a log's events are encoded for the replay (the flow decodes them)

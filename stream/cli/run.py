@@ -37,6 +37,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             f"{default_of('format')})", metavar="FORMAT")
     _option(kafka, "--connect-timeout", "how long to wait for the brokers at start-up (default: "
             f"{format_duration(default_of('connect_timeout_s', ServiceSettings))})", metavar="DURATION")
+    _option(kafka, "--max-broker-outage", "no broker answering for longer than this stops the process with exit "
+            f"status 75, for its supervisor to restart it (default: {format_duration(default_of('max_broker_outage_s'))})",
+            metavar="DURATION")
+    _option(kafka, "--shutdown-timeout", "after SIGTERM or Ctrl-C, exit within this whatever the dataflow is doing "
+            f"(default: {format_duration(default_of('shutdown_timeout_s', ServiceSettings))})", metavar="DURATION")
 
     scoring = parser.add_argument_group("Scoring")
     _option(scoring, "--model", "model directory made by `intentstream train`", metavar="DIR")

@@ -43,6 +43,7 @@ def service_settings_from_args(args: argparse.Namespace, environ: Mapping[str, s
         connect_timeout_s=option("connect_timeout", parsing.positive_duration, "connect_timeout_s"),
         metrics_port=option("metrics_port", parsing.port, "metrics_port"),
         torch_threads=option("torch_threads", parsing.positive_int, "torch_threads"),
+        shutdown_timeout_s=option("shutdown_timeout", parsing.positive_duration, "shutdown_timeout_s"),
     )
 
 
@@ -81,6 +82,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         ttl_s=option("ttl", parsing.positive_duration, "ttl_s"),
         lateness_s=option("lateness", parsing.non_negative_duration, "lateness_s"),
         max_clock_skew_s=option("max_clock_skew", parsing.non_negative_duration, "max_clock_skew_s"),
+        max_broker_outage_s=option("max_broker_outage", parsing.positive_duration, "max_broker_outage_s"),
         top_k=option("top_k", parsing.positive_int),
         backend=option("backend", parsing.backend),
         kv_cache_mb=option("kv_cache_mb", parsing.non_negative_int),

@@ -17,12 +17,16 @@ from dataclasses import asdict
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from stream.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, CommandError
+from stream.errors import (
+    EXIT_FAILED, EXIT_INTERRUPTED, EXIT_KAFKA_UNAVAILABLE, EXIT_OK, EXIT_TERMINATED, CommandError,
+)
 from stream.kafka.checks import BrokerCheck, KafkaCheckError, check_brokers, create_output_topics
 from stream.kafka.config import redacted
+from stream.kafka.health import BrokerLost
+from stream.kafka.sink import DeliveryFailed
 from stream.metrics import StreamMetrics, default_metrics, serving_metrics
 from stream.service.recovery import ModelFingerprint, RecoveryModelError, bind_recovery_dir
-from stream.service.signals import Terminated, interrupt_behind, sigterm_as_interrupt
+from stream.service.signals import Terminated, cause_of, interrupt_behind, sigterm_as_interrupt
 from stream.settings import ServiceSettings, StreamSettings
 
 if TYPE_CHECKING:
@@ -79,7 +83,7 @@ def serve(service: ServiceSettings) -> int:
                                    "(INTENTSTREAM_METRICS_PORT)", EXIT_FAILED) from None
             log.info("serving Prometheus metrics at http://0.0.0.0:%d/metrics", service.metrics_port)
         _create_output_topics(settings, check)
-        return run_dataflow(settings, serving, metrics)
+        return run_dataflow(settings, serving, metrics, service.shutdown_timeout_s)
 
 
 def _check_kafka(settings: StreamSettings, timeout_s: float) -> BrokerCheck:
@@ -104,8 +108,12 @@ def _create_output_topics(settings: StreamSettings, check: BrokerCheck) -> None:
                  check.input_partitions)
 
 
-def run_dataflow(settings: StreamSettings, serving: "IncrementalScorer", metrics: StreamMetrics) -> int:
-    """Run the checked settings' dataflow until it ends (0), Ctrl-C (130) or SIGTERM (143)."""
+def run_dataflow(
+    settings: StreamSettings, serving: "IncrementalScorer", metrics: StreamMetrics, shutdown_timeout_s: float
+) -> int:
+    """Run the checked settings' dataflow until it ends (0), Ctrl-C (130), SIGTERM (143), or Kafka
+    is lost or refuses output (75: a supervisor restarts it, and the restart resumes from the
+    recovery directory, so nothing is lost)."""
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
@@ -115,7 +123,7 @@ def run_dataflow(settings: StreamSettings, serving: "IncrementalScorer", metrics
     # The worker threads of this process share the serving scorer, and its cache.
     flow = build_flow(settings, serving, counters=counters)
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(shutdown_timeout_s):
             cli_main(
                 flow,
                 workers_per_process=settings.workers,
@@ -125,6 +133,10 @@ def run_dataflow(settings: StreamSettings, serving: "IncrementalScorer", metrics
                 recovery_config=RecoveryConfig(settings.recovery_dir) if settings.recovery_dir else None,
             )
     except BaseException as error:
+        kafka = cause_of(error, (BrokerLost, DeliveryFailed))
+        if kafka is not None:
+            log.error("stopped: %s; %s", kafka, counters.summary())
+            return EXIT_KAFKA_UNAVAILABLE
         interrupt = interrupt_behind(error)
         if interrupt is None:
             raise
