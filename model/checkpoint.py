@@ -55,15 +55,28 @@ def load_checkpoint(directory: Path) -> tuple[IntentRec, Vocabularies, dict]:
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{directory / WEIGHTS_FILE} is not a readable safetensors file: {error}") from None
     model = IntentRec(config)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise CheckpointError(
-            f"{directory / WEIGHTS_FILE} does not match {CONFIG_FILE}: {str(error).splitlines()[0]}"
-        ) from None
+    mismatch = weights_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise CheckpointError(f"{directory / WEIGHTS_FILE} does not match {CONFIG_FILE}: {mismatch}")
+    model.load_state_dict(state)
     check_sizes(config, vocab, directory)
     model.eval()
     return model, vocab, meta
+
+
+def weights_mismatch(expected: dict, found: dict) -> str | None:
+    """What keeps weights from fitting a model, naming the first tensor concerned; None if they fit."""
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        return f"tensor {missing[0]} is missing ({len(missing)} missing in all)"
+    unexpected = sorted(set(found) - set(expected))
+    if unexpected:
+        return f"tensor {unexpected[0]} is not part of this model ({len(unexpected)} such in all)"
+    for name in sorted(expected):
+        if tuple(found[name].shape) != tuple(expected[name].shape):
+            return (f"tensor {name} has shape {tuple(found[name].shape)} but the config gives "
+                    f"{tuple(expected[name].shape)}")
+    return None
 
 
 def check_sizes(config: IntentRecConfig, vocab: Vocabularies, directory: Path) -> None:

@@ -46,6 +46,20 @@ class IntentRecConfig:
         unknown = set(self.intent_tasks) - set(INTENT_TASKS)
         if unknown:
             raise ValueError(f"unknown intent tasks {sorted(unknown)}; known: {INTENT_TASKS}")
+        for name in ("n_items", "n_actions", "n_kinds", "n_release_buckets", "n_devices", "n_genres"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 2:
+                raise ValueError(f"{name}={getattr(self, name)!r}: a vocabulary size counts padding and unknown, so "
+                                 "it is a whole number of at least 2")
+        for name in ("d_item", "d_small", "d_model", "n_heads", "d_proj", "n_layers_item"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a whole number of at least 1")
+        for name in ("n_layers_short", "n_layers_intent"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a whole number of at least 0")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout!r} must be a probability in [0, 1)")
+        if self.intent_loss_weight < 0 or self.short_term_window_ms <= 0:
+            raise ValueError("intent_loss_weight must be >= 0 and short_term_window_ms > 0")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be a multiple of n_heads={self.n_heads}")
         if self.attention_window < 1:

@@ -21,7 +21,16 @@ CONFIG_FILE_ENV = "INTENTSTREAM_KAFKA_CONFIG"  # the properties file's path, not
 # (end-of-partition detection for replays, offsets kept in Bytewax's recovery store, not in Kafka).
 MANAGED_SETTINGS = frozenset({"enable.partition.eof", "enable.auto.commit"})
 
-SECRET_MARKERS = ("password", "secret", "key", "token", "credential", "jaas", "sasl.oauthbearer.config")
+# Values shown in logs: only settings known to hold no secret, and numeric tuning settings. Every
+# other value is masked, so a mistyped secret's name (sasl.passwd) is masked too.
+SHOWN_SETTINGS = frozenset({
+    "security.protocol", "sasl.mechanism", "sasl.mechanisms", "sasl.username", "client.id", "client.rack",
+    "ssl.ca.location", "ssl.certificate.location", "ssl.endpoint.identification.algorithm", "acks",
+    "compression.type", "compression.codec", "partitioner", "auto.offset.reset", "isolation.level", "debug",
+    "enable.idempotence", "api.version.request", "broker.address.family",
+})
+TUNING_SUFFIXES = (".ms", ".bytes", ".kbytes", ".messages", ".num", ".max")
+SECRET_MARKERS = ("pass", "pwd", "secret", "key", "token", "credential", "jaas", "oauthbearer")
 MASK = "***"
 
 
@@ -30,7 +39,11 @@ class KafkaConfigError(ValueError):
 
 
 def is_secret(setting: str) -> bool:
-    return any(marker in setting.lower() for marker in SECRET_MARKERS)
+    """Whether a setting's value must not be logged: anything not known to be harmless."""
+    name = setting.lower()
+    if any(marker in name for marker in SECRET_MARKERS):
+        return True
+    return name not in SHOWN_SETTINGS and not name.endswith(TUNING_SUFFIXES)
 
 
 def redacted(config: Mapping[str, object]) -> dict[str, object]:

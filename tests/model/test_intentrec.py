@@ -184,11 +184,28 @@ def test_bad_checkpoints_are_refused_with_a_reason(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     config["model"]["d_model"] = 32
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="does not match"):
+    with pytest.raises(CheckpointError, match=r"does not match config.json: tensor \S+ has shape \(16,\) but the config gives \(32,\)"):
         load_checkpoint(tmp_path)
     (tmp_path / "vocab.json").unlink()
     with pytest.raises(CheckpointError, match="vocab.json is missing"):
         load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [("n_heads", 0, "n_heads=0 must be a whole number of at least 1"),
+     ("n_items", -1, "n_items=-1: a vocabulary size"),
+     ("dropout", 5, "dropout=5 must be a probability"),
+     ("d_model", "64", "d_model='64' must be a whole number")],
+)
+def test_a_config_json_with_impossible_values_is_refused_in_one_line(tmp_path, field, value, words):
+    save_checkpoint(tmp_path, IntentRec(tiny_config()), tiny_vocab(), {})
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["model"][field] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="is not a valid model config") as refused:
+        load_checkpoint(tmp_path)
+    assert words in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_training_probabilities_of_targets_equal_the_full_distribution():

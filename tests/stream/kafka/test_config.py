@@ -48,6 +48,13 @@ def test_environment_overrides_the_properties_file(tmp_path):
     assert load_kafka_config(config_file, env) == {"security.protocol": "SASL_SSL", "sasl.password": "from-env"}
 
 
+def test_redacted_masks_settings_it_does_not_know_so_a_mistyped_secret_stays_hidden():
+    shown = redacted({"sasl.passwd": "hunter2", "sasl.pasword": "hunter3", "my.custom.thing": "x",
+                      "message.timeout.ms": "5000", "queue.buffering.max.kbytes": "1024"})  # fmt: skip
+    assert shown == {"sasl.passwd": "***", "sasl.pasword": "***", "my.custom.thing": "***",
+                     "message.timeout.ms": "5000", "queue.buffering.max.kbytes": "1024"}  # fmt: skip
+
+
 def test_redacted_masks_every_secret_and_nothing_else():
     config = {
         "security.protocol": "SASL_SSL",
