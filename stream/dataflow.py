@@ -57,6 +57,7 @@ from stream.kafka.health import BrokerHealth
 from stream.kafka.sink import CheckedKafkaSink
 from stream.kafka.source import WatchedKafkaSource
 from stream.metrics import StreamMetrics
+from stream.stop import Stop
 from stream.settings import StreamSettings
 from stream.state import StateConfig, UserSnapshot, UserState, Verdict, default_capacity
 
@@ -360,11 +361,12 @@ def broker_health(settings: StreamSettings, counters: "StreamCounters") -> Broke
     return BrokerHealth(settings.brokers, settings.kafka_config, settings.max_broker_outage_s, gauge)
 
 
-def kafka_source(settings: StreamSettings, health: BrokerHealth) -> WatchedKafkaSource:
+def kafka_source(settings: StreamSettings, health: BrokerHealth, stop: Stop | None) -> WatchedKafkaSource:
     """The input topic from its beginning on a fresh start (a resumed run continues from the
-    offsets in its recovery store); with `stop_at_end`, each partition stops at the end it sees."""
+    offsets in its recovery store); with `stop_at_end`, each partition stops at the end it sees,
+    and every partition ends once `stop` is set."""
     return WatchedKafkaSource(health, [settings.input_topic], tail=not settings.stop_at_end,
-                              starting_offset=OFFSET_BEGINNING)
+                              starting_offset=OFFSET_BEGINNING, stop=stop)
 
 
 def state_config(settings: StreamSettings, scorer: IncrementalScorer | Scorer) -> StateConfig:
@@ -389,20 +391,22 @@ def build_flow(
     sink: Sink | None = None,
     counters: StreamCounters | None = None,
     observe_scores: Observer | None = None,
+    stop: Stop | None = None,
 ) -> Dataflow:
     """The dataflow `intentstream run` executes, scoring with `scorer` (the serving scorer, made by
     model.serving.incremental.load_serving_scorer; every worker thread of this process shares it
     and its cache). Reads and writes the Kafka topics of `settings` unless another `source` (of
     KafkaSourceMessage) and `sink` (of KafkaSinkMessage) are given; both Kafka ends report to one
     BrokerHealth (stream.kafka.health), and the sink checks every delivery (stream.kafka.sink).
-    `observe_scores` sees every scored chunk with its full predictions (see ScoreBatch).
+    `observe_scores` sees every scored chunk with its full predictions (see ScoreBatch). Once
+    `stop` is set (a signal: stream.service.signals), the Kafka input ends and the flow finishes.
     """
     config = state_config(settings, scorer)
     counters = counters if counters is not None else StreamCounters()
     health = broker_health(settings, counters)
 
     flow = Dataflow("intentstream")
-    messages = op.input("plays", flow, source if source is not None else kafka_source(settings, health))
+    messages = op.input("plays", flow, source if source is not None else kafka_source(settings, health, stop))
     messages = op.inspect("count_events", messages, counters.count_event)
     decoded = op.branch("valid", op.map("decode", messages, partial(decode, fmt=settings.format)), is_play)
     by_user = op.key_on("key_by_user", decoded.trues, key_by_user)
@@ -417,5 +421,5 @@ def build_flow(
     dead_letters = op.merge("dead_letters", decoded.falses, in_time.falses)
     dead_letters = op.inspect("count_dead_letters", dead_letters, counters.count_dead_letter)
     dlq = op.map("encode_dead_letter", dead_letters, partial(dead_letter_message, topic=settings.dlq_topic))
-    op.output("publish", op.merge("outgoing", updates, dlq), sink if sink is not None else CheckedKafkaSink(health))
+    op.output("publish", op.merge("outgoing", updates, dlq), sink if sink is not None else CheckedKafkaSink(health, stop))
     return flow

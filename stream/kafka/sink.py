@@ -17,6 +17,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, Producer
 
 from stream.kafka.health import BrokerHealth
+from stream.stop import Stop, Stopping
 
 FLUSH_SLICE_S = 0.5
 
@@ -28,17 +29,19 @@ class DeliveryFailed(RuntimeError):
 class CheckedKafkaSink(DynamicSink[KafkaSinkMessage]):
     """Writes KafkaSinkMessages (each names its topic) and waits for their delivery reports."""
 
-    def __init__(self, health: BrokerHealth):
+    def __init__(self, health: BrokerHealth, stop: Stop | None = None):
         self.health = health
+        self.stop = stop
 
     def build(self, _step_id: str, _worker_index: int, _worker_count: int) -> "CheckedPartition":
-        return CheckedPartition(Producer(self.health.client_config()), self.health)
+        return CheckedPartition(Producer(self.health.client_config()), self.health, self.stop)
 
 
 class CheckedPartition(StatelessSinkPartition[KafkaSinkMessage]):
-    def __init__(self, producer: Producer, health: BrokerHealth):
+    def __init__(self, producer: Producer, health: BrokerHealth, stop: Stop | None = None):
         self.producer = producer
         self.health = health
+        self.stop = stop
         self._failures: list[KafkaError] = []
         self._lock = threading.Lock()
 
@@ -68,6 +71,9 @@ class CheckedPartition(StatelessSinkPartition[KafkaSinkMessage]):
     def _wait(self, seconds: float) -> None:
         self.producer.flush(seconds)
         self.health.check()
+        if self.stop is not None and self.stop.is_set():  # the brokers are slow or gone: do not wait on
+            raise Stopping(f"stopped with {len(self.producer)} message(s) not yet delivered; a restart from the "
+                           "recovery directory writes them again")
 
     def _delivered(self, error: KafkaError | None, _message) -> None:
         if error is None:

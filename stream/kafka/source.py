@@ -10,6 +10,7 @@ from bytewax.connectors.kafka import KafkaSource
 from bytewax.inputs import StatefulSourcePartition
 
 from stream.kafka.health import BrokerHealth
+from stream.stop import Stop
 
 
 class WrappedPartition(StatefulSourcePartition):
@@ -32,22 +33,29 @@ class WrappedPartition(StatefulSourcePartition):
 
 
 class WatchedKafkaSource(KafkaSource):
-    def __init__(self, health: BrokerHealth, topics: list[str], tail: bool, starting_offset: int):
+    """Bytewax's KafkaSource whose partitions also end (as at the end of a replay) once `stop` is set."""
+
+    def __init__(self, health: BrokerHealth, topics: list[str], tail: bool, starting_offset: int,
+                 stop: Stop | None = None):  # fmt: skip
         config = health.client_config()
         brokers = config.pop("bootstrap.servers").split(",")
         super().__init__(brokers, topics, tail=tail, starting_offset=starting_offset, add_config=config)
         self.health = health
+        self.stop = stop
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> "WatchedPartition":
-        return WatchedPartition(super().build_part(step_id, for_part, resume_state), self.health)
+        return WatchedPartition(super().build_part(step_id, for_part, resume_state), self.health, self.stop)
 
 
 class WatchedPartition(WrappedPartition):
-    def __init__(self, inner: StatefulSourcePartition, health: BrokerHealth):
+    def __init__(self, inner: StatefulSourcePartition, health: BrokerHealth, stop: Stop | None):
         super().__init__(inner)
         self.health = health
+        self.stop = stop
 
     def next_batch(self) -> list:
+        if self.stop is not None and self.stop.is_set():
+            raise StopIteration()
         batch = self.inner.next_batch()
         if batch:
             self.health.reached()

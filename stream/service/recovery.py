@@ -25,7 +25,9 @@ import logging
 import os
 import pickletools
 import re
+import shutil
 import sqlite3
+import tempfile
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,22 +97,28 @@ def check_recovery_dir(settings: StreamSettings) -> None:
 
 
 def _check_snapshots_are_data(path: Path) -> None:
-    """Refuse a partition holding a snapshot whose pickle would import or call anything."""
-    try:
-        # Read-write, so that rows still in the write-ahead log are read too, and closing merges it
-        # into the partition (as Bytewax would) instead of leaving -wal/-shm files behind.
-        with closing(sqlite3.connect(path)) as db:
-            rows = db.execute("SELECT step_id, state_key, ser_change FROM snaps WHERE ser_change IS NOT NULL")
-            for step_id, key, pickled in rows:
-                what = code_in_pickle(pickled)
-                if what:
-                    raise CommandError(
-                        f"{path}: the snapshot of step {step_id!r}, key {key[:40]!r} is not plain data ({what}): "
-                        "this directory was tampered with or written by other software, and resuming it could run "
-                        "code; restore it from a trusted copy, or delete its part-* files to start from scratch"
-                    )
-    except sqlite3.Error as error:
-        raise CommandError(f"{path} is not a readable Bytewax recovery partition: {error}") from None
+    """Refuse a partition holding a snapshot whose pickle would import or call anything. It reads a
+    copy of the partition and its write-ahead log (the rows a killed run left there count too), so
+    the partition itself is left exactly as Bytewax wrote it."""
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / path.name
+        shutil.copyfile(path, copy)
+        if path.with_name(path.name + "-wal").exists():
+            shutil.copyfile(path.with_name(path.name + "-wal"), copy.with_name(copy.name + "-wal"))
+        try:
+            with closing(sqlite3.connect(copy)) as db:
+                import sys; print("DEBUG commits", list(db.execute("select * from commits")), list(db.execute("select step_id, count(*), min(snap_epoch), max(snap_epoch) from snaps group by step_id")), list(db.execute("select * from exs")), list(db.execute("select * from fronts")), file=sys.stderr)
+                rows = db.execute("SELECT step_id, state_key, ser_change FROM snaps WHERE ser_change IS NOT NULL")
+                for step_id, key, pickled in rows:
+                    what = code_in_pickle(pickled)
+                    if what:
+                        raise CommandError(
+                            f"{path}: the snapshot of step {step_id!r}, key {key[:40]!r} is not plain data ({what}): "
+                            "this directory was tampered with or written by other software, and resuming it could "
+                            "run code; restore it from a trusted copy, or delete its part-* files to start from scratch"
+                        )
+        except sqlite3.Error as error:
+            raise CommandError(f"{path} is not a readable Bytewax recovery partition: {error}") from None
 
 
 def code_in_pickle(pickled: bytes) -> str | None:

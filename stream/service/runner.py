@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from stream.errors import (
-    EXIT_FAILED, EXIT_INTERRUPTED, EXIT_KAFKA_UNAVAILABLE, EXIT_OK, EXIT_TERMINATED, CommandError,
+    EXIT_FAILED, EXIT_KAFKA_UNAVAILABLE, EXIT_OK, EXIT_TERMINATED, CommandError,
 )
 from stream.kafka.checks import BrokerCheck, KafkaCheckError, check_brokers, create_output_topics
 from stream.kafka.config import redacted
@@ -26,7 +26,8 @@ from stream.kafka.health import BrokerLost
 from stream.kafka.sink import DeliveryFailed
 from stream.metrics import StreamMetrics, default_metrics, serving_metrics
 from stream.service.recovery import ModelFingerprint, RecoveryModelError, bind_recovery_dir
-from stream.service.signals import Terminated, cause_of, interrupt_behind, sigterm_as_interrupt
+from stream.service.signals import cause_of, stop_on_signals
+from stream.stop import Stopping
 from stream.settings import ServiceSettings, StreamSettings
 
 if TYPE_CHECKING:
@@ -120,10 +121,10 @@ def run_dataflow(
     from stream.dataflow import StreamCounters, build_flow
 
     counters = StreamCounters(metrics=metrics)
-    # The worker threads of this process share the serving scorer, and its cache.
-    flow = build_flow(settings, serving, counters=counters)
     try:
-        with sigterm_as_interrupt(shutdown_timeout_s):
+        with stop_on_signals(shutdown_timeout_s) as stop:
+            # The worker threads of this process share the serving scorer, and its cache.
+            flow = build_flow(settings, serving, counters=counters, stop=stop)
             cli_main(
                 flow,
                 workers_per_process=settings.workers,
@@ -132,17 +133,17 @@ def run_dataflow(
                 epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
                 recovery_config=RecoveryConfig(settings.recovery_dir) if settings.recovery_dir else None,
             )
-    except BaseException as error:
+    except Exception as error:
         kafka = cause_of(error, (BrokerLost, DeliveryFailed))
         if kafka is not None:
             log.error("stopped: %s; %s", kafka, counters.summary())
             return EXIT_KAFKA_UNAVAILABLE
-        interrupt = interrupt_behind(error)
-        if interrupt is None:
+        if cause_of(error, (Stopping,)) is None:
             raise
-        how = "terminated" if isinstance(interrupt, Terminated) else "interrupted"
+    if stop.is_set():
+        how = "terminated" if stop.status == EXIT_TERMINATED else "interrupted"
         log.info("%s: %s; a restart with the same --recovery-dir resumes from the last snapshot", how,
                  counters.summary())
-        return EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED
+        return stop.status
     log.info("finished: %s", counters.summary())
     return EXIT_OK

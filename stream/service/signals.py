@@ -1,8 +1,13 @@
 """Stopping the service: Ctrl-C and SIGTERM (what docker stop and Kubernetes send) stop the dataflow
-the same way, and the exit status says which it was (stream.errors). Whatever the process is doing
-when the signal comes (a step's code, librdkafka, the model), it ends within a bounded time: if the
-dataflow has not stopped `timeout_s` after the signal, the process exits at once with the same
-status (a restart resumes from the last snapshot, as after a crash)."""
+the same way, and the exit status says which it was (stream.errors).
+
+A signal does not raise into the dataflow (Bytewax would print a Rust panic for the exception that
+crossed its input, and the flow would end mid-batch): it sets a `Stop`, which the Kafka source's
+partitions read as the end of their input (stream.stop), so the flow finishes as a replay does, its last
+messages delivered. Whatever the process is doing when the signal comes (a step's code, waiting
+for brokers, the model), it ends within a bounded time: if the dataflow has not stopped `timeout_s`
+after the signal, the process exits at once with the same status (a restart resumes from the last
+snapshot, as after a crash)."""
 from __future__ import annotations
 
 import logging
@@ -13,38 +18,28 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from stream.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
+from stream.stop import Stop
 
 log = logging.getLogger(__name__)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that Bytewax stops the same way."""
-
-
 @contextmanager
-def sigterm_as_interrupt(timeout_s: float) -> Iterator[None]:
-    """While inside, SIGTERM (what docker stop and Kubernetes send) raises Terminated in the main
-    thread, and Ctrl-C KeyboardInterrupt, as usual; Python runs signal handlers there and Bytewax
-    lets them run while the dataflow goes. Either starts the deadline of `timeout_s`."""
-    deadline: list[threading.Timer] = []
+def stop_on_signals(timeout_s: float) -> Iterator[Stop]:
+    """While inside, SIGTERM and Ctrl-C request the Stop given back, and start the deadline."""
+    stop, deadline = Stop(), []
 
-    def start_deadline(status: int) -> None:
+    def handle(signum, _frame):
+        status = EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED
+        log.info("%s: stopping; exiting within %g s", signal.Signals(signum).name, timeout_s)
+        stop.request(status)
         if not deadline:
             deadline.append(threading.Timer(timeout_s, _exit_now, (status, timeout_s)))
             deadline[0].daemon = True
             deadline[0].start()
 
-    def terminate(_signum, _frame):
-        start_deadline(EXIT_TERMINATED)
-        raise Terminated("SIGTERM")
-
-    def interrupt(_signum, _frame):
-        start_deadline(EXIT_INTERRUPTED)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, terminate), signal.signal(signal.SIGINT, interrupt)
+    previous = signal.signal(signal.SIGTERM, handle), signal.signal(signal.SIGINT, handle)
     try:
-        yield
+        yield stop
     finally:
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])
@@ -57,14 +52,6 @@ def _exit_now(status: int, timeout_s: float) -> None:
               "last snapshot", timeout_s)
     logging.shutdown()
     os._exit(status)
-
-
-def interrupt_behind(error: BaseException | None) -> KeyboardInterrupt | None:
-    """The Ctrl-C (KeyboardInterrupt) or SIGTERM (Terminated) behind `error`, if any. With one worker,
-    Bytewax runs the dataflow on the main thread, where Python delivers them: it is usually raised
-    inside a step's code (the Kafka source's polling) and reaches us as a BytewaxRuntimeError caused
-    by it."""
-    return cause_of(error, (KeyboardInterrupt,))
 
 
 def cause_of(error: BaseException | None, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
