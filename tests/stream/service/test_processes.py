@@ -379,3 +379,4 @@ def test_a_stopped_live_run_exits_with_its_counts(
     summary = run_summary(log_path, ending=ending)
     assert summary.updates_out == len(expected)
     assert len(expected) <= summary.events_in <= len(head)
+    assert "panicked" not in log_path.read_text(errors="replace"), tail(log_path)  # a clean stop, no Rust panic
