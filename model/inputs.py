@@ -7,6 +7,7 @@ sees the same numbers whichever path called it.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -45,12 +46,18 @@ def time_encoding(ts: torch.Tensor, config: IntentRecConfig) -> torch.Tensor:
     """Sinusoidal encoding of absolute time in hours (d_model values), periods from one hour to
     about ten years. Every transformer adds it to its inputs: positions come from each interaction's
     own time, so a past interaction's representation never changes when a new one arrives."""
-    periods = torch.logspace(0, math.log10(24 * 365 * 10), config.d_model // 2, dtype=torch.float32)
-    frequencies = (2 * math.pi / periods).double()
     hours = ((ts - config.time_origin_ms).double() / HOUR_MS).unsqueeze(-1)
     # Phases in float64: hours since the origin reach 1e5, too many for float32 sin().
-    phases = torch.remainder(hours * frequencies, 2 * math.pi).float()
+    phases = torch.remainder(hours * _frequencies(config.d_model // 2), 2 * math.pi).float()
     return torch.cat([phases.sin(), phases.cos()], dim=-1)
+
+
+@functools.cache
+def _frequencies(n: int) -> torch.Tensor:
+    """Angular frequencies (float64) of periods from one hour to about ten years; made once per size,
+    since serving prepares inputs for every event."""
+    periods = torch.logspace(0, math.log10(24 * 365 * 10), n, dtype=torch.float32)
+    return (2 * math.pi / periods).double()
 
 
 def days_since_origin(ts: torch.Tensor, origin_ms: int) -> torch.Tensor:

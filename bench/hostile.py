@@ -1,0 +1,211 @@
+"""Hostile input through a real broker: every invalid message becomes one dead letter with the
+reason it was made invalid for, every valid event one update, and memory stays bounded.
+
+    python bench/hostile.py [--messages 100000] [--seed 0] [--brokers HOST:PORT]
+
+A seeded generator mixes play events of a synthetic world (valid, some at the edges of the
+contract, some exact copies) with messages broken on purpose, each labelled with the dead-letter
+code it must get: bytes that are no msgpack, a msgpack that is not a map, missing fields, wrong
+types, unknown enums, times out of range, negative watch times, ids too long, messages too large
+(some of 900 KB, whose dead letter must still fit in a Kafka message), events from the far future
+and events far later than their user's newest; and valid events with deeply nested unknown fields.
+All of it goes to a fresh topic of Apache Kafka (started here from its jars, unless --brokers),
+then `intentstream run --stop-at-end` reads it to its end in a child process whose resident memory
+is sampled. Writes bench/results/hostile.md.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import random
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import msgpack
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from schemas import (  # noqa: E402
+    FROM_FUTURE, LATE, MAX_ID_CHARS, MAX_MESSAGE_BYTES, MISSING_FIELD, NOT_AN_OBJECT, NOT_DECODABLE, TOO_LARGE,
+    TOO_LONG, TS_OUT_OF_RANGE, UNKNOWN_ENUM, VALUE_OUT_OF_RANGE, WRONG_TYPE, decode_dead_letter,
+    decode_intent_update, encode_play_event,
+)
+from stream.demo import DemoOptions, demo_world, train_or_reuse  # noqa: E402
+from stream.harness import StreamTopics  # noqa: E402
+from stream.kafka.apache_broker import ApacheKafkaBroker  # noqa: E402
+from stream.kafka.broker import produce_messages, read_topic  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "hostile.md"
+YEAR_2100_MS = 4_102_444_800_000 - 86_400_000
+HOUR_MS = 3_600_000
+
+
+def event_map(event) -> dict:
+    return msgpack.unpackb(encode_play_event(event, "msgpack"))
+
+
+def broken(rng: random.Random, event) -> tuple[bytes, str]:
+    """One message made invalid on purpose, and the dead-letter code it must get."""
+    fields = event_map(event)
+    kind = rng.randrange(11)
+    if kind == 0:
+        return b"\xc1" + rng.randbytes(rng.randrange(1, 40)), NOT_DECODABLE
+    if kind == 1:
+        return msgpack.packb([fields["event_id"], fields["ts"]]), NOT_AN_OBJECT
+    if kind == 2:
+        del fields[rng.choice(["event_id", "user_id", "item_id", "ts", "duration_s"])]
+        return msgpack.packb(fields), MISSING_FIELD
+    if kind == 3:
+        fields[rng.choice(["ts", "duration_s", "genres"])] = "oops"
+        return msgpack.packb(fields), WRONG_TYPE
+    if kind == 4:
+        fields["kind"] = "podcast"
+        return msgpack.packb(fields), UNKNOWN_ENUM
+    if kind == 5:
+        fields["ts"] = -5
+        return msgpack.packb(fields), TS_OUT_OF_RANGE
+    if kind == 6:
+        fields["duration_s"] = -1.0
+        return msgpack.packb(fields), VALUE_OUT_OF_RANGE
+    if kind == 7:
+        fields["item_id"] = "i" * (MAX_ID_CHARS + 1)
+        return msgpack.packb(fields), TOO_LONG
+    if kind == 8:
+        size = 900_000 if rng.random() < 0.02 else MAX_MESSAGE_BYTES + rng.randrange(1, 5000)
+        fields["padding"] = "x" * size
+        return msgpack.packb(fields), TOO_LARGE
+    if kind == 9:
+        return encode_play_event(dataclasses.replace(event, event_id=event.event_id + "-future", ts=YEAR_2100_MS),
+                                 "msgpack"), FROM_FUTURE
+    return encode_play_event(dataclasses.replace(event, event_id=event.event_id + "-late", ts=event.ts - 48 * HOUR_MS),
+                             "msgpack"), LATE
+
+
+def nested(depth: int) -> object:
+    value: object = {"leaf": 1}
+    for _ in range(depth):
+        value = {"more": [value]}
+    return value
+
+
+def hostile_messages(events, n: int, seed: int) -> tuple[list[tuple[bytes, bytes]], Counter, set[str], int]:
+    """(messages, dead-letter codes expected, event ids that must get an update, copies)."""
+    rng = random.Random(seed)
+    messages, expected, valid, copies = [], Counter(), set(), 0
+    for event in events:
+        if len(messages) >= n:
+            break
+        key = event.user_id.encode()
+        roll = rng.random()
+        late = None
+        if roll < 0.30:
+            value, code = broken(rng, event)
+            expected[code] += 1
+            if code != LATE:
+                messages.append((key, value))
+                continue
+            late = (key, value)  # sent right after the event it is two days older than
+        if roll > 0.98:
+            fields = event_map(event)
+            fields["extra"] = nested(rng.randrange(20, 60))  # unknown fields are ignored, however deep
+            value = msgpack.packb(fields)
+        else:
+            value = encode_play_event(event, "msgpack")
+        messages.append((key, value))
+        valid.add(event.event_id)
+        if late is not None:
+            messages.append(late)
+        if rng.random() < 0.03:  # an exact copy of the event just sent, a redelivery: dropped
+            messages.append((key, value))
+            copies += 1
+    return messages, expected, valid, copies
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--brokers", default=None, help="Kafka bootstrap servers (default: start Apache Kafka here)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    command = "python bench/hostile.py " + shlex.join(sys.argv[1:])
+
+    options = DemoOptions(stream_users=2000, days=60)
+    training, streamed = demo_world(options)
+    model_dir = train_or_reuse(options, training, lambda text: print(text, file=sys.stderr))
+    streamed.sort(key=lambda e: (e.ts, e.event_id))
+    messages, expected, valid, copies = hostile_messages(streamed, args.messages, args.seed)
+    print(f"{len(messages)} messages: {len(valid)} valid events, {sum(expected.values())} broken, {copies} copies",
+          file=sys.stderr)
+
+    with tempfile.TemporaryDirectory() as tmp, ApacheKafkaBroker(Path(tmp) / "kafka") as broker:
+        bootstrap = args.brokers or broker.bootstrap
+        topics = StreamTopics.named(f"hostile-{args.seed}-")
+        topics.create(bootstrap, partitions=2)
+        produce_messages(bootstrap, topics.input, messages)
+        run = [sys.executable, "-m", "stream.cli", "run", "--brokers", bootstrap, "--model", str(model_dir),
+               "--input-topic", topics.input, "--output-topic", topics.output, "--dlq-topic", topics.dlq,
+               "--latest-topic", topics.latest, "--stop-at-end", "--lateness", "1h"]  # fmt: skip
+        started = time.monotonic()
+        with open(Path(tmp) / "run.log", "wb") as log_file:
+            process = subprocess.Popen(run, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+            peak = 0.0
+            while process.poll() is None:
+                peak = max(peak, peak_rss_mb(process.pid))
+                time.sleep(0.5)
+        wall_s = time.monotonic() - started
+        log_text = (Path(tmp) / "run.log").read_text(errors="replace")
+        if process.returncode != 0:
+            sys.exit(f"intentstream run exited {process.returncode}:\n{log_text[-3000:]}")
+        letters = [decode_dead_letter(r.value) for r in read_topic(bootstrap, topics.dlq, count=sum(expected.values()))]
+        updates = [decode_intent_update(r.value, "msgpack") for r in read_topic(bootstrap, topics.output, count=len(valid))]
+
+    got = Counter(letter.code for letter in letters)
+    scored = Counter(update.event_id for update in updates)
+    lines = [
+        "# Hostile input through Apache Kafka",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, 2 shared "
+        f"cores; {time.strftime('%Y-%m-%d')}. `intentstream run --stop-at-end`, the demo's small model, 2 partitions.",
+        "",
+        f"- {len(messages)} messages: {len(valid)} valid events ({copies} exact copies besides), "
+        f"{sum(expected.values())} broken on purpose.",
+        f"- Dead letters: {sum(got.values())} of {sum(expected.values())} expected; by code, expected = got: "
+        f"{'yes' if got == expected else 'NO'}.",
+        "",
+        "| code | expected | got |",
+        "|---|---|---|",
+        *[f"| {code} | {expected[code]} | {got[code]} |" for code in sorted(set(expected) | set(got))],
+        "",
+        f"- Updates: {len(scored)} distinct events scored of {len(valid)} valid; scored more than once: "
+        f"{sum(1 for n in scored.values() if n > 1)}; an update for an event that was not valid: "
+        f"{len(set(scored) - valid)}.",
+        f"- Wall time {wall_s:.0f} s ({len(messages) / wall_s:.0f} messages/s, model load included); peak resident "
+        f"memory of the run {peak:.0f} MB.",
+        f"- Tracebacks in the run's log: {log_text.count('Traceback')}.",
+        "",
+    ]
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
