@@ -10,7 +10,7 @@ import numpy as np
 
 from model.serving.scorer import Predictions, Scorer, top_indices
 from model.training.baselines import Popularity, Recency
-from model.training.evaluate import intent_hits, target_ranks
+from model.training.evaluate import intent_hits, seen_items, target_ranks
 from model.vocab import FIRST_REAL, Vocabularies
 from schemas import PlayEvent
 from stream.backtest.report import IntentSample, JudgmentLog
@@ -30,6 +30,13 @@ def _rows_of(predictions: Predictions, rows: list[int]) -> Predictions:
         intent_embedding=take(predictions.intent_embedding),
         intent_weights=take(predictions.intent_weights),
     )
+
+
+def unseen_ranks(item_scores: np.ndarray, items: np.ndarray, histories) -> np.ndarray:
+    """Each target's rank among the items its history has not played; 0 where it has played the target."""
+    seen = seen_items(histories, item_scores.shape[1])
+    ranks = target_ranks(item_scores, items, excluded=seen)
+    return np.where(seen[np.arange(len(items)), items], 0, ranks)
 
 
 class ModelJudge:
@@ -61,11 +68,13 @@ class ModelJudge:
             return
         picked = _rows_of(predictions, chosen)
         targets = np.stack([self.scorer.featurize(event) for event in judged])
-        ranks = target_ranks(picked.item_scores, targets["item"].astype(np.int64))
+        items = targets["item"].astype(np.int64)
+        ranks = target_ranks(picked.item_scores, items)
+        ranks_unseen = unseen_ranks(picked.item_scores, items, [requests[p].history for p in chosen])
         hits = intent_hits(picked, targets)
         for row, (position, event) in enumerate(zip(chosen, judged)):
-            self.log.add(requests[position].event, event, ranks[row], {t: h[row] for t, h in hits.items()},
-                         top_indices(picked.item_scores[row], self.top_k))
+            self.log.add(requests[position].event, event, ranks[row], ranks_unseen[row],
+                         {t: h[row] for t, h in hits.items()}, top_indices(picked.item_scores[row], self.top_k))
         if picked.intent_embedding is not None and picked.intent_weights is not None:
             self.intents.add(picked.intent_embedding, picked.intent_weights)
 
@@ -96,5 +105,6 @@ def judge_baselines(timeline: Timeline, vocab: Vocabularies, history_len: int, s
             for name, baseline in (("popularity", popularity), ("recency", recency)):
                 item_scores = baseline.predict([history]).item_scores
                 (rank,) = target_ranks(item_scores, target)
-                logs[name].add(event, after, rank, {}, top_indices(item_scores[0], top_k))
+                (rank_unseen,) = unseen_ranks(item_scores, target, [history])
+                logs[name].add(event, after, rank, rank_unseen, {}, top_indices(item_scores[0], top_k))
     return list(logs.values())

@@ -56,13 +56,16 @@ class JudgmentLog:
         self.item_id: list[str] = []
         self.scored_event_id: list[str] = []  # the event whose update is judged
         self.rank: list[int] = []  # 1-based, in the whole catalogue; ties count against the system
+        # 1-based among the items the user's held history has not played; 0 where the next item is
+        # one of those (the unseen-only protocol judges new items only)
+        self.rank_unseen: list[int] = []
         self.hits: dict[str, list[float]] = {task: [] for task in tasks}  # 1.0 / 0.0, NaN: no label
         self.recommended: set[int] = set()  # item indices seen in the judged top-k lists
 
     def __len__(self) -> int:
         return len(self.rank)
 
-    def add(self, scored_event, judged_event, rank: int, hits: dict[str, float], top_items) -> None:
+    def add(self, scored_event, judged_event, rank: int, rank_unseen: int, hits: dict[str, float], top_items) -> None:
         self.user_id.append(judged_event.user_id)
         self.event_id.append(judged_event.event_id)
         self.ts.append(judged_event.ts)
@@ -70,6 +73,7 @@ class JudgmentLog:
         self.item_id.append(judged_event.item_id)
         self.scored_event_id.append(scored_event.event_id)
         self.rank.append(int(rank))
+        self.rank_unseen.append(int(rank_unseen))
         for task in self.tasks:
             self.hits[task].append(float(hits[task]))
         self.recommended.update(int(item) for item in top_items)
@@ -86,6 +90,7 @@ class JudgmentLog:
                 "item_id": self.item_id[i],
                 "scored_event_id": self.scored_event_id[i],
                 "rank": self.rank[i],
+                "rank_unseen": self.rank_unseen[i] or None,
                 "hits": {task: None if np.isnan(v[i]) else bool(v[i]) for task, v in self.hits.items()},
             }
 
@@ -155,9 +160,12 @@ class Backtest:
 # ---------------------------------------------------------------------------------------------
 
 
-def metric_block(ranks: np.ndarray, users: np.ndarray, hits: dict[str, np.ndarray], k: int) -> dict:
-    """Ranking metrics and intent accuracy of some judgments ("users": distinct users)."""
-    block = {"judgments": int(len(ranks)), **ranking_metrics(ranks, k), "users": int(len(np.unique(users)))}
+def metric_block(ranks: np.ndarray, ranks_unseen: np.ndarray, users: np.ndarray, hits: dict[str, np.ndarray],
+                 k: int) -> dict:  # fmt: skip
+    """Ranking metrics (also over unseen items only, for the judgments whose next item is new to the
+    user) and intent accuracy of some judgments ("users": distinct users)."""
+    block = {"judgments": int(len(ranks)), **ranking_metrics(ranks, k), "users": int(len(np.unique(users))),
+             "unseen": ranking_metrics(ranks_unseen[ranks_unseen > 0], k)}
     for task, values in hits.items():
         known = values[~np.isnan(values)]
         block[f"{task}_accuracy"] = float(known.mean()) if len(known) else None
@@ -175,11 +183,13 @@ def positions_by(labels: np.ndarray) -> dict:
 def summarize(log: JudgmentLog, k: int) -> dict:
     """Overall, per UTC day and by action of the judged event; and catalogue coverage."""
     ranks = np.array(log.rank, dtype=np.int64)
+    ranks_unseen = np.array(log.rank_unseen, dtype=np.int64)
     users = np.array(log.user_id, dtype=object)
     hits = {task: np.array(values, dtype=np.float64) for task, values in log.hits.items()}
 
     def block(selector: np.ndarray) -> dict:
-        return metric_block(ranks[selector], users[selector], {t: v[selector] for t, v in hits.items()}, k)
+        return metric_block(ranks[selector], ranks_unseen[selector], users[selector],
+                            {t: v[selector] for t, v in hits.items()}, k)
 
     days = positions_by(np.array(log.ts, dtype=np.int64) // DAY_MS)
     return {
@@ -326,17 +336,20 @@ def summary(data: dict, k: int) -> str:
     lines += [
         "## Next item and intents",
         "",
-        f"Ranks are in the whole catalogue; coverage = distinct items in the judged top-{k} lists / catalogue.",
+        f"Ranks are in the whole catalogue; coverage = distinct items in the judged top-{k} lists / catalogue. "
+        f"Unseen: the judgments whose next item the user's held history has not played, ranked among the items "
+        f"it has not played.",
         "",
-        "| system | judgments | " + " | ".join(names) + " | coverage | "
+        "| system | judgments | " + " | ".join(names) + f" | NDCG@{k} unseen | coverage | "
         + " | ".join(f"acc: {t}" for t in tasks) + " |",
-        "|---" * (3 + len(names) + len(tasks)) + "|",
+        "|---" * (4 + len(names) + len(tasks)) + "|",
     ]
     for system, entry in data["systems"].items():
         overall = entry["overall"]
         lines.append(
             f"| {system} | {overall['judgments']} | " + " | ".join(_number(overall[n]) for n in names)
-            + f" | {entry['coverage']:.3f} | " + " | ".join(_number(overall.get(f"{t}_accuracy")) for t in tasks) + " |"
+            + f" | {_number(overall['unseen'][f'NDCG@{k}'])} | {entry['coverage']:.3f} | "
+            + " | ".join(_number(overall.get(f"{t}_accuracy")) for t in tasks) + " |"
         )
     lines.append("")
 
