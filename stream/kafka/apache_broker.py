@@ -7,7 +7,7 @@
         broker.kill()                                 # SIGKILL, for crash tests; start() brings it back
 
 The jars come from `libs` (the folder of jars, or the folder holding libs/), else from the environment
-variable INTENTSTREAM_KAFKA_LIBS, else from deploy/kafka/fetch.sh (Maven Central, cached). Java 17 or
+variable INTENTSTREAM_BROKER_JARS (not INTENTSTREAM_KAFKA_*: those are Kafka client settings), else from deploy/kafka/fetch.sh (Maven Central, cached). Java 17 or
 newer must be on PATH or in JAVA_HOME.
 
 Unlike the embedded Tansu broker, it keeps its data on disk and enforces topic configuration
@@ -71,14 +71,14 @@ def find_java() -> str:
 
 
 def find_libs(libs: str | os.PathLike | None = None) -> Path:
-    """The folder of the Kafka broker's jars: `libs`, else $INTENTSTREAM_KAFKA_LIBS, else what
+    """The folder of the Kafka broker's jars: `libs`, else $INTENTSTREAM_BROKER_JARS, else what
     deploy/kafka/fetch.sh fetches (or finds in its cache)."""
-    given = libs or os.environ.get("INTENTSTREAM_KAFKA_LIBS")
+    given = libs or os.environ.get("INTENTSTREAM_BROKER_JARS")
     if given:
         path = Path(given)
     else:
         if not FETCH_SCRIPT.is_file():
-            raise RuntimeError(f"no Kafka jars: set INTENTSTREAM_KAFKA_LIBS ({FETCH_SCRIPT} is missing)")
+            raise RuntimeError(f"no Kafka jars: set INTENTSTREAM_BROKER_JARS ({FETCH_SCRIPT} is missing)")
         fetched = subprocess.run(["bash", str(FETCH_SCRIPT)], stdin=subprocess.DEVNULL,
                                  capture_output=True, text=True)
         if fetched.returncode != 0:
