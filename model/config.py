@@ -30,7 +30,12 @@ class IntentRecConfig:
     n_layers_short: int = 1
     n_layers_intent: int = 1
     n_layers_item: int = 2
-    dropout: float = 0.1
+    dropout: float = 0.1  # on each block's residual branches
+    input_dropout: float = 0.0  # on each transformer's input (FC + LayerNorm + time encoding)
+    # Feature embeddings start as N(0, std) (None: PyTorch's N(0, 1)). The item table is also the
+    # output layer (weight tying): N(0, 1) starts the catalogue softmax far from uniform.
+    embedding_init_std: float | None = None
+    item_input_scale: float = 1.0  # the item embedding enters F_k multiplied by this
     attention_window: int = 50  # L: every layer attends to at most the last L interactions
     short_term_window_ms: int = 7 * DAY_MS  # H: the short-term encoder sees only the last week
     time_origin_ms: int = 0  # absolute time encodings count hours from here
@@ -56,8 +61,11 @@ class IntentRecConfig:
         for name in ("n_layers_short", "n_layers_intent"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a whole number of at least 0")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout={self.dropout!r} must be a probability in [0, 1)")
+        for name in ("dropout", "input_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a probability in [0, 1)")
+        if self.embedding_init_std is not None and not self.embedding_init_std > 0:
+            raise ValueError(f"embedding_init_std={self.embedding_init_std!r} must be > 0 (or null)")
         if self.intent_loss_weight < 0 or self.short_term_window_ms <= 0:
             raise ValueError("intent_loss_weight must be >= 0 and short_term_window_ms > 0")
         if self.d_model % self.n_heads:

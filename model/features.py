@@ -98,6 +98,12 @@ class FeatureEmbedding(nn.Module):
         self.device = nn.Embedding(c.n_devices, c.d_small, padding_idx=PAD)
         self.genre = nn.Embedding(c.n_genres, c.d_small, padding_idx=PAD)
         self.dim = c.d_item + 5 * c.d_small + 2
+        self.item_input_scale = c.item_input_scale
+        if c.embedding_init_std is not None:
+            with torch.no_grad():
+                for table in (self.item, self.action, self.kind, self.release, self.device, self.genre):
+                    nn.init.normal_(table.weight, std=c.embedding_init_std)
+                    table.weight[PAD] = 0.0
 
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """x: model.inputs.model_inputs (gap_s: seconds since each row's previous interaction)."""
@@ -106,7 +112,7 @@ class FeatureEmbedding(nn.Module):
         genre_mean = self.genre(genres).sum(-2) / genre_count
         return torch.cat(
             [
-                self.item(x["item"].long()),
+                self.item(x["item"].long()) * self.item_input_scale,
                 self.action(x["action"].long()),
                 self.kind(x["kind"].long()),
                 self.release(x["release"].long()),

@@ -137,6 +137,7 @@ class CausalTransformer(nn.Module):
     def __init__(self, d_in: int, config: IntentRecConfig, n_layers: int):
         super().__init__()
         self.input = nn.Sequential(nn.Linear(d_in, config.d_model), nn.LayerNorm(config.d_model))
+        self.input_dropout = nn.Dropout(config.input_dropout)
         self.blocks = nn.ModuleList(
             Block(config.d_model, config.n_heads, config.dropout) for _ in range(n_layers)
         )
@@ -147,7 +148,7 @@ class CausalTransformer(nn.Module):
 
     def embed(self, x: torch.Tensor, time_code: torch.Tensor) -> torch.Tensor:
         """Per-position input of the first block: FC + LayerNorm, plus the time encoding."""
-        return self.input(x) + time_code
+        return self.input_dropout(self.input(x) + time_code)
 
     def encode(self, h: torch.Tensor, mask: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         for block in self.blocks:

@@ -133,6 +133,12 @@ def test_padding_and_batch_composition_do_not_change_a_prediction():
     assert torch.isfinite(alone[2:]).all()  # a user with one interaction is valid input
 
 
+def test_embeddings_can_start_small_with_padding_at_zero():
+    model = IntentRec(tiny_config(embedding_init_std=0.02))
+    weights = model.features.item.weight
+    assert weights[0].abs().max() == 0 and 0.01 < weights[2:].std() < 0.03
+
+
 def test_variants_differ_as_the_paper_describes():
     v0 = tiny_config(**variant_overrides("V0"))
     v1 = tiny_config(**variant_overrides("V1"))
@@ -196,6 +202,8 @@ def test_bad_checkpoints_are_refused_with_a_reason(tmp_path):
     [("n_heads", 0, "n_heads=0 must be a whole number of at least 1"),
      ("n_items", -1, "n_items=-1: a vocabulary size"),
      ("dropout", 5, "dropout=5 must be a probability"),
+     ("input_dropout", 1.0, "input_dropout=1.0 must be a probability"),
+     ("embedding_init_std", 0, "embedding_init_std=0 must be > 0"),
      ("d_model", "64", "d_model='64' must be a whole number")],
 )
 def test_a_config_json_with_impossible_values_is_refused_in_one_line(tmp_path, field, value, words):
