@@ -77,8 +77,9 @@ def judge_test(ranker, rows_by_user: dict, vocab) -> dict:
     }
 
 
-def run_peer(log: Path, seeds: int, workdir: Path) -> list[dict]:
-    """RecBole's SASRec on the log's users, each user's items in our order; one run per seed."""
+def run_peer(log: Path, seeds: int, workdir: Path, minutes: float | None) -> list[dict]:
+    """RecBole's SASRec on the log's users, each user's items in our order; one run per seed, each
+    trained for at most about `minutes` (None: until RecBole's early stopping)."""
     subprocess.run(["bash", str(ROOT / "bench" / "peers" / "setup_recbole.sh")], check=True)
     sequences, result = workdir / f"{log.stem}-sequences.jsonl", workdir / f"{log.stem}-sasrec.json"
     new_targets = set()  # users whose test target is not in their history
@@ -90,7 +91,8 @@ def run_peer(log: Path, seeds: int, workdir: Path) -> list[dict]:
                 new_targets.add(user)
     subprocess.run(
         [str(PEER_PYTHON), str(ROOT / "bench" / "peers" / "sasrec.py"), "--sequences", str(sequences),
-         "--out", str(result), "--seeds", str(seeds), "--workdir", str(workdir / f"{log.stem}-recbole")],
+         "--out", str(result), "--seeds", str(seeds), "--workdir", str(workdir / f"{log.stem}-recbole"),
+         *(["--time-budget-min", str(minutes)] if minutes else [])],
         check=True,
     )
     runs = []
@@ -223,7 +225,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--patience", type=int, default=TrainConfig.patience)
     parser.add_argument("--peer-seeds", type=int, default=1,
-                        help="seeds of RecBole's SASRec (0: leave the peer out); about 10 minutes each on MovieLens-100K")
+                        help="seeds of RecBole's SASRec (0: leave the peer out)")
+    parser.add_argument("--peer-minutes", type=float, default=None,
+                        help="most training minutes per SASRec seed (on one shared core an epoch takes 1-2.5 "
+                             "minutes and early stopping comes after 40-100 epochs); default: no limit")
     parser.add_argument("--synth-users", type=int, default=1000, help="users in the synthetic world")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="intra-op threads; one is fastest on a shared 2-core machine")
@@ -245,7 +250,7 @@ def main() -> None:
         for dataset, log in logs.items():
             results[dataset] = floor_baselines(log)
             if args.peer_seeds:
-                results[dataset][PEER] = run_peer(log, args.peer_seeds, workdir)
+                results[dataset][PEER] = run_peer(log, args.peer_seeds, workdir, args.peer_minutes)
         train_config = replace(TrainConfig(), epochs=args.epochs, patience=args.patience)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, context, initializer=torch.set_num_threads, initargs=(args.torch_threads,)) as pool:
