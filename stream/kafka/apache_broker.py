@@ -238,10 +238,11 @@ class ApacheKafkaBroker:
         (self.work_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
 
     def _format(self, java: str, libs: Path) -> None:
+        # One in 64 of these ids starts with "-": given as --cluster-id=ID, never as an option of its own.
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         formatted = subprocess.run(
             self._java_command(java, libs, "kafka.tools.StorageTool", "format", "--standalone",
-                               "-t", cluster_id, "-c", str(self.work_dir / "server.properties")),
+                               f"--cluster-id={cluster_id}", "-c", str(self.work_dir / "server.properties")),
             stdin=subprocess.DEVNULL, capture_output=True, text=True,
         )
         if formatted.returncode != 0:

@@ -108,3 +108,14 @@ def test_a_broker_that_does_not_answer_in_time_is_an_error_naming_its_log(tmp_pa
 def test_missing_jars_are_an_error_that_says_how_to_get_them(tmp_path):
     with pytest.raises(RuntimeError, match="fetch.sh"):
         ApacheKafkaBroker(tmp_path, libs=tmp_path).start()
+
+
+def test_a_cluster_id_that_starts_with_a_dash_still_formats(tmp_path, monkeypatch):
+    import uuid
+
+    import stream.kafka.apache_broker as apache_broker
+
+    dashed = uuid.UUID(bytes=b"\xf8" + bytes(15))  # base64 "-AAAA...": one random id in 64
+    monkeypatch.setattr(apache_broker.uuid, "uuid4", lambda: dashed)
+    with ApacheKafkaBroker(tmp_path / "kafka") as broker:
+        create_topics(broker.bootstrap, ["dashed"])
