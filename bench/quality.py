@@ -5,7 +5,7 @@ SASRec, and the popularity and recency floors, all on the same split in one comm
 
 For each dataset: the floors once (they are deterministic), RecBole 1.2.1's SASRec (in a virtualenv
 of its own, bench/peers/setup_recbole.sh; RecBole is not a dependency of the project) on exactly the
-users, targets and tie order our models see (bench/peers/export_sequences.py writes each user's
+users, targets and tie order our models see (run_peer writes each user's
 items in the order of model.playlogs.files.read_user_sequences), then every variant with every
 seed, trained with `intentstream train`'s defaults unless told otherwise and judged by the
 leave-one-out protocol of `intentstream evaluate` (test = each user's last interaction, the full
@@ -227,8 +227,8 @@ def main() -> None:
     parser.add_argument("--peer-seeds", type=int, default=1,
                         help="seeds of RecBole's SASRec (0: leave the peer out)")
     parser.add_argument("--peer-minutes", type=float, default=None,
-                        help="most training minutes per SASRec seed (on one shared core an epoch takes 1-2.5 "
-                             "minutes and early stopping comes after 40-100 epochs); default: no limit")
+                        help="most training minutes per SASRec seed (on one shared core an epoch took 2.5-3 "
+                             "minutes, and 37 epochs had not reached early stopping); default: no limit")
     parser.add_argument("--synth-users", type=int, default=1000, help="users in the synthetic world")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="intra-op threads; one is fastest on a shared 2-core machine")

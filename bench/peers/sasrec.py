@@ -6,7 +6,7 @@ Runs inside its own venv (made by bench/peers/setup_recbole.sh; RecBole is no pr
         [--seeds 1] [--epochs 300] [--workdir DIR] [--time-budget-min M]
 
 SEQ.jsonl has one line per user, {"user": "<id>", "items": ["<id>", ...]}, the items already in
-the time order to use (bench/peers/export_sequences.py writes it from a play log). They become a
+the time order to use (bench/quality.py writes it from a play log). They become a
 RecBole atomic dataset (user_id:token, item_id:token, timestamp:float) whose timestamp is the
 item's 1-based position in the user's sequence, so RecBole's time ordering cannot re-break ties.
 Ids are written as the tokens u<n>/i<n> (first-appearance order, as the input lists them), so no
