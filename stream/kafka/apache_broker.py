@@ -28,8 +28,9 @@ import subprocess
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -279,6 +280,20 @@ class ApacheKafkaBroker:
     def kill(self) -> None:
         """SIGKILL: a crash. The data written so far stays in the work dir; `start()` recovers it."""
         self._end_process(signal.SIGKILL)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """SIGSTOP while inside, SIGCONT after: a broker that holds its connections and answers nothing
+        (a long GC pause, a hung disk, a partitioned host)."""
+        os.kill(self.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.pid, signal.SIGCONT)
 
     def restart(self, *, crash: bool = False) -> "ApacheKafkaBroker":
         """Stop (or, with `crash`, kill) and start again on the same ports with the same log dirs."""

@@ -5,12 +5,15 @@ brokers never took (a timeout while they were away, a refusal) was lost without 
 counters said it was out. Here `write_batch` returns only once the brokers have acknowledged every
 message of the batch. A message that failed raises DeliveryFailed: the flow stops before its next
 snapshot, so a restart from the recovery directory writes that epoch's messages again (output is
-at-least-once). The wait is cut into short slices, so a SIGTERM is acted on within one, and a
-broker outage longer than the allowed one raises BrokerLost (stream.kafka.health).
+at-least-once). The wait is cut into short slices, and a broker outage longer than the allowed one
+raises BrokerLost (stream.kafka.health). After a SIGTERM the sink keeps waiting while the brokers
+still acknowledge (a healthy stop delivers its last batch); once none has for STALLED_S it raises
+Stopping, so a frozen broker cannot hold the stop.
 """
 from __future__ import annotations
 
 import threading
+import time
 
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -20,6 +23,7 @@ from stream.kafka.health import BrokerHealth
 from stream.stop import Stop, Stopping
 
 FLUSH_SLICE_S = 0.5
+STALLED_S = 3.0  # after a stop was asked for: how long without a delivery report means the brokers are stuck
 
 
 class DeliveryFailed(RuntimeError):
@@ -44,8 +48,10 @@ class CheckedPartition(StatelessSinkPartition[KafkaSinkMessage]):
         self.stop = stop
         self._failures: list[KafkaError] = []
         self._lock = threading.Lock()
+        self._last_report = time.monotonic()
 
     def write_batch(self, items: list[KafkaSinkMessage]) -> None:
+        self._last_report = time.monotonic()
         for message in items:
             while True:
                 try:
@@ -71,11 +77,13 @@ class CheckedPartition(StatelessSinkPartition[KafkaSinkMessage]):
     def _wait(self, seconds: float) -> None:
         self.producer.flush(seconds)
         self.health.check()
-        if self.stop is not None and self.stop.is_set():  # the brokers are slow or gone: do not wait on
+        stalled = time.monotonic() - self._last_report > STALLED_S
+        if self.stop is not None and self.stop.is_set() and stalled:  # the brokers are stuck or gone: wait no more
             raise Stopping(f"stopped with {len(self.producer)} message(s) not yet delivered; a restart from the "
                            "recovery directory writes them again")
 
     def _delivered(self, error: KafkaError | None, _message) -> None:
+        self._last_report = time.monotonic()
         if error is None:
             self.health.reached()
         else:

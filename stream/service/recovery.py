@@ -107,7 +107,6 @@ def _check_snapshots_are_data(path: Path) -> None:
             shutil.copyfile(path.with_name(path.name + "-wal"), copy.with_name(copy.name + "-wal"))
         try:
             with closing(sqlite3.connect(copy)) as db:
-                import sys; print("DEBUG commits", list(db.execute("select * from commits")), list(db.execute("select step_id, count(*), min(snap_epoch), max(snap_epoch) from snaps group by step_id")), list(db.execute("select * from exs")), list(db.execute("select * from fronts")), file=sys.stderr)
                 rows = db.execute("SELECT step_id, state_key, ser_change FROM snaps WHERE ser_change IS NOT NULL")
                 for step_id, key, pickled in rows:
                     what = code_in_pickle(pickled)

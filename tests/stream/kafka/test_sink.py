@@ -2,6 +2,9 @@
 delivered, and a message the broker never took stops it (DeliveryFailed) instead of vanishing."""
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 
 import pytest
@@ -11,7 +14,8 @@ from confluent_kafka import KafkaError
 from stream.kafka.apache_broker import ApacheKafkaBroker
 from stream.kafka.broker import create_topics, read_topic
 from stream.kafka.health import BrokerHealth, BrokerLost
-from stream.kafka.sink import CheckedKafkaSink, DeliveryFailed
+from stream.kafka.sink import STALLED_S, CheckedKafkaSink, DeliveryFailed
+from stream.stop import Stop, Stopping
 
 
 @pytest.fixture
@@ -42,6 +46,29 @@ def test_an_undelivered_message_stops_the_flow_instead_of_vanishing(broker):
     with pytest.raises(DeliveryFailed, match=r"10 message\(s\) of the last batch were not delivered .*_MSG_TIMED_OUT"):
         sink.write_batch(messages(10, start=10))
     assert time.monotonic() - started < 15
+
+
+def test_after_a_stop_a_slow_broker_still_gets_the_last_batch(broker):
+    stop = Stop()
+    sink = CheckedKafkaSink(BrokerHealth(broker.bootstrap, {}, max_outage_s=60), stop).build("publish", 0, 1)
+    sink.write_batch(messages(5))  # connected
+    stop.request(143)
+    with broker.frozen():
+        threading.Timer(STALLED_S / 2, os.kill, (broker.pid, signal.SIGCONT)).start()  # thaws mid-wait
+        sink.write_batch(messages(20, start=5))  # the stopped sink must not give up on a broker that answers
+    assert len(read_topic(broker.bootstrap, "out", count=25)) == 25
+
+
+def test_after_a_stop_a_stuck_broker_no_longer_holds_the_sink(broker):
+    stop = Stop()
+    sink = CheckedKafkaSink(BrokerHealth(broker.bootstrap, {}, max_outage_s=60), stop).build("publish", 0, 1)
+    sink.write_batch(messages(5))
+    with broker.frozen():
+        stop.request(143)
+        started = time.monotonic()
+        with pytest.raises(Stopping, match=r"stopped with 10 message\(s\) not yet delivered"):
+            sink.write_batch(messages(10, start=5))
+        assert time.monotonic() - started < STALLED_S + 2
 
 
 def test_broker_health_reports_an_outage_and_gives_up_after_the_allowed_one():
