@@ -123,3 +123,20 @@ def flag(text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError("not a yes/no value: use true or false")
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"use {' or '.join(choices)}")
+        return value
+
+    return parse
+
+
+def host(text: str) -> str:
+    value = text.strip()
+    if not value or any(character.isspace() or character in "/:[]" for character in value.strip("[]")):
+        raise ValueError("not a host name or address to listen on (e.g. 0.0.0.0, 127.0.0.1, ::)")
+    return value

@@ -1,5 +1,5 @@
 """The defaults, written down once: what a dataflow needs to know (StreamSettings), what the service
-around it needs besides (ServiceSettings), and the small model that demos and `train --small` use.
+around it needs besides (ServiceSettings), the lookup service (LookupSettings), and the small model that demos and `train --small` use.
 Option help texts and other commands' defaults read them from here."""
 from __future__ import annotations
 
@@ -52,6 +52,24 @@ class ServiceSettings:
     torch_threads: int = 1
     # After SIGTERM or Ctrl-C the process ends within this, wherever it was (Kubernetes waits 30 s).
     shutdown_timeout_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class LookupSettings:
+    """`intentstream serve`: the lookup service over the latest-update topic."""
+
+    brokers: str
+    topic: str = "intent-latest"  # what `run` writes as --latest-topic
+    format: str = "msgpack"  # as `run` writes it
+    host: str = "0.0.0.0"
+    port: int = 8080
+    max_users: int = 2_000_000  # users held; see on_full
+    on_full: str = "evict"  # evict (forget the least recently updated user) | refuse (stop with a message)
+    history: int = 8  # updates per user summarised for the page; 0: none
+    max_batch_get: int = 1000  # user ids per POST /users:batchGet
+    connect_timeout_s: float = 10.0
+    max_broker_outage_s: float = 60.0  # no broker answering for longer stops the service (exit 75)
+    kafka_config: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 # IntentRecConfig overrides for a model small enough to train in seconds: `intentstream train --small`

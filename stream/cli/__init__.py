@@ -1,6 +1,6 @@
 """`intentstream`, the command line: one module per subcommand (training: data, train and evaluate;
-compile; run; demo; backtest), each declaring its options and handing the parsed arguments to the
-code below it (stream.service, stream.demo, stream.backtest, model). Nothing below imports this
+compile; run; serve; demo; backtest), each declaring its options and handing the parsed arguments to the
+code below it (stream.service, stream.lookup, stream.demo, stream.backtest, model). Nothing below imports this
 package. A handler returns the exit status or raises stream.errors.CommandError, which `main`
 prints as `intentstream COMMAND: MESSAGE`."""
 from __future__ import annotations
@@ -14,6 +14,7 @@ from stream.cli.backtest import BACKTEST_HELP, add_backtest_arguments, backtest_
 from stream.cli.compile import COMPILE_HELP, add_compile_arguments, compile_command
 from stream.cli.demo import DEMO_HELP, add_demo_arguments, demo_command
 from stream.cli.run import RUN_HELP, add_run_arguments, run_command
+from stream.cli.serve import SERVE_HELP, add_serve_arguments, serve_command
 from stream.cli.training import add_training_commands
 from stream.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_commands(commands)
     for name, help, add_arguments, handler in (
         ("run", RUN_HELP, add_run_arguments, run_command),
+        ("serve", SERVE_HELP, add_serve_arguments, serve_command),
         ("compile", COMPILE_HELP, add_compile_arguments, compile_command),
         ("demo", DEMO_HELP, add_demo_arguments, demo_command),
         ("backtest", BACKTEST_HELP, add_backtest_arguments, backtest_command),

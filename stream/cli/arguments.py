@@ -5,6 +5,7 @@ import argparse
 from datetime import datetime, timezone
 
 from stream.parsing import parse_duration
+from stream.service.options import env_name
 
 
 def whole_number(text: str, minimum: int) -> int:
@@ -55,3 +56,10 @@ def duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def service_option(group, flag: str, help: str, **kwargs) -> None:
+    """An option of a service (`run`, `serve`) that INTENTSTREAM_<OPTION> may give instead: it defaults
+    to None ("not given"), and the settings resolution applies the environment and the default."""
+    dest = flag[2:].replace("-", "_")
+    group.add_argument(flag, dest=dest, default=None, help=f"{help} [env: {env_name(dest)}]", **kwargs)

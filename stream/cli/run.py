@@ -7,8 +7,9 @@ import argparse
 import os
 
 from schemas import FORMATS
+from stream.cli.arguments import service_option
 from stream.parsing import format_duration
-from stream.service.options import default_of, env_name, service_settings_from_args
+from stream.service.options import default_of, service_settings_from_args
 from stream.service.runner import serve
 from stream.settings import ServiceSettings
 
@@ -23,63 +24,58 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The `run` subcommand's options. Defaults are applied by `settings_from_args`, after the
     environment, so every option here defaults to None ("not given")."""
     kafka = parser.add_argument_group("Kafka")
-    _option(kafka, "--brokers", "Kafka bootstrap servers, host:port[,host:port...] (or bootstrap.servers in "
+    service_option(kafka, "--brokers", "Kafka bootstrap servers, host:port[,host:port...] (or bootstrap.servers in "
             "--kafka-config)", metavar="HOST:PORT")
-    _option(kafka, "--kafka-config", "Java-style properties file of Kafka client settings (security.protocol, "
+    service_option(kafka, "--kafka-config", "Java-style properties file of Kafka client settings (security.protocol, "
             "sasl.*, ssl.*, ...); INTENTSTREAM_KAFKA_<SETTING> variables override it", metavar="FILE")
-    _option(kafka, "--input-topic", f"topic of play events (default: {default_of('input_topic')})", metavar="TOPIC")
-    _option(kafka, "--output-topic", f"topic of intent updates (default: {default_of('output_topic')})",
+    service_option(kafka, "--input-topic", f"topic of play events (default: {default_of('input_topic')})", metavar="TOPIC")
+    service_option(kafka, "--output-topic", f"topic of intent updates (default: {default_of('output_topic')})",
             metavar="TOPIC")
-    _option(kafka, "--dlq-topic", f"dead-letter topic (default: {default_of('dlq_topic')})", metavar="TOPIC")
-    _option(kafka, "--latest-topic", "compacted topic of each user's latest update; an empty string disables "
+    service_option(kafka, "--dlq-topic", f"dead-letter topic (default: {default_of('dlq_topic')})", metavar="TOPIC")
+    service_option(kafka, "--latest-topic", "compacted topic of each user's latest update; an empty string disables "
             f"it (default: {default_of('latest_topic')})", metavar="TOPIC")
-    _option(kafka, "--format", f"encoding of the input and output topics: {' or '.join(FORMATS)} (default: "
+    service_option(kafka, "--format", f"encoding of the input and output topics: {' or '.join(FORMATS)} (default: "
             f"{default_of('format')})", metavar="FORMAT")
-    _option(kafka, "--connect-timeout", "how long to wait for the brokers at start-up (default: "
+    service_option(kafka, "--connect-timeout", "how long to wait for the brokers at start-up (default: "
             f"{format_duration(default_of('connect_timeout_s', ServiceSettings))})", metavar="DURATION")
-    _option(kafka, "--max-broker-outage", "no broker answering for longer than this stops the process with exit "
+    service_option(kafka, "--max-broker-outage", "no broker answering for longer than this stops the process with exit "
             f"status 75, for its supervisor to restart it (default: {format_duration(default_of('max_broker_outage_s'))})",
             metavar="DURATION")
-    _option(kafka, "--shutdown-timeout", "after SIGTERM or Ctrl-C, exit within this whatever the dataflow is doing "
+    service_option(kafka, "--shutdown-timeout", "after SIGTERM or Ctrl-C, exit within this whatever the dataflow is doing "
             f"(default: {format_duration(default_of('shutdown_timeout_s', ServiceSettings))})", metavar="DURATION")
 
     scoring = parser.add_argument_group("Scoring")
-    _option(scoring, "--model", "model directory made by `intentstream train`", metavar="DIR")
-    _option(scoring, "--batch-size", f"most users scored together (default: {default_of('batch_size')})", metavar="N")
-    _option(scoring, "--history", "interactions kept per user (default: what the model attends to)", metavar="N")
-    _option(scoring, "--top-k", f"next items per update (default: {default_of('top_k')})", metavar="K")
-    _option(scoring, "--ttl", "forget users idle longer than this, in event time (default: "
+    service_option(scoring, "--model", "model directory made by `intentstream train`", metavar="DIR")
+    service_option(scoring, "--batch-size", f"most users scored together (default: {default_of('batch_size')})", metavar="N")
+    service_option(scoring, "--history", "interactions kept per user (default: what the model attends to)", metavar="N")
+    service_option(scoring, "--top-k", f"next items per update (default: {default_of('top_k')})", metavar="K")
+    service_option(scoring, "--ttl", "forget users idle longer than this, in event time (default: "
             f"{format_duration(default_of('ttl_s'))})", metavar="DURATION")
-    _option(scoring, "--lateness", "an event older than its user's newest by more than this is a dead letter "
+    service_option(scoring, "--lateness", "an event older than its user's newest by more than this is a dead letter "
             f"(default: {format_duration(default_of('lateness_s'))})", metavar="DURATION")
-    _option(scoring, "--max-clock-skew", "an event further ahead of this process's clock than this is a dead "
+    service_option(scoring, "--max-clock-skew", "an event further ahead of this process's clock than this is a dead "
             f"letter from_future (default: {format_duration(default_of('max_clock_skew_s'))})", metavar="DURATION")
-    _option(scoring, "--backend", "what runs the model: eager, eager:cuda, aoti:PATH or tensorrt:PATH (an "
+    service_option(scoring, "--backend", "what runs the model: eager, eager:cuda, aoti:PATH or tensorrt:PATH (an "
             f"artifact of `intentstream compile`) (default: {default_of('backend')})", metavar="BACKEND")
-    _option(scoring, "--kv-cache-mb", "memory for cached users' rows, from which a new event is scored "
+    service_option(scoring, "--kv-cache-mb", "memory for cached users' rows, from which a new event is scored "
             f"incrementally; 0 recomputes every event from its history (default: {default_of('kv_cache_mb')})",
             metavar="MB")
-    _option(scoring, "--torch-threads", "intra-op threads of the model (default: "
+    service_option(scoring, "--torch-threads", "intra-op threads of the model (default: "
             f"{default_of('torch_threads', ServiceSettings)})", metavar="N")
 
     runtime = parser.add_argument_group("Recovery and scale-out")
-    _option(runtime, "--recovery-dir", "Bytewax recovery directory: state and input offsets are snapshotted "
+    service_option(runtime, "--recovery-dir", "Bytewax recovery directory: state and input offsets are snapshotted "
             "together (default: no recovery)", metavar="DIR")
-    _option(runtime, "--snapshot-interval", "how often state is snapshotted (default: "
+    service_option(runtime, "--snapshot-interval", "how often state is snapshotted (default: "
             f"{format_duration(default_of('snapshot_interval_s'))})", metavar="DURATION")
-    _option(runtime, "--workers", f"worker threads per process (default: {default_of('workers')}); prefer "
+    service_option(runtime, "--workers", f"worker threads per process (default: {default_of('workers')}); prefer "
             "processes", metavar="N")
-    _option(runtime, "--process-id", "this process's index in --addresses (Bytewax cluster)", metavar="I")
-    _option(runtime, "--addresses", "host:port of every process of the Bytewax cluster, comma-separated",
+    service_option(runtime, "--process-id", "this process's index in --addresses (Bytewax cluster)", metavar="I")
+    service_option(runtime, "--addresses", "host:port of every process of the Bytewax cluster, comma-separated",
             metavar="HOST:PORT,...")
-    _option(runtime, "--stop-at-end", "stop once the input topic's current end is reached (replays, "
+    service_option(runtime, "--stop-at-end", "stop once the input topic's current end is reached (replays, "
             "backtests)", action=argparse.BooleanOptionalAction)
 
     monitoring = parser.add_argument_group("Monitoring")
-    _option(monitoring, "--metrics-port", "serve Prometheus metrics at http://0.0.0.0:PORT/metrics (default: "
+    service_option(monitoring, "--metrics-port", "serve Prometheus metrics at http://0.0.0.0:PORT/metrics (default: "
             "off)", metavar="PORT")
-
-
-def _option(group, flag: str, help: str, **kwargs) -> None:
-    dest = flag[2:].replace("-", "_")
-    group.add_argument(flag, dest=dest, default=None, help=f"{help} [env: {env_name(dest)}]", **kwargs)

@@ -36,8 +36,25 @@ def check_brokers(
     Raises KafkaCheckError when the brokers do not answer, a client setting is rejected, or the input
     topic does not exist. Missing output topics are reported in the result; `create_output_topics`
     creates them."""
+    topics = _metadata(brokers, config, timeout).topics
+    _check_exists(topics, brokers, input_topic, "--input-topic")
+    return BrokerCheck(
+        input_partitions=len(topics[input_topic].partitions),
+        missing_topics=tuple(name for name in output_topics if name not in topics),
+    )
+
+
+def topic_partitions(brokers: str, config: Mapping[str, str], topic: str, flag: str, timeout: float = 10.0) -> list[int]:
+    """The partitions of `topic`; raises KafkaCheckError when the brokers do not answer or it does not
+    exist (the message names `flag`, the option that chose it)."""
+    topics = _metadata(brokers, config, timeout).topics
+    _check_exists(topics, brokers, topic, flag)
+    return sorted(topics[topic].partitions)
+
+
+def _metadata(brokers: str, config: Mapping[str, str], timeout: float) -> ClusterMetadata:
     try:
-        metadata: ClusterMetadata = fetch_metadata(brokers, timeout=timeout, config=config)
+        return fetch_metadata(brokers, timeout=timeout, config=config)
     except BrokerUnavailable as error:
         raise KafkaCheckError(
             f"cannot reach Kafka at {brokers} within {timeout:g}s: {error.detail}; check --brokers / "
@@ -47,19 +64,18 @@ def check_brokers(
         raise KafkaCheckError(
             f"Kafka client settings rejected: {error.args[0].str()}; check --kafka-config / {ENV_PREFIX}*"
         ) from None
-    topics = metadata.topics
-    if input_topic not in topics:
+
+
+def _check_exists(topics: Mapping, brokers: str, topic: str, flag: str) -> None:
+    environment = "INTENTSTREAM_" + flag.lstrip("-").replace("-", "_").upper()
+    if topic not in topics:
         raise KafkaCheckError(
-            f"input topic {input_topic!r} does not exist at {brokers}; create it (e.g. `kafka-topics.sh "
-            f"--bootstrap-server {brokers} --create --topic {input_topic} --partitions 12`) or pass the "
-            f"right one with --input-topic / INTENTSTREAM_INPUT_TOPIC"
+            f"topic {topic!r} ({flag}) does not exist at {brokers}; create it (e.g. `kafka-topics.sh "
+            f"--bootstrap-server {brokers} --create --topic {topic} --partitions 12`) or pass the "
+            f"right one with {flag} / {environment}"
         )
-    if topics[input_topic].error is not None:
-        raise KafkaCheckError(f"input topic {input_topic!r} at {brokers}: {topics[input_topic].error.str()}")
-    return BrokerCheck(
-        input_partitions=len(topics[input_topic].partitions),
-        missing_topics=tuple(name for name in output_topics if name not in topics),
-    )
+    if topics[topic].error is not None:
+        raise KafkaCheckError(f"topic {topic!r} ({flag}) at {brokers}: {topics[topic].error.str()}")
 
 
 def create_output_topics(

@@ -36,7 +36,7 @@ def service_settings_from_args(args: argparse.Namespace, environ: Mapping[str, s
     """Every option of `intentstream run`, resolved and validated (see settings_from_args)."""
 
     def option(dest: str, parse: Callable[[str], T], field: str) -> T:
-        return _resolve(args, environ, dest, parse, default_of(field, ServiceSettings))
+        return resolve_option(args, environ, dest, parse, default_of(field, ServiceSettings))
 
     return ServiceSettings(
         stream=settings_from_args(args, environ),
@@ -53,18 +53,10 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
 
     def option(dest: str, parse: Callable[[str], T], field: str | None = None) -> T:
         """An option whose default is StreamSettings' default for `field` (named like the option)."""
-        return _resolve(args, environ, dest, parse, default_of(field or dest))
+        return resolve_option(args, environ, dest, parse, default_of(field or dest))
 
-    config_file = _resolve(args, environ, "kafka_config", Path, None)
-    try:
-        brokers, kafka_config = kafka_client(_resolve(args, environ, "brokers", parsing.brokers, None), config_file,
-                                             environ)
-    except KafkaConfigError as error:
-        raise CommandError(str(error)) from None
-    if brokers is None:
-        raise CommandError("no Kafka brokers: pass --brokers HOST:PORT or set INTENTSTREAM_BROKERS")
-
-    model_dir = _resolve(args, environ, "model", Path, None)
+    brokers, kafka_config = kafka_from_args(args, environ)
+    model_dir = resolve_option(args, environ, "model", Path, None)
     if model_dir is None:
         raise CommandError("no model: pass --model DIR (a directory made by `intentstream train`) or set "
                             "INTENTSTREAM_MODEL")
@@ -78,7 +70,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         dlq_topic=option("dlq_topic", parsing.topic),
         latest_topic=option("latest_topic", parsing.optional_topic),
         batch_size=option("batch_size", parsing.positive_int),
-        history=_resolve(args, environ, "history", parsing.positive_int, None),
+        history=resolve_option(args, environ, "history", parsing.positive_int, None),
         ttl_s=option("ttl", parsing.positive_duration, "ttl_s"),
         lateness_s=option("lateness", parsing.non_negative_duration, "lateness_s"),
         max_clock_skew_s=option("max_clock_skew", parsing.non_negative_duration, "max_clock_skew_s"),
@@ -86,11 +78,11 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         top_k=option("top_k", parsing.positive_int),
         backend=option("backend", parsing.backend),
         kv_cache_mb=option("kv_cache_mb", parsing.non_negative_int),
-        recovery_dir=_resolve(args, environ, "recovery_dir", Path, None),
+        recovery_dir=resolve_option(args, environ, "recovery_dir", Path, None),
         snapshot_interval_s=option("snapshot_interval", parsing.positive_duration, "snapshot_interval_s"),
         workers=option("workers", parsing.positive_int),
-        process_id=_resolve(args, environ, "process_id", parsing.non_negative_int, None),
-        addresses=_resolve(args, environ, "addresses", parsing.host_port_list, ()),
+        process_id=resolve_option(args, environ, "process_id", parsing.non_negative_int, None),
+        addresses=resolve_option(args, environ, "addresses", parsing.host_port_list, ()),
         kafka_config=kafka_config,
         stop_at_end=option("stop_at_end", parsing.flag),
     )
@@ -103,6 +95,19 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     if settings.recovery_dir is not None:
         check_recovery_dir(settings)
     return settings
+
+
+def kafka_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """The brokers and Kafka client settings (--brokers, --kafka-config, INTENTSTREAM_KAFKA_*)."""
+    config_file = resolve_option(args, environ, "kafka_config", Path, None)
+    try:
+        brokers, kafka_config = kafka_client(resolve_option(args, environ, "brokers", parsing.brokers, None),
+                                             config_file, environ)  # fmt: skip
+    except KafkaConfigError as error:
+        raise CommandError(str(error)) from None
+    if brokers is None:
+        raise CommandError("no Kafka brokers: pass --brokers HOST:PORT or set INTENTSTREAM_BROKERS")
+    return brokers, kafka_config
 
 
 def _check_topics_differ(settings: StreamSettings) -> None:
@@ -147,7 +152,7 @@ def _given(args: argparse.Namespace, environ: Mapping[str, str], dest: str) -> t
     return None
 
 
-def _resolve(
+def resolve_option(
     args: argparse.Namespace, environ: Mapping[str, str], dest: str, parse: Callable[[str], T], default: T
 ) -> T:
     given = _given(args, environ, dest)

@@ -41,7 +41,7 @@ def test_a_missing_input_topic_is_named(clean_environ, capsys, kafka_bootstrap, 
 
     err = capsys.readouterr().err
     assert code == EXIT_FAILED
-    assert "input topic 'no-such-plays' does not exist" in err
+    assert "topic 'no-such-plays' (--input-topic) does not exist" in err
     assert "--create --topic no-such-plays" in err
     assert "no-such-plays" not in fetch_metadata(kafka_bootstrap).topics  # the check did not auto-create it
 

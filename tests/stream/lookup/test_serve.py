@@ -1,0 +1,181 @@
+"""`intentstream serve` as a real process over a real broker: it rebuilds the table from the
+compacted topic, follows it, keeps the newest update when partitions interleave, answers what a
+running `intentstream run` just wrote, and stops before serving on bad options."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from schemas import PlayEvent, encode_intent_update, encode_play_event
+from stream.kafka.broker import create_topics, free_loopback_port, produce_messages
+from tests.stream.lookup.updates import get, post, update
+from tests.stream.service.test_processes import REPO_ROOT, outputs_of, start_run, stop, tail
+
+FORMAT = "msgpack"
+STARTUP_S = 60.0
+
+
+class Serve:
+    def __init__(self, bootstrap: str, topic: str, log_path: Path, *options: str):
+        self.port = free_loopback_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        command = [sys.executable, "-m", "stream.cli", "serve", "--brokers", bootstrap, "--topic", topic,
+                   "--format", FORMAT, "--host", "127.0.0.1", "--port", str(self.port), *options]  # fmt: skip
+        with open(log_path, "ab") as log_file:
+            self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log_file,
+                                            stderr=subprocess.STDOUT)  # fmt: skip
+
+    def wait_until_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            assert self.process.poll() is None, f"serve exited ({self.process.returncode}):\n{tail(self.log_path)}"
+            try:
+                if get(f"{self.url}/healthz")[0] == 200:
+                    return
+            except OSError:
+                pass  # not listening yet
+            assert time.monotonic() < deadline, f"serve not ready within {STARTUP_S:g} s:\n{tail(self.log_path)}"
+            time.sleep(0.1)
+
+    def intent(self, user_id: str) -> dict | None:
+        status, body = get(f"{self.url}/users/{user_id}/intent")
+        assert status in (200, 404), body
+        return body if status == 200 else None
+
+    def wait_for(self, user_id: str, event_id: str, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = self.intent(user_id)
+            if answer is not None and answer["event_id"] == event_id:
+                return answer
+            assert time.monotonic() < deadline, f"{user_id} still answers {answer}:\n{tail(self.log_path)}"
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        self.process.terminate()
+        return self.process.wait(30)
+
+
+def compacted_topic(bootstrap: str, name: str, partitions: int) -> str:
+    create_topics(bootstrap, [name], partitions, config={"cleanup.policy": "compact"})
+    return name
+
+
+def write(bootstrap: str, topic: str, updates, partition: int | None = None) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for one in updates:
+        extra = {} if partition is None else {"partition": partition}
+        producer.produce(topic, encode_intent_update(one, FORMAT), one.user_id.encode(), **extra)
+    assert producer.flush(30) == 0
+
+
+@pytest.fixture
+def serve_process(kafka_bootstrap, tmp_path):
+    started: list[Serve] = []
+
+    def start(topic: str, *options: str) -> Serve:
+        started.append(Serve(kafka_bootstrap, topic, tmp_path / f"serve-{len(started)}.log", *options))
+        return started[-1]
+
+    yield start
+    for one in started:
+        if one.process.poll() is None:
+            one.process.kill()
+            one.process.wait()
+
+
+def test_serve_rebuilds_the_table_follows_the_topic_and_a_restart_rebuilds_the_same(
+    kafka_bootstrap, serve_process, request
+):  # fmt: skip
+    topic = compacted_topic(kafka_bootstrap, f"latest-{request.node.name[:40]}-{time.time_ns()}", partitions=3)
+    users = [f"user-{i:03d}" for i in range(60)]
+    write(kafka_bootstrap, topic, [update(user, ts=1_000) for user in users])
+    write(kafka_bootstrap, topic, [update(user, ts=2_000, label="comedy") for user in users[:30]])
+
+    serve = serve_process(topic)
+    serve.wait_until_ready()
+    assert serve.intent("user-000")["intents"]["genre"][0]["label"] == "comedy"
+    assert serve.intent("user-059")["ts"] == 1_000
+    assert serve.intent("nobody") is None
+    status, before = post(f"{serve.url}/users:batchGet", {"user_ids": users})
+    assert status == 200 and len(before["updates"]) == 60 and before["missing"] == []
+
+    write(kafka_bootstrap, topic, [update("user-059", ts=3_000, label="horror")])  # followed once ready
+    assert serve.wait_for("user-059", "user-059-3000")["intents"]["genre"][0]["label"] == "horror"
+    # An older update for user-000 arrives later, on another partition than its newer one: it loses.
+    write(kafka_bootstrap, topic, [update("user-000", ts=1_500, label="western")], partition=0)
+    write(kafka_bootstrap, topic, [update("user-000", ts=1_400, label="western")], partition=1)
+    write(kafka_bootstrap, topic, [update("new-user", ts=1_000)])  # a marker: everything before it was read
+    serve.wait_for("new-user", "new-user-1000")
+    assert serve.intent("user-000")["intents"]["genre"][0]["label"] == "comedy"
+    _, metrics = get(f"{serve.url}/metrics")
+    assert "intentstream_lookup_ready 1.0" in metrics
+
+    status, followed = post(f"{serve.url}/users:batchGet", {"user_ids": [*users, "new-user"]})
+    assert serve.stop() in (0, -15, 143)
+    restarted = serve_process(topic)
+    restarted.wait_until_ready()
+    assert post(f"{restarted.url}/users:batchGet", {"user_ids": [*users, "new-user"]}) == (status, followed)
+
+
+def test_serve_answers_what_a_running_scorer_just_wrote(kafka_bootstrap, make_topics, tiny_model_dir, serve_process,
+                                                        tmp_path):  # fmt: skip
+    topics = make_topics(partitions=2)
+    run = start_run(kafka_bootstrap, tiny_model_dir, topics.input, outputs_of(topics), tmp_path / "run.log")
+    try:
+        serve = serve_process(topics.latest)
+        serve.wait_until_ready()
+        assert serve.intent("viewer-1") is None
+        now = int(time.time() * 1000)
+        for n, item in enumerate(("m1", "m2", "m3")):
+            event = play_event(f"viewer-1-{n}", "viewer-1", item, now + n)
+            produce_messages(kafka_bootstrap, topics.input, [(b"viewer-1", encode_play_event(event, FORMAT))])
+            answer = serve.wait_for("viewer-1", f"viewer-1-{n}", timeout=90)
+            assert answer["ts"] == now + n and len(answer["next_items"]) == 5
+    finally:
+        stop(run)
+
+
+def play_event(event_id: str, user_id: str, item_id: str, ts: int) -> PlayEvent:
+    return PlayEvent(event_id=event_id, user_id=user_id, item_id=item_id, ts=ts, action="play", duration_s=1200.0,
+                     kind="movie", genres=("drama",), release_ts=0)  # fmt: skip
+
+
+def test_a_topic_with_more_users_than_the_cap_stops_serve_under_refuse(kafka_bootstrap, serve_process, request):
+    topic = compacted_topic(kafka_bootstrap, f"latest-cap-{time.time_ns()}", partitions=1)
+    write(kafka_bootstrap, topic, [update(f"u{i}", ts=1_000) for i in range(5)])
+    serve = serve_process(topic, "--max-users", "3", "--on-full", "refuse")
+    assert serve.process.wait(STARTUP_S) == 1
+    assert "more than 3 users, the cap (--max-users); raise the cap" in serve.log_path.read_text()
+
+
+def test_a_port_in_use_stops_serve_before_it_serves(kafka_bootstrap, tmp_path):
+    existing = compacted_topic(kafka_bootstrap, f"latest-port-{time.time_ns()}", partitions=1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "stream.cli", "serve", "--brokers", kafka_bootstrap, "--topic",
+                               existing, "--host", "127.0.0.1", "--port", str(port)], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("options, status, message", [
+    (["--port", "0"], 2, "--port '0': not a TCP port"),
+    (["--on-full", "drop"], 2, "--on-full 'drop': use evict or refuse"),
+    (["--topic", "no-such-latest"], 1, "topic 'no-such-latest' (--topic) does not exist"),
+])  # fmt: skip
+def test_bad_options_stop_serve_before_it_serves(kafka_bootstrap, options, status, message, tmp_path):
+    existing = compacted_topic(kafka_bootstrap, f"latest-options-{time.time_ns()}", partitions=1)
+    done = subprocess.run([sys.executable, "-m", "stream.cli", "serve", "--brokers", kafka_bootstrap, "--topic",
+                           existing, *options], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == status and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # one line, no traceback
