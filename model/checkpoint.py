@@ -9,16 +9,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model.config import IntentRecConfig
+from model.errors import CheckpointError  # noqa: F401 - raised here, and importable from here
 from model.intentrec import IntentRec
 from model.vocab import Vocabularies
 
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A model directory that cannot be loaded; the message says what to fix."""
 
 
 def save_checkpoint(directory: Path, model: IntentRec, vocab: Vocabularies, metadata: dict) -> None:

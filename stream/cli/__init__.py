@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from model.checkpoint import CheckpointError
+from model.errors import CheckpointError
 from model.playlogs.files import LogError
 from stream.cli.backtest import BACKTEST_HELP, add_backtest_arguments, backtest_command
 from stream.cli.compile import COMPILE_HELP, add_compile_arguments, compile_command

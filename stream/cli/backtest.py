@@ -6,10 +6,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from model.serving.scorer import Scorer
 from schemas import FORMATS
-from stream.backtest.replay import run_backtest
-from stream.backtest.report import summary, write_report
 from stream.backtest.sources import LogReplay, TopicReplay
 from stream.cli.arguments import duration, positive_int, timestamp_ms
 from stream.errors import EXIT_OK, CommandError
@@ -91,6 +88,11 @@ def model_names(directories: Sequence[Path]) -> list[str]:
 
 
 def backtest_command(args: argparse.Namespace) -> int:
+    # The model and its dataflow are imported here, so that other subcommands (serve) start without torch.
+    from model.serving.scorer import Scorer
+    from stream.backtest.replay import run_backtest
+    from stream.backtest.report import summary, write_report
+
     replay_source = _replay_source(args)
     if args.lateness < 0 or args.ttl <= 0 or args.ttl < args.lateness:
         raise CommandError("--ttl must be positive and at least --lateness, which must not be negative")

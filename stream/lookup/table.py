@@ -13,6 +13,8 @@ counts them), "refuse" raises TableFull, which stops the service with a message 
 """
 from __future__ import annotations
 
+import struct
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -29,22 +31,33 @@ class TableFull(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Moment:
-    """What the page draws of one past update: when, the intent weights, each task's top label."""
+    """What the page draws of one past update: when, the intent weights, each task's top label. Kept
+    small, as every user holds several: the task names are one tuple shared by all moments, the
+    weights half-precision floats (a chart needs no more), the labels interned strings."""
 
     ts: int
-    intent_weights: tuple[tuple[str, float], ...]
-    top_labels: tuple[tuple[str, str], ...]
+    tasks: tuple[str, ...]
+    weights: bytes  # struct "e" per task
+    top_labels: tuple[str, ...]
 
     @classmethod
     def of(cls, update: IntentUpdate) -> "Moment":
+        tasks = tuple(update.intent_weights)
         return cls(
             ts=update.ts,
-            intent_weights=tuple(update.intent_weights.items()),
-            top_labels=tuple((task, labels[0].label) for task, labels in update.intents.items() if labels),
-        )
+            tasks=_SHARED_TASKS.setdefault(tasks, tasks),
+            weights=struct.pack(f"{len(tasks)}e", *update.intent_weights.values()),
+            top_labels=tuple(sys.intern(labels[0].label) if labels else "" for labels in
+                             (update.intents.get(task, ()) for task in tasks)),
+        )  # fmt: skip
 
     def as_dict(self) -> dict:
-        return {"ts": self.ts, "intent_weights": dict(self.intent_weights), "top_labels": dict(self.top_labels)}
+        weights = struct.unpack(f"{len(self.tasks)}e", self.weights)
+        return {"ts": self.ts, "intent_weights": dict(zip(self.tasks, weights)),
+                "top_labels": dict(zip(self.tasks, self.top_labels))}  # fmt: skip
+
+
+_SHARED_TASKS: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
 @dataclass(slots=True)

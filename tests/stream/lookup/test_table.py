@@ -51,7 +51,7 @@ def test_the_recent_updates_are_kept_up_to_the_history_oldest_first():
     moments = table.recent("u1")
     assert [moment.ts for moment in moments] == [2_000, 3_000, 4_000]
     assert moments[-1].as_dict()["top_labels"]["genre"] == "g4000"
-    assert moments[-1].as_dict()["intent_weights"]["genre"] == pytest.approx(0.4)
+    assert moments[-1].as_dict()["intent_weights"]["genre"] == pytest.approx(0.4, abs=1e-3)  # half precision
     assert LatestTable(max_users=10, history=0).recent("u1") is None
 
 
