@@ -63,7 +63,8 @@ RESULTS = ROOT / "bench" / "results" / "stream.md"
 
 class CannedScorer:
     """What build_flow asks of the serving scorer, without the model: `predict_users` answers every
-    history with one real prediction, made on the first call, and `to_scores` with its Scores."""
+    history with one real prediction, made on the first call, and `score_columns` with its columns
+    (top-k picked once), repeated for every history."""
 
     def __init__(self, scorer) -> None:
         self.model_ref = scorer.model_ref
@@ -72,25 +73,34 @@ class CannedScorer:
         self.featurize = scorer.featurize
         self._scorer = scorer
         self._prediction = None  # Predictions of one history
-        self._answers = {}  # top_k -> Scores
+        self._answers = {}  # top_k -> ScoreColumns of one history
 
     def predict_users(self, users, histories):
         from model.serving.scorer import Predictions
 
         if self._prediction is None:
             self._prediction = self._scorer.predict(histories[:1])
+        one, count = self._prediction, len(histories)
+        return Predictions(repeated(one.item_scores, count), {task: repeated(p, count) for task, p in one.intent_probs.items()},
+                           repeated(one.intent_embedding, count), repeated(one.intent_weights, count))  # fmt: skip
 
-        def repeated(array):  # a read-only view, not a copy
-            return None if array is None else np.broadcast_to(array, (len(histories), *array.shape[1:]))
+    def score_columns(self, predictions, top_k: int = 10):
+        from schemas import ScoreColumns, TopLabels
 
-        one = self._prediction
-        return Predictions(repeated(one.item_scores), {task: repeated(p) for task, p in one.intent_probs.items()},
-                           repeated(one.intent_embedding), repeated(one.intent_weights))  # fmt: skip
-
-    def to_scores(self, predictions, top_k: int = 10):
         if top_k not in self._answers:
-            self._answers[top_k] = self._scorer.to_scores(self._prediction, top_k=top_k)[0]
-        return [self._answers[top_k]] * len(predictions.item_scores)
+            self._answers[top_k] = self._scorer.score_columns(self._prediction, top_k=top_k)
+        one, count = self._answers[top_k], len(predictions.item_scores)
+
+        def top(labels):
+            return TopLabels(labels.table, repeated(labels.indices, count), repeated(labels.values, count))
+
+        return ScoreColumns(repeated(one.intent_embedding, count), {task: top(t) for task, t in one.intents.items()},
+                            {task: repeated(w, count) for task, w in one.intent_weights.items()}, top(one.next_items))  # fmt: skip
+
+
+def repeated(array, count: int):
+    """`array`'s first row `count` times: a read-only view, not a copy."""
+    return None if array is None else np.broadcast_to(array[:1], (count, *array.shape[1:]))
 
 
 def canned_scorer(model_dir) -> CannedScorer:

@@ -1,4 +1,5 @@
-"""Wire contracts: the typed messages, their limits, and the codec that is the only way in or out."""
+"""Wire contracts: the typed messages, their limits, and the codec that is the only way in or out
+(schemas.update_batch: a whole micro-batch of IntentUpdates at once)."""
 from schemas.codec import (
     ERROR_CODES,
     FORMATS,
@@ -42,6 +43,7 @@ from schemas.contracts import (
     ModelRef,
     PlayEvent,
 )
+from schemas.update_batch import LabelTable, ScoreColumns, TopLabels, encode_intent_updates
 
 __all__ = [
     "ERROR_CODES",
@@ -65,6 +67,7 @@ __all__ = [
     "decode_play_event",
     "encode_dead_letter",
     "encode_intent_update",
+    "encode_intent_updates",
     "encode_play_event",
     "KINDS",
     "MAX_DURATION_S",
@@ -83,4 +86,7 @@ __all__ = [
     "LabelScore",
     "ModelRef",
     "PlayEvent",
+    "LabelTable",
+    "ScoreColumns",
+    "TopLabels",
 ]

@@ -39,19 +39,19 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 from confluent_kafka import OFFSET_BEGINNING
 
-from model.serving.incremental import IncrementalScorer
-from model.serving.scorer import Predictions, Scorer, Scores
+from model.serving.incremental import IncrementalScorer, rounds
+from model.serving.scorer import Predictions, Scorer
 from schemas import (
     FROM_FUTURE,
     LATE,
     ContractError,
     DeadLetter,
-    IntentUpdate,
     ModelRef,
     PlayEvent,
+    ScoreColumns,
     decode_play_event,
     encode_dead_letter,
-    encode_intent_update,
+    encode_intent_updates,
 )
 from stream.kafka.health import BrokerHealth
 from stream.kafka.sink import CheckedKafkaSink
@@ -100,9 +100,15 @@ class ScoreRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class Scored:
-    update: IntentUpdate
-    newest: bool
+class ScoredChunk:
+    """Score requests scored together, and the model's answers to them as arrays (row i answers
+    events[i]): the updates, short of their encoding."""
+
+    events: list[PlayEvent]
+    newest: list[bool]  # as in ScoreRequest
+    model: ModelRef
+    scored_at: int
+    scores: ScoreColumns
 
 
 def dead_letter(origin: Origin, code: str, detail: str) -> DeadLetter:
@@ -203,27 +209,13 @@ def is_score_request(item: ScoreRequest | DeadLetter) -> bool:
     return isinstance(item, ScoreRequest)
 
 
-def intent_update(event: PlayEvent, scores: Scores, model: ModelRef, scored_at: int) -> IntentUpdate:
-    return IntentUpdate(
-        user_id=event.user_id,
-        event_id=event.event_id,
-        ts=event.ts,
-        model=model,
-        scored_at=scored_at,
-        intent_embedding=scores.intent_embedding,
-        intents=scores.intents,
-        intent_weights=scores.intent_weights,
-        next_items=scores.next_items,
-    )
-
-
 Observer = Callable[[list[ScoreRequest], Predictions], None]
 
 
 class ScoreBatch:
     """Scores whatever Bytewax hands over at once (events of many users), `batch_size` at a time,
     with the serving scorer: each user's new event from the rows cached for the user's earlier ones
-    when they are cached (IncrementalScorer), else from the history.
+    when they are cached (IncrementalScorer), else from the history. One ScoredChunk per model call.
 
     `observe`, when given, is called with each chunk of requests and the model's full predictions
     for them (every catalogue item's score, not only the top-k an update carries): backtests judge
@@ -239,42 +231,46 @@ class ScoreBatch:
         self.observe = observe
         self.counters = counters
 
-    def __call__(self, requests: list[ScoreRequest]) -> list[Scored]:
+    def __call__(self, requests: list[ScoreRequest]) -> list[ScoredChunk]:
+        # Bytewax hands over the keyed step's output grouped by user. The scorer scores a user's
+        # events one round after another, so chunks cut from that order would be a few users with
+        # many events each (many small model calls): take each user's first event first, then the
+        # second ones, and so on, which keeps every user's events in order.
+        requests = [requests[i] for round_ in rounds([request.event.user_id for request in requests]) for i in round_]
         scored = []
         for start in range(0, len(requests), self.batch_size):
             chunk = requests[start : start + self.batch_size]
-            users = [request.event.user_id for request in chunk]
-            histories = [request.history for request in chunk]
+            events = [request.event for request in chunk]
             started = time.perf_counter()
-            predictions = self.scorer.predict_users(users, histories)
+            predictions = self.scorer.predict_users([event.user_id for event in events], [r.history for r in chunk])
             if self.observe is not None:
                 self.observe(chunk, predictions)
-            all_scores = self.scorer.to_scores(predictions, top_k=self.top_k)
-            scored_at = now_ms()
+            scores = self.scorer.score_columns(predictions, top_k=self.top_k)
             if self.counters is not None:
                 self.counters.count_scored_batch(len(chunk), time.perf_counter() - started)
-            for request, scores in zip(chunk, all_scores):
-                update = intent_update(request.event, scores, self.scorer.model_ref, scored_at)
-                scored.append(Scored(update, request.newest))
+            newest = [request.newest for request in chunk]
+            scored.append(ScoredChunk(events, newest, self.scorer.model_ref, now_ms(), scores))
         return scored
 
 
 class UpdateMessages:
-    """A scored event -> its message on the updates topic, and on the latest topic when the event
-    is the user's newest (so that the compacted topic keeps each user's newest state even when a
-    late event is scored after it). Keyed by user_id."""
+    """A scored chunk -> its updates' messages on the updates topic, all encoded at once, and on the
+    latest topic for each event that is its user's newest (so that the compacted topic keeps each
+    user's newest state even when a late event is scored after it). Keyed by user_id."""
 
     def __init__(self, fmt: str, updates_topic: str, latest_topic: str | None):
         self.fmt = fmt
         self.updates_topic = updates_topic
         self.latest_topic = latest_topic
 
-    def __call__(self, scored: Scored) -> list[KafkaSinkMessage]:
-        key = scored.update.user_id.encode()
-        value = encode_intent_update(scored.update, self.fmt)
-        messages = [KafkaSinkMessage(key, value, topic=self.updates_topic)]
-        if scored.newest and self.latest_topic is not None:
-            messages.append(KafkaSinkMessage(key, value, topic=self.latest_topic))
+    def __call__(self, chunk: ScoredChunk) -> list[KafkaSinkMessage]:
+        values = encode_intent_updates(chunk.events, chunk.model, chunk.scored_at, chunk.scores, self.fmt)
+        messages = []
+        for event, newest, value in zip(chunk.events, chunk.newest, values):
+            key = event.user_id.encode()
+            messages.append(KafkaSinkMessage(key, value, topic=self.updates_topic))
+            if newest and self.latest_topic is not None:
+                messages.append(KafkaSinkMessage(key, value, topic=self.latest_topic))
         return messages
 
 
@@ -314,11 +310,12 @@ class StreamCounters:
             self.metrics.events_in.inc()
         self._maybe_log()
 
-    def count_update(self, _step_id: str, scored: Scored) -> None:
+    def count_updates(self, _step_id: str, chunk: ScoredChunk) -> None:
         with self._lock:
-            self.updates_out += 1
+            self.updates_out += len(chunk.events)
         if self.metrics is not None:
-            self.metrics.update_written(scored.update.ts, scored.update.scored_at)
+            for event in chunk.events:
+                self.metrics.update_written(event.ts, chunk.scored_at)
 
     def count_dead_letter(self, _step_id: str, letter: DeadLetter) -> None:
         with self._lock:
@@ -414,7 +411,7 @@ def build_flow(
     in_time = op.branch("in_time", op.key_rm("unkey", remembered), is_score_request)
     score = ScoreBatch(scorer, settings.batch_size, settings.top_k, observe_scores, counters)
     scored = op.flat_map_batch("score", in_time.trues, score)
-    scored = op.inspect("count_updates", scored, counters.count_update)
+    scored = op.inspect("count_updates", scored, counters.count_updates)
     updates = op.flat_map(
         "encode", scored, UpdateMessages(settings.format, settings.output_topic, settings.latest_topic)
     )

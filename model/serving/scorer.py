@@ -18,8 +18,8 @@ from model.checkpoint import CheckpointError, load_checkpoint
 from model.features import ROW_DTYPE, batch_tensors, featurize
 from model.inputs import model_inputs
 from model.intentrec import IntentRec
-from model.vocab import FIRST_REAL, Vocabularies
-from schemas import ItemScore, LabelScore, ModelRef, PlayEvent
+from model.vocab import FIRST_REAL, Vocabularies, Vocabulary
+from schemas import ItemScore, LabelScore, LabelTable, ModelRef, PlayEvent, ScoreColumns, TopLabels
 
 __all__ = ["CheckpointError", "Predictions", "Scorer", "Scores", "padded_length"]
 
@@ -65,12 +65,9 @@ class Scorer:
         self.model_ref = model_ref
         self.config = model.config
         self.history_len = model.config.history_len
-        self._task_vocab = {
-            "action": vocab.actions,
-            "genre": vocab.genres,
-            "kind": vocab.kinds,
-            "release": vocab.release,
-        }
+        task_vocab = {"action": vocab.actions, "genre": vocab.genres, "kind": vocab.kinds, "release": vocab.release}
+        self._task_labels = {task: label_table(vocabulary) for task, vocabulary in task_vocab.items()}
+        self._item_labels = label_table(vocab.items)
 
     @classmethod
     def load(cls, model_dir: str | Path) -> "Scorer":
@@ -102,34 +99,55 @@ class Scorer:
     def score(self, histories: Sequence[np.ndarray], top_k: int = 10) -> list[Scores]:
         return self.to_scores(self.predict(histories), top_k)
 
-    def to_scores(self, predictions: Predictions, top_k: int = 10) -> list[Scores]:
-        """Predictions -> the model's part of each IntentUpdate: top labels, weights, top-k items.
-        The top indices and their values are picked for the whole batch at once."""
+    def score_columns(self, predictions: Predictions, top_k: int = 10) -> ScoreColumns:
+        """Predictions -> the model's part of their IntentUpdates, as arrays for the whole batch (what
+        schemas.encode_intent_updates encodes): each task's top labels, the top-k items, Z and the
+        intent weights."""
         tasks = list(predictions.intent_probs)
-        top_items = top_indices(predictions.item_scores, top_k)
-        item_tokens = [[self.vocab.items.token(i) for i in row] for row in top_items.tolist()]
-        item_values = np.take_along_axis(predictions.item_scores, top_items, -1).tolist()
-        labels = {}
-        for task in tasks:
-            top = top_indices(predictions.intent_probs[task], TOP_LABELS)
-            tokens = [[self._task_vocab[task].token(i) for i in row] for row in top.tolist()]
-            labels[task] = (tokens, np.take_along_axis(predictions.intent_probs[task], top, -1).tolist())
-        embeddings = None if predictions.intent_embedding is None else predictions.intent_embedding.tolist()
-        weights = None if predictions.intent_weights is None else predictions.intent_weights.tolist()
-        scores = []
-        for b in range(len(predictions.item_scores)):
-            scores.append(
-                Scores(
-                    intent_embedding=() if embeddings is None else tuple(embeddings[b]),
-                    intents={
-                        task: tuple(LabelScore(t, p) for t, p in zip(tokens[b], values[b]))
-                        for task, (tokens, values) in labels.items()
-                    },
-                    intent_weights={} if weights is None else dict(zip(tasks, weights[b])),
-                    next_items=tuple(ItemScore(t, s) for t, s in zip(item_tokens[b], item_values[b])),
-                )
+        intents = {task: self._top(self._task_labels[task], predictions.intent_probs[task], TOP_LABELS) for task in tasks}
+        if predictions.intent_embedding is None:
+            embedding = np.zeros((len(predictions.item_scores), 0), dtype=np.float32)
+        else:
+            embedding = predictions.intent_embedding
+        weights = {} if predictions.intent_weights is None else dict(zip(tasks, predictions.intent_weights.T))
+        return ScoreColumns(embedding, intents, weights, self._top(self._item_labels, predictions.item_scores, top_k))
+
+    def to_scores(self, predictions: Predictions, top_k: int = 10) -> list[Scores]:
+        """Predictions -> one Scores object per history (for offline use; the stream encodes
+        score_columns directly)."""
+        columns = self.score_columns(predictions, top_k)
+        embeddings = columns.intent_embedding.tolist()
+        weights = {task: column.tolist() for task, column in columns.intent_weights.items()}
+        intents = {task: _named(top) for task, top in columns.intents.items()}
+        items = _named(columns.next_items)
+        return [
+            Scores(
+                intent_embedding=tuple(embeddings[b]),
+                intents={task: tuple(LabelScore(*label) for label in labels[b]) for task, labels in intents.items()},
+                intent_weights={task: column[b] for task, column in weights.items()},
+                next_items=tuple(ItemScore(*item) for item in items[b]),
             )
-        return scores
+            for b in range(len(columns))
+        ]
+
+    @staticmethod
+    def _top(labels: LabelTable, values: np.ndarray, k: int) -> TopLabels:
+        top = top_indices(values, k)
+        return TopLabels(labels, top, np.take_along_axis(values, top, -1))
+
+
+def _named(top: TopLabels) -> list[list[tuple[str, float]]]:
+    """(name, value) of each answer's top labels."""
+    names = top.table.names
+    return [
+        [(names[i], value) for i, value in zip(indices, values)]
+        for indices, values in zip(top.indices.tolist(), top.values.tolist())
+    ]
+
+
+def label_table(vocabulary: Vocabulary) -> LabelTable:
+    """The vocabulary's tokens by index, for the encoder."""
+    return LabelTable([vocabulary.token(index) for index in range(len(vocabulary))])
 
 
 def top_indices(values: np.ndarray, k: int) -> np.ndarray:

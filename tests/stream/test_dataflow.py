@@ -30,10 +30,12 @@ from schemas import (
     TOO_LARGE,
     WRONG_TYPE,
     DeadLetter,
+    IntentUpdate,
     PlayEvent,
     decode_dead_letter,
     decode_intent_update,
     decode_play_event,
+    encode_intent_updates,
     encode_play_event,
 )
 from stream.dataflow import (
@@ -42,13 +44,12 @@ from stream.dataflow import (
     RememberUser,
     ScoreBatch,
     ScoreRequest,
-    Scored,
+    ScoredChunk,
     StreamCounters,
     UpdateMessages,
     build_flow,
     dead_letter_message,
     decode,
-    intent_update,
     key_by_user,
     state_config,
 )
@@ -188,17 +189,25 @@ def test_remember_forgets_an_idle_user_after_the_ttl_and_restores_from_a_snapsho
 
 
 class RecordingScorer:
-    """The real serving scorer, recording the batch sizes it is called with."""
+    """The real serving scorer, recording the users of each call."""
 
     def __init__(self, scorer: IncrementalScorer):
         self.scorer = scorer
         self.model_ref = scorer.model_ref
-        self.to_scores = scorer.to_scores
-        self.batch_sizes: list[int] = []
+        self.score_columns = scorer.score_columns
+        self.calls: list[list[str]] = []
 
     def predict_users(self, users, histories):
-        self.batch_sizes.append(len(histories))
+        self.calls.append(list(users))
         return self.scorer.predict_users(users, histories)
+
+
+def updates_of(chunks: list[ScoredChunk], fmt: str = "msgpack") -> list[IntentUpdate]:
+    return [
+        decode_intent_update(value, fmt)
+        for chunk in chunks
+        for value in encode_intent_updates(chunk.events, chunk.model, chunk.scored_at, chunk.scores, fmt)
+    ]
 
 
 def test_score_batch_caps_batches_and_equals_scoring_each_history_alone(scorer):
@@ -208,16 +217,36 @@ def test_score_batch_caps_batches_and_equals_scoring_each_history_alone(scorer):
         for i, e in enumerate(world)
     ]
     recording = RecordingScorer(IncrementalScorer(scorer))
-    scored = ScoreBatch(recording, batch_size=10, top_k=5)(requests)
-    assert recording.batch_sizes == [10, 10, 3]
-    assert [s.newest for s in scored] == [r.newest for r in requests]
-    for request, result in zip(requests, scored):
+    chunks = ScoreBatch(recording, batch_size=10, top_k=5)(requests)
+    assert [len(users) for users in recording.calls] == [len(chunk.events) for chunk in chunks] == [10, 10, 3]
+    assert all(chunk.model == scorer.model_ref for chunk in chunks)
+    by_event = {request.event.event_id: request for request in requests}
+    updates = updates_of(chunks)
+    assert sorted(update.event_id for update in updates) == sorted(by_event)
+    assert [newest for chunk in chunks for newest in chunk.newest] == [by_event[u.event_id].newest for u in updates]
+    for update in updates:
+        request = by_event[update.event_id]
         (alone,) = scorer.score([request.history], top_k=5)
-        assert (result.update.user_id, result.update.event_id, result.update.ts) == (
-            request.event.user_id, request.event.event_id, request.event.ts,
-        )  # fmt: skip
-        assert_same_scores(result.update, alone)
+        assert (update.user_id, update.ts) == (request.event.user_id, request.event.ts)
+        assert_same_scores(update, alone)
     assert ScoreBatch(recording, batch_size=10, top_k=5)([]) == []
+
+
+def test_score_batch_scores_many_users_at_once_keeping_each_users_events_in_order(scorer):
+    """Bytewax hands over a keyed step's output grouped by user: each chunk takes users' first
+    events first, then their second ones."""
+    base = 1000 * HOUR_MS
+    grouped = [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("c", 0)]
+    histories = {}
+    requests = []
+    for user, n in grouped:
+        e = event(user=user, n=n, ts=base + n * HOUR_MS)
+        histories[user] = [*histories.get(user, []), scorer.featurize(e)]
+        requests.append(ScoreRequest(e, np.stack(histories[user]), newest=True))
+    recording = RecordingScorer(IncrementalScorer(scorer))
+    chunks = ScoreBatch(recording, batch_size=4, top_k=5)(requests)
+    assert recording.calls == [["a", "b", "c", "a"], ["b", "a"]]
+    assert [e.event_id for chunk in chunks for e in chunk.events] == ["a-0", "b-0", "c-0", "a-1", "b-1", "a-2"]
 
 
 def test_score_batch_refuses_a_batch_cap_below_one(scorer):
@@ -227,21 +256,21 @@ def test_score_batch_refuses_a_batch_cap_below_one(scorer):
 
 @pytest.mark.parametrize("fmt", ["json", "msgpack"])
 def test_update_messages_go_to_the_updates_topic_and_the_newest_also_to_the_latest(scorer, fmt):
-    e = event(user="user-7")
-    (scores,) = scorer.score([scorer.featurize(e)[None]], top_k=3)
-    update = intent_update(e, scores, scorer.model_ref, scored_at=123)
-    to_messages = UpdateMessages(fmt, "updates", "latest")
+    events = [event(user="user-7"), event(user="user-8")]
+    histories = [scorer.featurize(e)[None] for e in events]
+    scores = scorer.score_columns(scorer.predict(histories), top_k=3)
+    chunk = ScoredChunk(events, [True, False], scorer.model_ref, 123, scores)
 
-    both = to_messages(Scored(update, newest=True))
-    assert [(m.topic, m.key) for m in both] == [("updates", b"user-7"), ("latest", b"user-7")]
-    assert both[0].value == both[1].value
-    decoded = decode_intent_update(both[0].value, fmt)
-    assert (decoded.user_id, decoded.event_id, decoded.scored_at) == ("user-7", e.event_id, 123)
-    assert decoded.model == scorer.model_ref
-    assert [i.item_id for i in decoded.next_items] == [i.item_id for i in update.next_items]
-
-    assert [m.topic for m in to_messages(Scored(update, newest=False))] == ["updates"]
-    assert [m.topic for m in UpdateMessages(fmt, "updates", None)(Scored(update, newest=True))] == ["updates"]
+    messages = UpdateMessages(fmt, "updates", "latest")(chunk)
+    assert [(m.topic, m.key) for m in messages] == [("updates", b"user-7"), ("latest", b"user-7"), ("updates", b"user-8")]
+    assert messages[0].value == messages[1].value
+    for message, e, alone in zip([messages[0], messages[2]], events, scorer.score(histories, top_k=3)):
+        assert decode_intent_update(message.value, fmt) == IntentUpdate(
+            user_id=e.user_id, event_id=e.event_id, ts=e.ts, model=scorer.model_ref, scored_at=123,
+            intent_embedding=alone.intent_embedding, intents=alone.intents, intent_weights=alone.intent_weights,
+            next_items=alone.next_items,
+        )  # fmt: skip
+    assert [m.topic for m in UpdateMessages(fmt, "updates", None)(chunk)] == ["updates", "updates"]
 
 
 def test_dead_letter_messages_keep_the_original_key_and_bytes():
