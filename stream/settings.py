@@ -65,7 +65,7 @@ class LookupSettings:
     port: int = 8080
     max_users: int = 2_000_000  # users held; see on_full
     on_full: str = "evict"  # evict (forget the least recently updated user) | refuse (stop with a message)
-    history: int = 8  # updates per user summarised for the page; 0: none
+    page_history: int = 8  # updates per user summarised for the page; 0: none
     max_batch_get: int = 1000  # user ids per POST /users:batchGet
     connect_timeout_s: float = 10.0
     max_broker_outage_s: float = 60.0  # no broker answering for longer stops the service (exit 75)

@@ -42,7 +42,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     option("--max-users", f"most users held (default: {default('max_users'):,}); see --on-full", metavar="N")
     option("--on-full", f"when the topic holds more users: {' or '.join(ON_FULL)} (forget the user updated least "
            f"recently, or stop with a message) (default: {default('on_full')})", metavar="POLICY")
-    option("--history", f"updates per user the page draws (default: {default('history')}; 0: none)", metavar="N")
+    option("--page-history", f"updates per user the page draws (default: {default('page_history')}; 0: none)",
+           metavar="N")
     option("--max-batch-get", f"most user ids in one POST /users:batchGet (default: {default('max_batch_get')})",
            metavar="N")
     option("--connect-timeout", "how long to wait for the brokers at start-up (default: "

@@ -27,7 +27,7 @@ def lookup_settings_from_args(args: argparse.Namespace, environ: Mapping[str, st
         port=option("port", parsing.port),
         max_users=option("max_users", parsing.positive_int),
         on_full=option("on_full", parsing.one_of(*ON_FULL)),
-        history=option("history", parsing.non_negative_int),
+        page_history=option("page_history", parsing.non_negative_int),
         max_batch_get=option("max_batch_get", parsing.positive_int),
         connect_timeout_s=option("connect_timeout", parsing.positive_duration, "connect_timeout_s"),
         max_broker_outage_s=option("max_broker_outage", parsing.positive_duration, "max_broker_outage_s"),

@@ -40,7 +40,7 @@ def serve_lookup(settings: LookupSettings) -> int:
 
     metrics = LookupMetrics(CollectorRegistry())
     health = BrokerHealth(settings.brokers, settings.kafka_config, settings.max_broker_outage_s)
-    table = LatestTable(settings.max_users, settings.on_full, settings.history)
+    table = LatestTable(settings.max_users, settings.on_full, settings.page_history)
     follower = TopicFollower(health, settings.topic, partitions, settings.format, table, metrics)
     server = uvicorn.Server(uvicorn.Config(
         lookup_app(table, follower, metrics, settings.max_batch_get), log_level="warning", access_log=False,

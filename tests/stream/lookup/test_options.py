@@ -27,7 +27,7 @@ def test_defaults_and_where_options_come_from():
 @pytest.mark.parametrize("argv, expected", [
     ([], "no Kafka brokers: pass --brokers"),
     (["--brokers", "k:9092", "--max-users", "0"], "--max-users '0'"),
-    (["--brokers", "k:9092", "--history", "-1"], "--history '-1'"),
+    (["--brokers", "k:9092", "--page-history", "-1"], "--page-history '-1'"),
     (["--brokers", "k:9092", "--host", "a b"], "--host 'a b': not a host name"),
     (["--brokers", "k:9092", "--format", "avro"], "--format 'avro': unknown format"),
 ])  # fmt: skip

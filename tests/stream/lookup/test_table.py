@@ -1,6 +1,8 @@
 """The lookup table: newest update wins by (ts, scored_at), tombstones forget, the cap's policies."""
 from __future__ import annotations
 
+import tracemalloc
+
 import orjson
 import pytest
 
@@ -79,3 +81,18 @@ def test_many_users_at_once_keep_the_order_asked():
         table.apply(update(user_id, ts=1_000))
     found, missing = table.many_json(["u2", "nobody", "u1"])
     assert [orjson.loads(one)["user_id"] for one in found] == ["u2", "u1"] and missing == ["nobody"]
+
+
+def test_a_user_costs_a_few_kilobytes():
+    """orjson's output keeps an oversized buffer: held as it is, every user cost 8 KB more."""
+    table = LatestTable(max_users=10_000, history=8)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(3):
+            for user in range(500):
+                table.apply(update(f"user-{user:04d}", ts=1_000 + n))
+        per_user = (tracemalloc.get_traced_memory()[0] - before) / 500
+    finally:
+        tracemalloc.stop()
+    assert per_user < 3_000, f"{per_user:.0f} bytes per user"
