@@ -153,7 +153,10 @@ class UserState:
                 reason=f"{newest_ts - ts} ms older than the user's newest event "
                 f"(allowed lateness {config.lateness_ms} ms)",
             )
-        position = int(np.searchsorted(held["ts"], ts, side="right"))
+        if newest_ts is None or ts >= newest_ts:  # in event-time order, as most events come
+            position = self._size
+        else:
+            position = int(held["ts"].searchsorted(ts, side="right"))
         if self._dropped_ts is not None and (ts <= self._dropped_ts or position < config.context - 1):
             return Outcome(
                 Verdict.LATE,

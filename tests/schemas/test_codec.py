@@ -56,6 +56,7 @@ from schemas import (
     encode_intent_update,
     encode_play_event,
 )
+from schemas.codec import _checked_play_event, _plain_play_event  # the decoder's two paths
 
 FUZZ = settings(max_examples=300, deadline=None)
 
@@ -625,6 +626,28 @@ def test_mutated_msgpack_events_raise_only_contract_errors(fields: dict) -> None
     event = decode_or_contract_error(msgpack.packb(fields), "msgpack")
     if event is not None:  # what decodes is a valid event
         assert VALIDATORS["play_event"].is_valid(orjson.loads(encode_play_event(event, "json")))
+
+
+def checked_or_contract_error(fields: dict) -> PlayEvent | None:
+    try:
+        return _checked_play_event(fields)
+    except ContractError:
+        return None
+
+
+@FUZZ
+@given(fields=mutated_event_maps(msgpack_values) | valid_events.map(lambda e: orjson.loads(encode_play_event(e, "json"))))
+def test_the_plain_fast_path_accepts_only_what_the_field_checks_accept_and_decodes_alike(fields: dict) -> None:
+    plain = _plain_play_event(fields)
+    if plain is not None:
+        assert plain == checked_or_contract_error(fields)
+        assert [type(getattr(plain, name)) for name in ("ts", "duration_s", "genres")] == [int, float, tuple]
+
+
+@given(event=valid_events, fmt=st.sampled_from(FORMATS))
+def test_valid_events_from_our_encoder_take_the_fast_path(event: PlayEvent, fmt: str) -> None:
+    parsed = wire_to_dict(encode_play_event(event, fmt), fmt)
+    assert _plain_play_event(parsed) == event
 
 
 def test_a_dead_letter_of_a_huge_message_keeps_its_start_size_and_digest_and_fits_in_kafka() -> None:
