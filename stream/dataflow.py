@@ -212,6 +212,17 @@ def is_score_request(item: ScoreRequest | DeadLetter) -> bool:
 Observer = Callable[[list[ScoreRequest], Predictions], None]
 
 
+def score_chunks(requests: list[ScoreRequest], batch_size: int) -> list[list[ScoreRequest]]:
+    """`requests` in chunks of at most `batch_size`, one model call each: each user's first event
+    first, then the users' second ones, and so on, which keeps every user's events in order.
+
+    Why: Bytewax hands over the keyed step's output grouped by user, and the scorer scores a user's
+    events one round after another, so chunks cut in that order would hold a few users with many
+    events each: many small model calls instead of a few large ones."""
+    in_rounds = [requests[i] for round_ in rounds([request.event.user_id for request in requests]) for i in round_]
+    return [in_rounds[start : start + batch_size] for start in range(0, len(in_rounds), batch_size)]
+
+
 class ScoreBatch:
     """Scores whatever Bytewax hands over at once (events of many users), `batch_size` at a time,
     with the serving scorer: each user's new event from the rows cached for the user's earlier ones
@@ -232,14 +243,8 @@ class ScoreBatch:
         self.counters = counters
 
     def __call__(self, requests: list[ScoreRequest]) -> list[ScoredChunk]:
-        # Bytewax hands over the keyed step's output grouped by user. The scorer scores a user's
-        # events one round after another, so chunks cut from that order would be a few users with
-        # many events each (many small model calls): take each user's first event first, then the
-        # second ones, and so on, which keeps every user's events in order.
-        requests = [requests[i] for round_ in rounds([request.event.user_id for request in requests]) for i in round_]
         scored = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start : start + self.batch_size]
+        for chunk in score_chunks(requests, self.batch_size):
             events = [request.event for request in chunk]
             started = time.perf_counter()
             predictions = self.scorer.predict_users([event.user_id for event in events], [r.history for r in chunk])
