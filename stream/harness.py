@@ -257,6 +257,10 @@ class DataflowProcess:
     def finished(self) -> bool:
         return self.counts is not None or self.failure is not None
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
     def check(self, timeout: float = 0.0) -> None:
         """Take the child's reports that have arrived (waiting up to `timeout` for one); raise
         StreamFailed if it failed or died."""
