@@ -12,6 +12,12 @@ Three flows, all measured in one run on the same broker, each in its own process
   their usual work on updates of the usual size, the model does none. The framework's ceiling;
 - `batch 1`: the dataflow of `intentstream run` with batch size 1: one model call per event.
 
+Beside them, in the same run: `serving scorer alone`, the model's own rate: the serving scorer
+(its KV cache included) on the same events and batch cap, no dataflow and no Kafka, in a fresh
+process. Histories come from the stream's per-user state, untimed; the events go in batches of
+1,000 (what the Kafka source hands over at a time) cut into model calls as the flow's score step
+cuts them (stream.dataflow.score_chunks), and only `predict_users` is timed.
+
 Each flow is measured twice, on fresh topics:
 
 - at a fixed offered rate (`--rate`): events produced in event-time order, each update matched by
@@ -23,6 +29,9 @@ Each flow is measured twice, on fresh topics:
   producer sets when it hands the update over - the moment the flow's source read its first
   message, on the same wall clock): process start and model load are not included.
 
+`intentrec` is then measured once more at a fixed rate: half of its measured saturation rate, for
+at least 10 seconds of events (the latency target is set there).
+
 The model is IntentRec's default architecture (V3), trained for one epoch on the world's other
 users and cached like the demo's: its cost does not depend on how well it is trained. Writes
 bench/results/stream.md; the ratios are printed and written there.
@@ -30,12 +39,14 @@ bench/results/stream.md; the ratios are printed and written there.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import shlex
 import sys
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +70,8 @@ from stream.harness import (  # noqa: E402
 from stream.settings import StreamSettings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "stream.md"
+SOURCE_BATCH = 1000  # messages per batch, as bytewax's KafkaSource hands them over by default
+HALF_RATE_SECONDS = 10.0
 
 
 class CannedScorer:
@@ -138,6 +151,38 @@ class SaturationResult:
     counts: FlowCounts | None
 
 
+def scorer_alone_rate(model_dir: Path, events, batch_size: int, torch_threads: int) -> float:
+    """Events/s of the serving scorer alone on `events` (see the module docstring); run in a fresh process."""
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    from model.serving.incremental import load_serving_scorer
+    from stream.dataflow import ScoreRequest, score_chunks, state_config
+    from stream.state import UserState, Verdict
+
+    settings = StreamSettings(brokers="unused:9092", model_dir=model_dir, batch_size=batch_size)
+    scorer = load_serving_scorer(model_dir, settings.backend, settings.kv_cache_bytes)
+    config = state_config(settings, scorer)
+    states, requests = {}, []
+    for event in events:
+        state = states.setdefault(event.user_id, UserState(config))
+        outcome = state.add(scorer.featurize(event), event.event_id, event.ts)
+        if outcome.verdict is Verdict.ADDED:
+            requests.append(ScoreRequest(event, outcome.history, outcome.newest))
+    spent_s = 0.0
+    for start in range(0, len(requests), SOURCE_BATCH):
+        for chunk in score_chunks(requests[start : start + SOURCE_BATCH], batch_size):
+            started = time.perf_counter()
+            scorer.predict_users([request.event.user_id for request in chunk], [request.history for request in chunk])
+            spent_s += time.perf_counter() - started
+    return len(requests) / spent_s
+
+
+def measure_scorer_alone(model_dir: Path, events, args) -> float:
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
+        return child.submit(scorer_alone_rate, model_dir, events, args.batch_size, args.torch_threads).result()
+
+
 def settings_for(bootstrap: str, model_dir: Path, topics: StreamTopics, flow: Flow, stop_at_end: bool) -> StreamSettings:
     return StreamSettings(
         brokers=bootstrap, model_dir=model_dir, input_topic=topics.input, output_topic=topics.output,
@@ -145,8 +190,8 @@ def settings_for(bootstrap: str, model_dir: Path, topics: StreamTopics, flow: Fl
     )  # fmt: skip
 
 
-def measure_live(bootstrap, model_dir, flow: Flow, messages, args, run_id: str) -> LiveResult:
-    topics = StreamTopics.named(f"bench-{run_id}-{flow.name.replace(' ', '-')}-live-")
+def measure_live(bootstrap, model_dir, flow: Flow, messages, args, run_id: str, rate: float) -> LiveResult:
+    topics = StreamTopics.named(f"bench-{run_id}-{flow.name.replace(' ', '-')}-live-{rate:.0f}-")
     topics.create(bootstrap, partitions=args.partitions)
     process = DataflowProcess(
         settings_for(bootstrap, model_dir, topics, flow, stop_at_end=False),
@@ -155,13 +200,13 @@ def measure_live(bootstrap, model_dir, flow: Flow, messages, args, run_id: str) 
     try:
         process.start()
         process.wait_ready()
-        run = stream_live(bootstrap, topics, messages, args.rate, "msgpack", process, quiet_timeout_s=30.0)
+        run = stream_live(bootstrap, topics, messages, rate, "msgpack", process, quiet_timeout_s=30.0)
     finally:
         counts = process.stop()
         topics.delete(bootstrap)
     latency = run.latency_percentiles() or {}
     return LiveResult(
-        offered=args.rate, events=run.sent, updates=run.updates, events_per_s=run.events_per_s(),
+        offered=rate, events=run.sent, updates=run.updates, events_per_s=run.events_per_s(),
         p50_ms=latency.get("p50"), p99_ms=latency.get("p99"), max_ms=latency.get("max"),
         first_update_s=run.first_update_s, counts=counts,
     )  # fmt: skip
@@ -226,7 +271,14 @@ def _share(a: float | None, b: float | None) -> str:
     return "n/a" if not a or not b else f"{100 * a / b:.1f}%"
 
 
-def report(args, command: str, machine_line: str, broker: str, model_line: str, workload: str, results: dict) -> str:
+@dataclass
+class Results:
+    flows: dict  # flow name -> (LiveResult, SaturationResult)
+    scorer_alone: float  # events/s
+    half_rate: LiveResult  # intentrec at half its saturation rate
+
+
+def report(args, command: str, machine_line: str, broker: str, model_line: str, workload: str, results: Results) -> str:
     lines = [
         "# Stream benchmark: events/s and event-to-update latency through Kafka",
         "",
@@ -245,35 +297,50 @@ def report(args, command: str, machine_line: str, broker: str, model_line: str, 
         "| flow | offered events/s | achieved events/s | p50 ms | p99 ms | max ms | saturation events/s |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, (live, saturation) in results.items():
-        lines.append(
-            f"| {name} | {live.offered:g} | {_num(live.events_per_s)} | {_num(live.p50_ms, '.1f')} | "
-            f"{_num(live.p99_ms, '.1f')} | {_num(live.max_ms, '.1f')} | {_num(saturation.events_per_s)} |"
-        )
+    for name, (live, saturation) in results.flows.items():
+        lines.append(f"| {name} | {_live_cells(live)} | {_num(saturation.events_per_s)} |")
+    lines.append(f"| intentrec at half its saturation | {_live_cells(results.half_rate)} | |")
+    lines.append(f"| serving scorer alone (no dataflow, no Kafka) | | | | | | {_num(results.scorer_alone)} |")
     lines += ["", "Ratios (same run, same broker):", ""] + [f"- {line}" for line in ratios(results)]
+    half = results.half_rate
     lines += [
         "",
         "Checks: " + "; ".join(
             f"{name}: {live.updates}/{live.events} live and {saturation.updates}/{saturation.events} "
-            f"saturation updates" for name, (live, saturation) in results.items()
-        ),
+            f"saturation updates" for name, (live, saturation) in results.flows.items()
+        ) + f"; intentrec at half its saturation: {half.updates}/{half.events} updates",
         "",
         "How it is measured: see the docstring of bench/stream.py. Latency: event handed to the producer ->"
         " its update read back from the output topic (same process, monotonic clock, matched by event_id),"
         " the first event excluded (its update is awaited before the rest is produced). Saturation: the"
         " input topic is loaded first; events/s = updates / (last update's broker timestamp - first message"
         " read by the flow's source), so process start and model load are excluded (the wall time with"
-        " them is printed in the log).",
+        " them is printed in the log). Serving scorer alone: only its predict_users calls are timed, on"
+        " the model calls the score step would make of the same events.",
+        "",
+        "Where an event's time goes inside the flow (a profile, before and after the batch path from model"
+        " outputs to bytes): bench/results/stream-profile.md, made by bench/profile_stream.py.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def ratios(results: dict) -> list[str]:
-    model, ceiling, single = (results[name] for name in FLOW_NAMES)
+def _live_cells(live: LiveResult) -> str:
+    return (f"{live.offered:.0f} | {_num(live.events_per_s)} | {_num(live.p50_ms, '.1f')} | {_num(live.p99_ms, '.1f')} | "
+            f"{_num(live.max_ms, '.1f')}")  # fmt: skip
+
+
+def ratios(results: Results) -> list[str]:
+    model, ceiling, single = (results.flows[name] for name in FLOW_NAMES)
+    saturation = model[1].events_per_s
+    half = results.half_rate
     return [
-        f"IntentRec at saturation reaches {_share(model[1].events_per_s, ceiling[1].events_per_s)} of the "
-        "framework's ceiling (the same flow without the model)",
-        f"micro-batching vs one event per model call, at saturation: {_ratio(model[1].events_per_s, single[1].events_per_s)}"
+        f"IntentRec at saturation reaches {_share(saturation, results.scorer_alone)} of the serving scorer alone"
+        " (target >= 60%)",
+        f"IntentRec at saturation reaches {_share(saturation, ceiling[1].events_per_s)} of the framework's ceiling"
+        " (the same flow without the model; target >= 40%)",
+        f"at half of IntentRec's saturation ({half.offered:.0f} events/s offered): p99 {_num(half.p99_ms, '.1f')} ms"
+        " (target <= 100 ms)",
+        f"micro-batching vs one event per model call, at saturation: {_ratio(saturation, single[1].events_per_s)}"
         " the events/s",
         f"at {model[0].offered:g} events/s offered, p99 latency: batch 1 / micro-batched = "
         f"{_ratio(single[0].p99_ms, model[0].p99_ms)}; micro-batched / no model = {_ratio(model[0].p99_ms, ceiling[0].p99_ms)}",
@@ -304,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/stream.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     machine_line = machine()
     say = lambda text: print(text, flush=True)  # noqa: E731
+
+    def say_live(name: str, live: LiveResult) -> None:
+        say(f"[{name}]   {_num(live.events_per_s)} events/s, p50 {_num(live.p50_ms, '.1f')} ms, "
+            f"p99 {_num(live.p99_ms, '.1f')} ms, max {_num(live.max_ms, '.1f')} ms; {live.updates}/{live.events} updates")
 
     world = DemoOptions(seed=0, train_users=400, stream_users=600, titles=400, days=30, epochs=1,
                         torch_threads=args.torch_threads)  # fmt: skip
@@ -337,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     broker = None
     run_id = uuid.uuid4().hex[:6]
-    results = {}
+    flow_results = {}
     try:
         if args.brokers is None:
             broker = EmbeddedBroker()
@@ -351,18 +422,26 @@ def main(argv: list[str] | None = None) -> int:
         say(model_line)
         for flow in flows:
             say(f"[{flow.name}] {len(live_messages)} events at {args.rate:g}/s ...")
-            live = measure_live(bootstrap, model_dir, flow, live_messages, args, run_id)
-            say(f"[{flow.name}]   {_num(live.events_per_s)} events/s, p50 {_num(live.p50_ms, '.1f')} ms, "
-                f"p99 {_num(live.p99_ms, '.1f')} ms, max {_num(live.max_ms, '.1f')} ms; "
-                f"{live.updates}/{live.events} updates")  # fmt: skip
+            live = measure_live(bootstrap, model_dir, flow, live_messages, args, run_id, args.rate)
+            say_live(flow.name, live)
             say(f"[{flow.name}] saturation: {len(saturation_messages)} events pre-loaded ...")
             saturation = measure_saturation(bootstrap, model_dir, flow, saturation_messages, args, run_id)
             say(f"[{flow.name}]   {_num(saturation.events_per_s)} events/s; {saturation.updates}/"
                 f"{saturation.events} updates; {saturation.wall_s:.1f}s wall with startup")  # fmt: skip
-            results[flow.name] = (live, saturation)
+            flow_results[flow.name] = (live, saturation)
+
+        model_flow, (_, model_saturation) = flows[0], flow_results[flows[0].name]
+        half = (model_saturation.events_per_s or 2 * args.rate) / 2
+        half_messages = outgoing_messages(streamed[: max(args.live_events, round(half * HALF_RATE_SECONDS))], "msgpack")
+        say(f"[{model_flow.name}] {len(half_messages)} events at half its saturation, {half:.0f}/s ...")
+        half_rate = measure_live(bootstrap, model_dir, model_flow, half_messages, args, run_id, half)
+        say_live(model_flow.name, half_rate)
     finally:
         if broker is not None:
             broker.stop()
+    say(f"[serving scorer alone] the {len(saturation_messages)} saturation events, batch cap {args.batch_size} ...")
+    results = Results(flow_results, measure_scorer_alone(model_dir, streamed[: args.saturation_events], args), half_rate)
+    say(f"[serving scorer alone]   {results.scorer_alone:.0f} events/s")
 
     for line in ratios(results):
         say(line)
