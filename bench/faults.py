@@ -1,0 +1,215 @@
+"""Fault campaigns against `intentstream run` as a real process on Apache Kafka: the broker killed
+mid-stream, and SIGTERM at random moments.
+
+    python bench/faults.py [--kill-rounds 4] [--sigterm-rounds 20] [--events 6000]
+
+Broker kill (`--kill-rounds`, alternating two kinds): a run with a recovery directory (snapshots
+every second) is scoring a live feed (FEED_RATE events/s) when the broker is SIGKILLed.
+- "short": the broker is back after 10 s, within --max-broker-outage (60 s): the run rides it out;
+- "long": the broker stays away past --max-broker-outage 5s: the run exits 75, the broker comes back,
+  and a restart from the recovery directory finishes the topic.
+Once the feed is done, counted: events without an update (the target is 0; waited for up to 3
+minutes), how long the run took to notice (exit 75), and from the kill to the last update.
+
+SIGTERM (`--sigterm-rounds`): a run scoring a live feed gets SIGTERM at a random moment, from
+0.5 s after its start (the model still loading) to 15 s (scoring); measured: the time to exit, and
+its exit status (143 expected). The default --shutdown-timeout is 15 s.
+
+The model is the demo's small one (trained once and cached). Writes bench/results/faults.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from schemas import decode_intent_update, encode_play_event  # noqa: E402
+from stream.demo import DemoOptions, demo_world, train_or_reuse  # noqa: E402
+from stream.harness import StreamTopics  # noqa: E402
+from stream.kafka.apache_broker import ApacheKafkaBroker  # noqa: E402
+from stream.kafka.broker import produce_messages, read_topic  # noqa: E402
+
+FORMAT = "msgpack"
+PARTITIONS = 2
+FEED_RATE = 300  # play events/s onto the input topic
+
+
+def start_run(bootstrap: str, model_dir: Path, topics: StreamTopics, log_path: Path, *options: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "stream.cli", "run", "--brokers", bootstrap, "--model", str(model_dir),
+               "--format", FORMAT, "--input-topic", topics.input, "--output-topic", topics.output, "--dlq-topic",
+               topics.dlq, "--latest-topic", topics.latest, *options]  # fmt: skip
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("INTENTSTREAM_")} | {"OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, cwd=ROOT, env=environ, stdin=subprocess.DEVNULL, stdout=log_path.open("ab"),
+                            stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def updated_events(bootstrap: str, topic: str) -> set[tuple[str, str]]:
+    return {(u.user_id, u.event_id) for u in (decode_intent_update(r.value, FORMAT) for r in read_topic(bootstrap, topic,
+                                                                                                       timeout=60))}
+
+
+def stamped(events: list) -> list:
+    """The events moved to end now (so none is from the future), their order and gaps kept."""
+    from dataclasses import replace
+
+    shift = int(time.time() * 1000) - events[-1].ts
+    return [replace(event, ts=event.ts + shift) for event in events]
+
+
+class Feed(threading.Thread):
+    """Play events onto a topic at a steady rate; `delivered` holds the (user, event) pairs the broker
+    acknowledged (its client keeps the rest queued through an outage, and retries)."""
+
+    def __init__(self, bootstrap: str, topic: str, events: list, rate: float):
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.events, self.rate = bootstrap, topic, events, rate
+        self.halt = threading.Event()
+        self.delivered: set[tuple[str, str]] = set()
+
+    def run(self) -> None:
+        from confluent_kafka import Producer
+
+        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        for event in stamped(self.events):
+            if self.halt.wait(1 / self.rate):
+                break
+            key = (event.user_id, event.event_id)
+            producer.produce(self.topic, encode_play_event(event, FORMAT), event.user_id.encode(),
+                             on_delivery=lambda error, _m, key=key: error is None and self.delivered.add(key))
+            producer.poll(0)
+        producer.flush(300)
+
+
+def kill_round(broker: ApacheKafkaBroker, model_dir: Path, events: list, kind: str, work: Path) -> dict:
+    topics = StreamTopics.named(f"faults-{kind}-{uuid.uuid4().hex[:6]}-")
+    topics.create(broker.bootstrap, PARTITIONS)
+    feed = Feed(broker.bootstrap, topics.input, events, rate=FEED_RATE)  # its client buffers through the outage
+    recovery = ["--recovery-dir", str(work / f"recovery-{topics.input}"), "--snapshot-interval", "1s"]
+    outage = ["--max-broker-outage", "60s" if kind == "short" else "5s"]
+    log_path = work / f"{topics.input}.log"
+    run = start_run(broker.bootstrap, model_dir, topics, log_path, *recovery, *outage)
+    feed.start()
+    time.sleep(random.uniform(6, 12))  # the model loaded, some events scored, more coming
+    broker.kill()
+    killed_at = time.monotonic()
+    result = {"kind": kind, "restarts": 0}
+    if kind == "short":
+        time.sleep(10)
+        broker.start()
+    else:
+        status = run.wait(600)
+        result["noticed_s"] = time.monotonic() - killed_at
+        assert status == 75, f"the run exited {status}, not 75; see {log_path}"
+        broker.start()
+        result["restarts"] = 1
+        run = start_run(broker.bootstrap, model_dir, topics, log_path, *recovery, *outage)
+    feed.join()
+    expected = feed.delivered
+    result["not_produced"] = len(events) - len(expected)
+    deadline = time.monotonic() + 180
+    while (missing := expected - updated_events(broker.bootstrap, topics.output)) and time.monotonic() < deadline:
+        assert run.poll() is None, f"the run exited {run.returncode}; see {log_path}"
+        time.sleep(2)
+    result["recovered_s"] = time.monotonic() - killed_at
+    run.send_signal(signal.SIGTERM)
+    result["status"] = run.wait(60)
+    result["without_update"] = len(missing)
+    return result
+
+
+def sigterm_round(broker: ApacheKafkaBroker, model_dir: Path, events: list, work: Path) -> dict:
+    topics = StreamTopics.named(f"faults-sigterm-{uuid.uuid4().hex[:6]}-")
+    topics.create(broker.bootstrap, PARTITIONS)
+    feed = Feed(broker.bootstrap, topics.input, events, rate=FEED_RATE)
+    feed.start()
+    log_path = work / f"{topics.input}.log"
+    run = start_run(broker.bootstrap, model_dir, topics, log_path, "--recovery-dir", str(work / f"r-{topics.input}"))
+    after_s = random.uniform(0.5, 15)
+    time.sleep(after_s)
+    run.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    try:
+        status = run.wait(120)
+    except subprocess.TimeoutExpired:
+        run.kill()
+        status = "hung"
+    took = time.monotonic() - signalled
+    feed.halt.set()
+    feed.join()
+    panicked = "panicked" in log_path.read_text(errors="replace")
+    return {"after_s": after_s, "status": status, "exit_s": took, "panic": panicked}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kill-rounds", type=int, default=4)
+    parser.add_argument("--sigterm-rounds", type=int, default=20)
+    parser.add_argument("--events", type=int, default=6000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/faults.md")
+    args = parser.parse_args()
+    random.seed(args.seed)
+
+    world = DemoOptions(seed=0, torch_threads=1)
+    training, streamed = demo_world(world)
+    model_dir = train_or_reuse(world, training, print, progress=False)
+    events = streamed[: args.events]
+    work = Path(tempfile.mkdtemp(prefix="bench-faults-"))
+    kills, terms = [], []
+    with ApacheKafkaBroker(work / "kafka") as broker:
+        for number in range(args.kill_rounds):
+            kills.append(kill_round(broker, model_dir, events, ("short", "long")[number % 2], work))
+            print("kill", kills[-1], flush=True)
+        for _ in range(args.sigterm_rounds):
+            terms.append(sigterm_round(broker, model_dir, events, work))
+            print("sigterm", terms[-1], flush=True)
+
+    command = "python bench/faults.py " + " ".join(sys.argv[1:])
+    exits = [t["exit_s"] for t in terms]
+    lines = [
+        "# Fault campaigns: broker kills and SIGTERM, on Apache Kafka",
+        "",
+        f"`{command.strip()}` on {time.strftime('%Y-%m-%d')}: `intentstream run` as a process (the demo's small "
+        f"model, {PARTITIONS} partitions, {len(events):,} events of the demo world), Apache Kafka 4.4 from the jars.",
+        "",
+        "## Broker killed mid-stream",
+        "",
+        "| round | kind | exit status at the end (SIGTERM) | restarts of the run | noticed (exit 75) after, s | "
+        "every update in, after the kill, s | events the feed's client could not deliver | events without an update |",
+        "|---|---|---|---|---|---|---|---|",
+        *[f"| {n + 1} | {k['kind']} | {k['status']} | {k['restarts']} | {k.get('noticed_s', float('nan')):.1f} | "
+          f"{k['recovered_s']:.1f} | {k['not_produced']} | {k['without_update']} |" for n, k in enumerate(kills)],
+        "",
+        f"Events delivered to the input topic without an update, over all rounds: "
+        f"**{sum(k['without_update'] for k in kills)}** of {len(events) * len(kills) - sum(k['not_produced'] for k in kills):,}.",
+        "",
+        "## SIGTERM at a random moment",
+        "",
+        f"{len(terms)} rounds, signal 0.5-15 s after the start: exit statuses "
+        f"{sorted({str(t['status']) for t in terms})}; time to exit median {statistics.median(exits):.2f} s, "
+        f"max {max(exits):.2f} s (bound: --shutdown-timeout 15 s); Rust panics printed: "
+        f"{sum(t['panic'] for t in terms)}.",
+        "",
+        "| signal after start, s | exit status | time to exit, s |",
+        "|---|---|---|",
+        *[f"| {t['after_s']:.1f} | {t['status']} | {t['exit_s']:.2f} |" for t in sorted(terms, key=lambda t: t["after_s"])],
+        "",
+    ]
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
