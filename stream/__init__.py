@@ -8,6 +8,8 @@ is above it in this list, and model/ and schemas/):
   dataflow with its named steps (decode, key_by_user, remember, score, encode).
 - `kafka/`: the broker and topic helpers, the Kafka client settings, the checks before a run.
 - `service/`: `intentstream run` as a long-running service.
+- `lookup/`: `intentstream serve`, each user's latest intent over HTTP from the compacted topic (the
+  table, the topic follower, the Starlette app and its page).
 - `harness`: a running stream on this machine (a dataflow process, a paced producer, reading the
   updates back), shared by the demo, bench/stream.py and the tests.
 - `demo`: `intentstream demo` on top of the harness. `backtest/`: replays judged against the next

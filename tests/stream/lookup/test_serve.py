@@ -3,6 +3,7 @@ compacted topic, follows it, keeps the newest update when partitions interleave,
 running `intentstream run` just wrote, and stops before serving on bad options."""
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -22,12 +23,12 @@ STARTUP_S = 60.0
 
 
 class Serve:
-    def __init__(self, bootstrap: str, topic: str, log_path: Path, *options: str):
+    def __init__(self, bootstrap: str, topic: str, log_path: Path, *options: str, fmt: str = FORMAT):
         self.port = free_loopback_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         command = [sys.executable, "-m", "stream.cli", "serve", "--brokers", bootstrap, "--topic", topic,
-                   "--format", FORMAT, "--host", "127.0.0.1", "--port", str(self.port), *options]  # fmt: skip
+                   "--format", fmt, "--host", "127.0.0.1", "--port", str(self.port), *options]  # fmt: skip
         with open(log_path, "ab") as log_file:
             self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log_file,
                                             stderr=subprocess.STDOUT)  # fmt: skip
@@ -68,11 +69,11 @@ def compacted_topic(bootstrap: str, name: str, partitions: int) -> str:
     return name
 
 
-def write(bootstrap: str, topic: str, updates, partition: int | None = None) -> None:
+def write(bootstrap: str, topic: str, updates, partition: int | None = None, fmt: str = FORMAT) -> None:
     producer = Producer({"bootstrap.servers": bootstrap})
     for one in updates:
         extra = {} if partition is None else {"partition": partition}
-        producer.produce(topic, encode_intent_update(one, FORMAT), one.user_id.encode(), **extra)
+        producer.produce(topic, encode_intent_update(one, fmt), one.user_id.encode(), **extra)
     assert producer.flush(30) == 0
 
 
@@ -80,8 +81,8 @@ def write(bootstrap: str, topic: str, updates, partition: int | None = None) -> 
 def serve_process(kafka_bootstrap, tmp_path):
     started: list[Serve] = []
 
-    def start(topic: str, *options: str) -> Serve:
-        started.append(Serve(kafka_bootstrap, topic, tmp_path / f"serve-{len(started)}.log", *options))
+    def start(topic: str, *options: str, fmt: str = FORMAT) -> Serve:
+        started.append(Serve(kafka_bootstrap, topic, tmp_path / f"serve-{len(started)}.log", *options, fmt=fmt))
         return started[-1]
 
     yield start
@@ -146,6 +147,22 @@ def test_serve_answers_what_a_running_scorer_just_wrote(kafka_bootstrap, make_to
 def play_event(event_id: str, user_id: str, item_id: str, ts: int) -> PlayEvent:
     return PlayEvent(event_id=event_id, user_id=user_id, item_id=item_id, ts=ts, action="play", duration_s=1200.0,
                      kind="movie", genres=("drama",), release_ts=0)  # fmt: skip
+
+
+def test_serve_reads_json_as_run_writes_it_and_a_tombstone_forgets_a_user(kafka_bootstrap, serve_process):
+    topic = compacted_topic(kafka_bootstrap, f"latest-json-{time.time_ns()}", partitions=2)
+    write(kafka_bootstrap, topic, [update("u1", ts=1_000, label="drama"), update("u2", ts=1_000)], fmt="json")
+    serve = serve_process(topic, fmt="json")
+    serve.wait_until_ready()
+    assert serve.intent("u1") == json.loads(encode_intent_update(update("u1", ts=1_000, label="drama"), "json"))
+    produce_messages(kafka_bootstrap, topic, [(b"u1", None)])  # a tombstone: the user is gone
+    write(kafka_bootstrap, topic, [update("marker", ts=1_000)], fmt="json")
+    serve.wait_for("marker", "marker-1000")
+    deadline = time.monotonic() + 30
+    while serve.intent("u1") is not None:
+        assert time.monotonic() < deadline, "u1 is still answered after its tombstone"
+        time.sleep(0.05)
+    assert serve.intent("u2")["user_id"] == "u2"
 
 
 def test_a_topic_with_more_users_than_the_cap_stops_serve_under_refuse(kafka_bootstrap, serve_process, request):
