@@ -40,6 +40,10 @@ class IntentRecConfig:
     embedding_init_std: float | None = 0.02
     item_input_scale: float = 1.0  # the item embedding enters F_k multiplied by this
     attention_window: int = 50  # L: every layer attends to at most the last L interactions
+    # Titles the vocabulary lacks (released after training): each user's first `unknown_slots` of them
+    # get item indices n_items.. of their own (model.features.UnknownTitles), so that the repeat
+    # pointer can point at them: they are continued and returned to as any other title. No weights.
+    unknown_slots: int = 8
     short_term_window_ms: int = 7 * DAY_MS  # H: the short-term encoder sees only the last week
     time_origin_ms: int = 0  # absolute time encodings count hours from here
     # Intent
@@ -61,7 +65,7 @@ class IntentRecConfig:
         for name in ("d_item", "d_small", "d_model", "n_heads", "d_proj", "n_layers_item"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a whole number of at least 1")
-        for name in ("n_layers_short", "n_layers_intent"):
+        for name in ("n_layers_short", "n_layers_intent", "unknown_slots"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a whole number of at least 0")
         for name in ("dropout", "input_dropout"):
@@ -75,6 +79,11 @@ class IntentRecConfig:
             raise ValueError(f"d_model={self.d_model} must be a multiple of n_heads={self.n_heads}")
         if self.attention_window < 1:
             raise ValueError("attention_window must be >= 1")
+
+    @property
+    def n_outputs(self) -> int:
+        """Columns of the next-item distribution: the catalogue, then the users' unknown-title slots."""
+        return self.n_items + self.unknown_slots
 
     @property
     def feeds_intent(self) -> bool:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from model.config import IntentRecConfig
-from model.vocab import PAD, Vocabularies, release_bucket
+from model.vocab import PAD, UNKNOWN, Vocabularies, release_bucket
 from schemas import PlayEvent
 
 GENRE_SLOTS = 4  # genres kept per interaction (a title rarely has more)
@@ -112,7 +112,7 @@ class FeatureEmbedding(nn.Module):
         genre_mean = self.genre(genres).sum(-2) / genre_count
         return torch.cat(
             [
-                self.item(x["item"].long()) * self.item_input_scale,
+                self.item(known_items(x["item"].long(), self.item.num_embeddings)) * self.item_input_scale,
                 self.action(x["action"].long()),
                 self.kind(x["kind"].long()),
                 self.release(x["release"].long()),
@@ -123,6 +123,53 @@ class FeatureEmbedding(nn.Module):
             ],
             dim=-1,
         )
+
+
+def known_items(items: torch.Tensor, n_items: int) -> torch.Tensor:
+    """Item indices as the embedding knows them: a user's unknown-title slot (n_items and up) is the
+    unknown item."""
+    return torch.where(items >= n_items, UNKNOWN, items)
+
+
+class UnknownTitles:
+    """One user's titles the vocabulary lacks, each given one of `slots` item indices from `n_items`
+    on, in the order they come; a slot is given again once no held row plays its title any more.
+    Rows of a title that found no free slot stay the unknown item. The stream keeps one per user
+    beside its rows (stream.state); offline histories are slotted by `slot_history` the same way."""
+
+    def __init__(self, n_items: int, slots: int, titles: tuple[str | None, ...] = ()):
+        self.n_items = n_items
+        self.titles: list[str | None] = list(titles) + [None] * (slots - len(titles))
+
+    def slot(self, row: np.ndarray, item_id: str, held_items: np.ndarray) -> None:
+        """Give `row` (featurized from a play of `item_id`) its title's slot, if it is unknown and
+        a slot is free; `held_items`: the items of the rows held before it."""
+        if row["item"] != UNKNOWN or not self.titles:
+            return
+        if item_id in self.titles:
+            k = self.titles.index(item_id)
+        else:
+            in_use = set(held_items[held_items >= self.n_items].tolist())
+            free = [k for k, title in enumerate(self.titles) if title is None or self.n_items + k not in in_use]
+            if not free:
+                return
+            k = free[0]
+            self.titles[k] = item_id
+        row["item"] = self.n_items + k
+
+    def names(self) -> tuple[str, ...]:
+        """The title of each slot ("" for a free one), as the scorer names next items."""
+        return tuple(title or "" for title in self.titles)
+
+
+def slot_history(rows: np.ndarray, item_ids, n_items: int, slots: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    """An offline history (rows of one user's plays of `item_ids`, oldest first) with its unknown
+    titles slotted as the stream slots them (nothing forgotten), and the slots' names."""
+    titles = UnknownTitles(n_items, slots)
+    rows = rows.copy()
+    for n, item_id in enumerate(item_ids):
+        titles.slot(rows[n], item_id, rows["item"][:n])
+    return rows, titles.names()
 
 
 def scaled_log(value: torch.Tensor, maximum: float) -> torch.Tensor:

@@ -330,6 +330,7 @@ class ItemEncoder(nn.Module):
         self.repeat_query = nn.Linear(config.d_model, config.d_model)
         self.repeat_key = nn.Linear(config.d_model, config.d_model)
         self.repeat_gate = nn.Linear(config.d_model, 1)
+        self.unknown_slots = config.unknown_slots
         self.intent_match = IntentMatch(config) if config.feeds_intent else None
         self.intent_gate = (
             nn.Linear(config.n_actions, 1, bias=False) if config.feeds_intent and "action" in config.intent_tasks else None
@@ -341,9 +342,9 @@ class ItemEncoder(nn.Module):
         self, x, time_code, mask, items, item_embeddings, intent: Intent | None = None, targets=None,
         newest: bool = False, cache: Cache | None = None,
     ) -> torch.Tensor:
-        """p(next item) after each position (B, T, n_items); with `targets` (B, T) only p(target)
-        (B, T), which spares training a (B, T, n_items) mixture; with `newest`, only the
-        distribution after each row's last position (B, n_items), which is all serving needs.
+        """p(next item) after each position (B, T, n_outputs); with `targets` (B, T) only p(target)
+        (B, T), which spares training a (B, T, n_outputs) mixture; with `newest`, only the
+        distribution after each row's last position (B, n_outputs), which is all serving needs.
         `intent`: the positions' predicted intent where Z feeds the item encoder, else None."""
         inputs = self.transformer.embed(x, time_code)
         h = self.transformer.encode(inputs, mask, cache)
@@ -363,8 +364,9 @@ class ItemEncoder(nn.Module):
         allows. The catalogue distribution is computed in place, for inference."""
         explore = torch.softmax(self.catalogue_logits(h, item_embeddings, intent), dim=-1)
         pointer, gate = self.repeat_pointer(h, pointer_keys, mask, intent)
-        if targets is None:
-            return explore.mul_(1 - gate).scatter_add_(-1, pointer_slots(key_items, pointer), pointer * gate)
+        if targets is None:  # the users' unknown-title slots follow the catalogue: only the pointer reaches them
+            explore = torch.nn.functional.pad(explore.mul_(1 - gate), (0, self.unknown_slots))
+            return explore.scatter_add_(-1, pointer_slots(key_items, pointer), pointer * gate)
         explore = explore.gather(-1, targets.unsqueeze(-1))
         repeat = (pointer * (key_items.unsqueeze(1) == targets.unsqueeze(-1))).sum(-1, keepdim=True)
         return ((1 - gate) * explore + gate * repeat).squeeze(-1)
@@ -397,7 +399,7 @@ def pointer_slots(key_items: torch.Tensor, pointer: torch.Tensor) -> torch.Tenso
 
 @dataclass
 class IntentRecOutput:
-    item_probs: torch.Tensor  # p(next item): (B, T, n_items); (B, T) for targets; (B, n_items) newest
+    item_probs: torch.Tensor  # p(next item): (B, T, n_outputs); (B, T) for targets; (B, n_outputs) newest
     intent_logits: dict[str, torch.Tensor]  # task -> (B, T, n_labels)
     intent_probs: dict[str, torch.Tensor]
     intent_embedding: torch.Tensor | None  # Z: (B, T, d_proj), None without intent tasks
@@ -429,8 +431,8 @@ class IntentRec(nn.Module):
         cache: Cache | None = None,
     ) -> IntentRecOutput:
         """x: model.inputs.model_inputs of a batch of rows. item_probs is p(next item) after every
-        position (B, T, n_items); with `targets` (B, T) item indices only p(target) (B, T); with
-        `newest`, only the distribution after the last position (B, n_items): rows are then padded
+        position (B, T, n_outputs); with `targets` (B, T) item indices only p(target) (B, T); with
+        `newest`, only the distribution after the last position (B, n_outputs): rows are then padded
         on the left. With a `cache`, the rows follow the cached positions (incremental inference)."""
         c = self.config
         time_code = x["time_code"]

@@ -47,11 +47,16 @@ class LabelTable:
 @dataclass(frozen=True)
 class TopLabels:
     """The best labels of B answers, best first: answer b's j-th label is
-    `table.names[indices[b, j]]`, scored `values[b, j]`."""
+    `table.names[indices[b, j]]`, scored `values[b, j]`. Indices from len(table) on name labels of
+    this batch only, `extra.names[index - len(table)]` (a user's titles the vocabulary lacks)."""
 
     table: LabelTable
     indices: np.ndarray  # (B, k) integers
     values: np.ndarray  # (B, k) floats
+    extra: LabelTable | None = None
+
+    def name(self, index: int) -> str:
+        return self.table.names[index] if index < len(self.table) else self.extra.names[index - len(self.table)]
 
 
 @dataclass(frozen=True)
@@ -269,8 +274,16 @@ class _Messages:
 
     def labels(self, top: TopLabels) -> _Pieces:
         """The encoded names of a (B, k) column of labels."""
-        data, names = top.table.encoded(self.wire)
         indices = np.asarray(top.indices)
+        if top.extra is None:
+            return self._names(top.table, indices)
+        beyond = indices >= len(top.table)
+        common = self._names(top.table, np.where(beyond, 0, indices))
+        own = self._names(top.extra, np.where(beyond, indices - len(top.table), 0))
+        return _Pieces(np.where(beyond, own.starts, common.starts), np.where(beyond, own.lengths, common.lengths))
+
+    def _names(self, table: LabelTable, indices: np.ndarray) -> _Pieces:
+        data, names = table.encoded(self.wire)
         return self.stored(data, _Pieces(names.starts[indices], names.lengths[indices]))
 
     def array(self, first: bytes, *rest: bytes | _Pieces) -> None:

@@ -67,8 +67,9 @@ class IncrementalScorer(Scorer):
         self._round = 0
         self._lock = threading.Lock()
 
-    def score_users(self, users: Sequence[Hashable], histories: Sequence[np.ndarray], top_k: int = 10) -> list[Scores]:
-        return self.to_scores(self.predict_users(users, histories), top_k)
+    def score_users(self, users: Sequence[Hashable], histories: Sequence[np.ndarray], top_k: int = 10,
+                    unknown_titles: Sequence[tuple[str, ...]] | None = None) -> list[Scores]:  # fmt: skip
+        return self.to_scores(self.predict_users(users, histories), top_k, unknown_titles)
 
     def predict_users(self, users: Sequence[Hashable], histories: Sequence[np.ndarray]) -> Predictions:
         """histories[i]: users[i]'s rows up to and including the event to score, oldest first. A user
@@ -189,7 +190,7 @@ class PredictionArrays:
     """Predictions filled in request order from several graph calls."""
 
     def __init__(self, config: IntentRecConfig, n: int):
-        self.item_scores = np.empty((n, config.n_items), dtype=np.float32)
+        self.item_scores = np.empty((n, config.n_outputs), dtype=np.float32)
         self.intent_probs = {task: np.empty((n, size), dtype=np.float32) for task, size in task_sizes(config).items()}
         tasks = len(config.intent_tasks)
         self.intent_embedding = np.empty((n, config.d_proj), dtype=np.float32) if tasks else None

@@ -96,13 +96,16 @@ class Scorer:
             intent_weights=None if out.intent_weights is None else out.intent_weights[:, -1].numpy(),
         )
 
-    def score(self, histories: Sequence[np.ndarray], top_k: int = 10) -> list[Scores]:
-        return self.to_scores(self.predict(histories), top_k)
+    def score(self, histories: Sequence[np.ndarray], top_k: int = 10,
+              unknown_titles: Sequence[tuple[str, ...]] | None = None) -> list[Scores]:  # fmt: skip
+        return self.to_scores(self.predict(histories), top_k, unknown_titles)
 
-    def score_columns(self, predictions: Predictions, top_k: int = 10) -> ScoreColumns:
+    def score_columns(self, predictions: Predictions, top_k: int = 10,
+                      unknown_titles: Sequence[tuple[str, ...]] | None = None) -> ScoreColumns:  # fmt: skip
         """Predictions -> the model's part of their IntentUpdates, as arrays for the whole batch (what
         schemas.encode_intent_updates encodes): each task's top labels, the top-k items, Z and the
-        intent weights."""
+        intent weights. `unknown_titles[b]` names history b's unknown-title slots
+        (model.features.UnknownTitles.names); a named slot is ranked with the catalogue."""
         tasks = list(predictions.intent_probs)
         intents = {task: self._top(self._task_labels[task], predictions.intent_probs[task], TOP_LABELS) for task in tasks}
         if predictions.intent_embedding is None:
@@ -110,12 +113,26 @@ class Scorer:
         else:
             embedding = predictions.intent_embedding
         weights = {} if predictions.intent_weights is None else dict(zip(tasks, predictions.intent_weights.T))
-        return ScoreColumns(embedding, intents, weights, self._top(self._item_labels, predictions.item_scores, top_k))
+        return ScoreColumns(embedding, intents, weights, self._top_items(predictions.item_scores, top_k, unknown_titles))
 
-    def to_scores(self, predictions: Predictions, top_k: int = 10) -> list[Scores]:
+    def _top_items(self, item_scores: np.ndarray, k: int, unknown_titles: Sequence[tuple[str, ...]] | None) -> TopLabels:
+        n, slots = self.config.n_items, self.config.unknown_slots
+        if not unknown_titles or not slots or not any(any(titles) for titles in unknown_titles):
+            return self._top(self._item_labels, item_scores[:, :n], k)  # the common case: the catalogue alone
+        names = [tuple(titles) + ("",) * (slots - len(titles)) for titles in unknown_titles]  # () for no titles yet
+        named = np.array([[bool(title) for title in titles] for titles in names])
+        ranked = np.concatenate([item_scores[:, :n], np.where(named, item_scores[:, n:], -np.inf)], axis=1)
+        top = top_indices(ranked, k)
+        # Slot j of answer b is label n + b * slots + j of the batch's own names (TopLabels.extra).
+        indices = np.where(top >= n, top + np.arange(len(top))[:, None] * slots, top)
+        own_names = LabelTable([title for titles in names for title in titles])
+        return TopLabels(self._item_labels, indices, np.take_along_axis(ranked, top, -1), own_names)
+
+    def to_scores(self, predictions: Predictions, top_k: int = 10,
+                  unknown_titles: Sequence[tuple[str, ...]] | None = None) -> list[Scores]:  # fmt: skip
         """Predictions -> one Scores object per history (for offline use; the stream encodes
         score_columns directly)."""
-        columns = self.score_columns(predictions, top_k)
+        columns = self.score_columns(predictions, top_k, unknown_titles)
         embeddings = columns.intent_embedding.tolist()
         weights = {task: column.tolist() for task, column in columns.intent_weights.items()}
         intents = {task: _named(top) for task, top in columns.intents.items()}
@@ -138,9 +155,8 @@ class Scorer:
 
 def _named(top: TopLabels) -> list[list[tuple[str, float]]]:
     """(name, value) of each answer's top labels."""
-    names = top.table.names
     return [
-        [(names[i], value) for i, value in zip(indices, values)]
+        [(top.name(i), value) for i, value in zip(indices, values)]
         for indices, values in zip(top.indices.tolist(), top.values.tolist())
     ]
 

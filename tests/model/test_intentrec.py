@@ -16,11 +16,14 @@ from model.features import CATALOGUE_DTYPE, NO_RELEASE, ROW_DTYPE, batch_tensors
 from model.inputs import attention_mask, model_inputs
 from model.intentrec import IntentRec, intent_probabilities, task_sizes
 from model.serving.scorer import Scorer, padded_length
-from model.vocab import Vocabularies, Vocabulary
+from model.vocab import UNKNOWN, Vocabularies, Vocabulary
 from schemas import ModelRef
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
+
+
+CATALOGUE = slice(2, 30)  # tiny_config's real items: the unknown-title slots follow them
 
 
 def tiny_config(**overrides) -> IntentRecConfig:
@@ -120,7 +123,7 @@ def test_the_last_history_len_interactions_decide_the_prediction(variant):
         cut = run(model, [history[-config.history_len :]]).item_probs[0, -1].log()
         too_short = run(model, [history[-(config.history_len // 2) :]]).item_probs[0, -1].log()
     torch.testing.assert_close(full, cut)
-    assert (full - too_short)[2:].abs().max() > 1e-4  # older interactions do matter
+    assert (full - too_short)[CATALOGUE].abs().max() > 1e-4  # older interactions do matter
 
 
 def test_padding_and_batch_composition_do_not_change_a_prediction():
@@ -130,7 +133,7 @@ def test_padding_and_batch_composition_do_not_change_a_prediction():
         alone = run(model, [short]).item_probs[0, 0].log()
         batched = run(model, [short, long], length=16).item_probs[0, 0].log()
     torch.testing.assert_close(alone, batched)
-    assert torch.isfinite(alone[2:]).all()  # a user with one interaction is valid input
+    assert torch.isfinite(alone[CATALOGUE]).all()  # a user with one interaction is valid input
 
 
 def test_embeddings_can_start_small_with_padding_at_zero():
@@ -238,7 +241,25 @@ def test_the_repeat_pointer_only_reaches_items_in_the_window():
         model.item_encoder.repeat_gate.bias.fill_(50.0)  # all repeat
         repeat_only = run(model, [history]).item_probs[0, -1]
     assert repeat_only[[7, 8, 9]].sum() == pytest.approx(1.0, abs=1e-5)  # the last 3 items only
-    assert torch.isfinite(explore_only[2:]).all()
+    assert torch.isfinite(explore_only[CATALOGUE]).all()
+
+
+def test_the_repeat_pointer_reaches_a_user_s_unknown_titles_through_their_slots():
+    config = tiny_config(attention_window=8, unknown_slots=3)
+    model = IntentRec(config).eval()
+    history = random_history(6)
+    history["item"] = [2, 30, 3, 32, 30, 4]  # slots 0 and 2: two titles the vocabulary lacks
+    as_unknown = history.copy()
+    as_unknown["item"] = [2, UNKNOWN, 3, UNKNOWN, UNKNOWN, 4]
+    with torch.no_grad():
+        slotted = run(model, [history]).item_probs[0, -1]
+        unslotted = run(model, [as_unknown]).item_probs[0, -1]
+    assert slotted.shape == (config.n_outputs,)
+    assert slotted[30] > 0 and slotted[32] > 0 and slotted[31] == 0  # only played slots get weight
+    assert slotted.sum() == pytest.approx(1.0, abs=1e-5)
+    # The slots only direct the pointer: the embeddings see the unknown item, the catalogue is unchanged.
+    torch.testing.assert_close(slotted[CATALOGUE], unslotted[CATALOGUE])
+    assert slotted[30] + slotted[32] == pytest.approx(unslotted[UNKNOWN].item(), rel=1e-5)
 
 
 def test_scoring_only_the_newest_positions_equals_the_full_distribution():

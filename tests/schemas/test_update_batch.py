@@ -2,6 +2,8 @@
 encoding of the same IntentUpdates, so they decode alike and keep to the JSON Schema."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -36,7 +38,7 @@ def one_by_one(triggers, scores: ScoreColumns) -> list[IntentUpdate]:
     """The IntentUpdates the per-event path makes of the same arrays."""
 
     def named(top: TopLabels, b: int, make):
-        return tuple(make(top.table.names[i], v) for i, v in zip(top.indices[b].tolist(), top.values[b].tolist()))
+        return tuple(make(top.name(i), v) for i, v in zip(top.indices[b].tolist(), top.values[b].tolist()))
 
     return [
         IntentUpdate(
@@ -126,6 +128,28 @@ def test_views_of_arrays_encode_like_the_arrays(fmt):
         next_items=items,
     )
     assert_encoded_like_one_by_one([trigger(b) for b in range(5)], scores, fmt)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_labels_of_the_batch_only_are_named_from_its_extra_table(fmt):
+    """A user's titles the vocabulary lacks: indices from len(table) on name them."""
+    rng = np.random.default_rng(4)
+    scores = random_columns(rng, 3, 4, TASKS, 2, ITEMS, 4)
+    extra = LabelTable(["new-title-of-user-0", "another", "new-title-of-user-2", ""])
+    indices = np.array(scores.next_items.indices)
+    indices[0, 1], indices[2, 0], indices[2, 3] = len(ITEMS), len(ITEMS) + 2, len(ITEMS) + 1
+    scores = dataclasses.replace(scores, next_items=TopLabels(ITEMS, indices, scores.next_items.values, extra))
+    assert_encoded_like_one_by_one([trigger(b) for b in range(3)], scores, fmt)
+    first = decode_intent_update(encode_intent_updates([trigger(0)], MODEL, SCORED_AT, _row(scores, 0), fmt)[0], fmt)
+    assert first.next_items[1].item_id == "new-title-of-user-0"
+
+
+def _row(scores: ScoreColumns, b: int) -> ScoreColumns:
+    def top(labels: TopLabels) -> TopLabels:
+        return TopLabels(labels.table, labels.indices[b : b + 1], labels.values[b : b + 1], labels.extra)
+
+    return ScoreColumns(scores.intent_embedding[b : b + 1], {t: top(v) for t, v in scores.intents.items()},
+                        {t: w[b : b + 1] for t, w in scores.intent_weights.items()}, top(scores.next_items))  # fmt: skip
 
 
 @given(

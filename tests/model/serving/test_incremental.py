@@ -188,3 +188,18 @@ def test_host_to_device_packs_arrays_into_one_buffer_and_views_them():
         np.testing.assert_array_equal(tensor.numpy(), array)
     storages = {t.untyped_storage().data_ptr() for t in tensors if t.numel()}
     assert len(storages) == 1  # views into one buffer: one copy per batch
+
+
+def test_a_user_s_unknown_titles_are_scored_incrementally_and_named_in_next_items():
+    scorer = make_scorer(unknown_slots=2)
+    history = random_history(12, max_gap_ms=HOUR)
+    history["item"][[3, 7, 10]] = [30, 31, 30]  # slots 0 and 1 (tiny_config's catalogue is 30 items)
+    titles = ("released-yesterday", "released-today")
+    replay(IncrementalScorer(scorer), scorer, {"u": history}, [("u", n) for n in range(1, 13)], batch_size=3)
+    (scores,) = scorer.score([history], top_k=32, unknown_titles=[titles])
+    named = {item.item_id: item.score for item in scores.next_items}
+    assert set(titles) <= set(named) and "<unknown>" not in named
+    full = scorer.predict([history])
+    assert named["released-yesterday"] == pytest.approx(float(full.item_scores[0, 30]))
+    (unnamed,) = scorer.score([history], top_k=32)  # without names, slots are not ranked
+    assert not set(titles) & {item.item_id for item in unnamed.next_items}
