@@ -37,6 +37,7 @@ from schemas import (  # noqa: E402
     TOO_LONG, TS_OUT_OF_RANGE, UNKNOWN_ENUM, VALUE_OUT_OF_RANGE, WRONG_TYPE, decode_dead_letter,
     decode_intent_update, encode_play_event,
 )
+from bench.process_memory import resident_mb  # noqa: E402
 from stream.demo import DemoOptions, demo_world, train_or_reuse  # noqa: E402
 from stream.harness import StreamTopics  # noqa: E402
 from stream.kafka.apache_broker import ApacheKafkaBroker  # noqa: E402
@@ -128,14 +129,19 @@ def hostile_messages(events, n: int, seed: int) -> tuple[list[tuple[bytes, bytes
     return messages, expected, valid, copies
 
 
-def peak_rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+def plot_memory(samples: list[tuple[float, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 3.2))
+    axes.plot([t for t, _ in samples], [mb for _, mb in samples])
+    axes.set_xlabel("seconds since `intentstream run` started")
+    axes.set_ylabel("resident memory, MB")
+    axes.set_title("Hostile input: the run's memory as it reads the topic")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -166,9 +172,10 @@ def main() -> None:
         started = time.monotonic()
         with open(Path(tmp) / "run.log", "wb") as log_file:
             process = subprocess.Popen(run, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
-            peak = 0.0
+            peak, samples = 0.0, []
             while process.poll() is None:
-                peak = max(peak, peak_rss_mb(process.pid))
+                peak = max(peak, resident_mb(process.pid, "VmHWM"))
+                samples.append((time.monotonic() - started, resident_mb(process.pid)))
                 time.sleep(0.5)
         wall_s = time.monotonic() - started
         log_text = (Path(tmp) / "run.log").read_text(errors="replace")
@@ -199,12 +206,22 @@ def main() -> None:
         f"{sum(1 for n in scored.values() if n > 1)}; an update for an event that was not valid: "
         f"{len(set(scored) - valid)}.",
         f"- Wall time {wall_s:.0f} s ({len(messages) / wall_s:.0f} messages/s, model load included); peak resident "
-        f"memory of the run {peak:.0f} MB.",
+        f"memory of the run {peak:.0f} MB; resident memory at each half second: {args.out.with_suffix('.png').name}. "
+        f"Over the second half of the run it went from {_at(samples, 0.5):.0f} to {_at(samples, 1.0):.0f} MB.",
+        "",
+        f"![memory over time]({args.out.with_suffix('.png').name})",
         f"- Tracebacks in the run's log: {log_text.count('Traceback')}.",
         "",
     ]
+    plot_memory([s for s in samples if s[1] == s[1]], args.out.with_suffix(".png"))
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def _at(samples: list[tuple[float, float]], share: float) -> float:
+    """The last real sample at or before `share` of the run."""
+    real = [mb for _, mb in samples if mb == mb]
+    return real[max(0, min(len(real) - 1, int(share * len(real)) - 1))] if real else float("nan")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -38,6 +39,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 from confluent_kafka import Producer  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from bench.process_memory import resident_mb  # noqa: E402
 from schemas import IntentUpdate, ItemScore, LabelScore, ModelRef, encode_intent_update  # noqa: E402
 from stream.kafka.apache_broker import ApacheKafkaBroker  # noqa: E402
 from stream.kafka.broker import create_topics, free_loopback_port  # noqa: E402
@@ -79,9 +81,34 @@ def sample_update(user_id: str, n: int, rng: random.Random) -> IntentUpdate:
         user_id=user_id, event_id=f"{user_id}-{n}", ts=ts, model=ModelRef("intentrec-V3", "bench"), scored_at=ts + 40,
         intent_embedding=tuple(rng.uniform(-1, 1) for _ in range(32)),
         intents={task: tuple(LabelScore(f"{task}-{rng.randrange(20)}", rng.random()) for _ in range(3)) for task in TASKS},
-        intent_weights={task: 0.25 for task in TASKS},
+        intent_weights=dict(zip(TASKS, softmax([rng.gauss(0, 0.6) for _ in TASKS]))),
         next_items=tuple(ItemScore(str(rng.randrange(100_000)), rng.random()) for _ in range(10)),
     )  # fmt: skip
+
+
+def softmax(values: list[float]) -> list[float]:
+    exps = [math.exp(value) for value in values]
+    return [value / sum(exps) for value in exps]
+
+
+def screenshot(url: str, path: Path) -> None:
+    """The page for one user, as headless Chromium draws it (README)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,760"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    try:
+        driver.get(url)
+        WebDriverWait(driver, 15).until(lambda _: driver.find_elements(By.CSS_SELECTOR, "#history polyline"))
+        driver.save_screenshot(str(path))
+    finally:
+        driver.quit()
 
 
 def fill_topic(bootstrap: str, topic: str, users: int, updates_per_user: int) -> int:
@@ -107,11 +134,6 @@ def fill_topic(bootstrap: str, topic: str, users: int, updates_per_user: int) ->
         assert producer.flush(120) == 0, "updates not delivered"
         progress.update(count - progress.n)
     return count
-
-
-def resident_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
 
 def start_serve(bootstrap: str, topic: str, port: int, log_path: Path) -> tuple[subprocess.Popen, float]:
@@ -193,6 +215,7 @@ def main() -> None:
             unpaced = [wrk(url, WRK_SCRIPT % dict(seed=100 + i, users=args.users, pause_ms=0), args.seconds,
                            args.connections) for i in range(args.repeats)]  # fmt: skip
             batch = [wrk(url, BATCH_SCRIPT % dict(users=args.users), args.seconds, 4)]
+            screenshot(f"{url}/?user=user-0000042", args.out.with_name("lookup-page.png"))
         finally:
             serve.terminate(), serve.wait()
 
@@ -236,6 +259,10 @@ def main() -> None:
         f"| ... per million updates on the topic, s | {catch_up_s / (written / 1e6):.1f} |",
         f"| resident memory holding {args.users:,} users, MB (1,000 users: {baseline_mb:.0f}) | {held_mb:.0f} |",
         f"| memory per user held, KB | {per_user_kb:.2f} |",
+        "",
+        "The page (`GET /?user=user-0000042`), as headless Chromium drew it during the run:",
+        "",
+        "![the lookup page](lookup-page.png)",
         "",
     ]
     args.out.write_text("\n".join(lines))

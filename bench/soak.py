@@ -30,6 +30,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 import numpy as np  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 
+from bench.process_memory import resident_mb  # noqa: E402
 from schemas import decode_intent_update, encode_play_event  # noqa: E402
 from stream.demo import DemoOptions, demo_world, train_or_reuse  # noqa: E402
 from stream.harness import DataflowProcess, StreamTopics  # noqa: E402
@@ -48,13 +49,6 @@ class Window:
     p50_ms: float
     p99_ms: float
     rss_mb: float
-
-
-def resident_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def settings_for(bootstrap: str, model_dir: Path, topics: StreamTopics, **changes) -> StreamSettings:
