@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import partial
 from typing import Callable
 
@@ -146,6 +146,20 @@ def key_by_user(play: Play) -> str:
     return play.event.user_id
 
 
+@dataclass(frozen=True)
+class Remembering:
+    """What every user's RememberUser shares: one object for all of them (the step holds a
+    RememberUser per user, so whatever each one holds itself is memory per user)."""
+
+    config: StateConfig
+    featurize: Callable[[PlayEvent], np.ndarray]
+    counters: "StreamCounters"
+
+    @property
+    def keep_for_s(self) -> float:
+        return self.config.ttl_ms / 1000.0
+
+
 class RememberUser(StatefulLogic):
     """The keyed step: one instance per user, holding that user's UserState.
 
@@ -165,41 +179,33 @@ class RememberUser(StatefulLogic):
       activation that grows with the users held by a worker.)
     """
 
-    def __init__(
-        self,
-        config: StateConfig,
-        featurize: Callable[[PlayEvent], np.ndarray],
-        counters: "StreamCounters",
-        resume: UserSnapshot | None,
-    ):
-        self.state = UserState(config) if resume is None else UserState.restore(config, resume)
-        self.featurize = featurize
-        self.counters = counters
-        self.keep_for = timedelta(milliseconds=config.ttl_ms)
-        self.max_clock_skew_ms = config.max_clock_skew_ms
-        self.forget_at = datetime.now(timezone.utc) + self.keep_for
+    def __init__(self, shared: Remembering, resume: UserSnapshot | None):
+        self.shared = shared
+        self.state = UserState(shared.config) if resume is None else UserState.restore(shared.config, resume)
+        self.forget_at = time.time() + shared.keep_for_s  # epoch seconds: a float is half a datetime's size
 
     def on_item(self, play: Play) -> tuple[list[ScoreRequest | DeadLetter], bool]:
-        event = play.event
+        event, shared = play.event, self.shared
         ahead_ms = event.ts - now_ms()
-        if ahead_ms > self.max_clock_skew_ms:
+        max_clock_skew_ms = shared.config.max_clock_skew_ms
+        if ahead_ms > max_clock_skew_ms:
             detail = (f"field 'ts': {event.ts} is {ahead_ms / 1000:.0f} s ahead of this process's clock "
-                      f"(allowed clock skew {self.max_clock_skew_ms / 1000:g} s)")
+                      f"(allowed clock skew {max_clock_skew_ms / 1000:g} s)")
             return [dead_letter(play.origin, FROM_FUTURE, detail)], StatefulLogic.RETAIN
-        outcome = self.state.add(self.featurize(event), event.event_id, event.ts)
-        self.forget_at = datetime.now(timezone.utc) + self.keep_for
+        outcome = self.state.add(shared.featurize(event), event.event_id, event.ts)
+        self.forget_at = time.time() + shared.keep_for_s
         if outcome.verdict is Verdict.ADDED:
             return [ScoreRequest(event, outcome.history, outcome.newest)], StatefulLogic.RETAIN
         if outcome.verdict is Verdict.LATE:
             return [dead_letter(play.origin, LATE, outcome.reason)], StatefulLogic.RETAIN
-        self.counters.count_duplicate()
+        shared.counters.count_duplicate()
         return [], StatefulLogic.RETAIN
 
     def on_notify(self) -> tuple[list, bool]:
         return [], StatefulLogic.DISCARD
 
     def notify_at(self) -> datetime:
-        return self.forget_at
+        return datetime.fromtimestamp(self.forget_at, timezone.utc)
 
     def snapshot(self) -> UserSnapshot:
         return self.state.snapshot()
@@ -412,7 +418,8 @@ def build_flow(
     messages = op.inspect("count_events", messages, counters.count_event)
     decoded = op.branch("valid", op.map("decode", messages, partial(decode, fmt=settings.format)), is_play)
     by_user = op.key_on("key_by_user", decoded.trues, key_by_user)
-    remembered = op.stateful("remember", by_user, partial(RememberUser, config, scorer.featurize, counters))
+    remembering = Remembering(config, scorer.featurize, counters)
+    remembered = op.stateful("remember", by_user, partial(RememberUser, remembering))
     in_time = op.branch("in_time", op.key_rm("unkey", remembered), is_score_request)
     score = ScoreBatch(scorer, settings.batch_size, settings.top_k, observe_scores, counters)
     scored = op.flat_map_batch("score", in_time.trues, score)

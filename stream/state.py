@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from enum import Enum
 
 import numpy as np
 
-INITIAL_ROWS = 8  # storage grows by doubling up to capacity + 1, so one-off users stay small
+INITIAL_ROWS = 2  # storage grows by doubling up to capacity + 1, so users with few events stay small
 
 
 def event_key(event_id: str) -> int:
@@ -80,8 +81,10 @@ class StateConfig:
                 f"({self.lateness_ms} ms), or a late copy of a forgotten event would pass as new"
             )
 
-    @property
+    @cached_property
     def entry_dtype(self) -> np.dtype:
+        # One dtype object for every user's array: each new structured dtype costs ~400 bytes, and
+        # an array keeps the one it was made with.
         return np.dtype([("row", self.row_dtype), ("ts", np.int64), ("event", np.uint64)])
 
 
@@ -106,6 +109,8 @@ UserSnapshot = tuple[bytes, int | None]
 
 
 class UserState:
+    __slots__ = ("config", "_entries", "_size", "_dropped_ts")  # one per user held: no __dict__
+
     def __init__(self, config: StateConfig):
         self.config = config
         self._entries = np.zeros(min(INITIAL_ROWS, config.capacity + 1), dtype=config.entry_dtype)

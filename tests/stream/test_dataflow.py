@@ -9,6 +9,7 @@ import dataclasses
 import pickle
 import random
 import time
+import tracemalloc
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from schemas import (
 from stream.dataflow import (
     Origin,
     Play,
+    Remembering,
     RememberUser,
     ScoreBatch,
     ScoreRequest,
@@ -119,7 +121,7 @@ def test_decode_turns_bad_bytes_into_a_dead_letter_with_everything_to_replay_it(
 
 
 def remember_logic(scorer, settings, counters, resume=None) -> RememberUser:
-    return RememberUser(state_config(settings, scorer), scorer.featurize, counters, resume)
+    return RememberUser(Remembering(state_config(settings, scorer), scorer.featurize, counters), resume)
 
 
 def play(e: PlayEvent, offset=0) -> Play:
@@ -181,6 +183,27 @@ def test_remember_forgets_an_idle_user_after_the_ttl_and_restores_from_a_snapsho
     (request,), _ = restored.on_item(play(event(n=2, ts=event().ts + 2)))
     assert len(request.history) == 3
     assert restored.notify_at() > datetime.now(timezone.utc) + timedelta(hours=1)
+
+
+def test_remember_holds_a_user_of_two_events_in_a_few_hundred_bytes(scorer, tiny_model_dir):
+    """The step holds a RememberUser per user, so whatever each one holds is memory times the users:
+    the settings, featurizer and counters are shared (Remembering), the TTL deadline is a float."""
+    shared = Remembering(state_config(settings_for(tiny_model_dir), scorer), scorer.featurize, StreamCounters())
+    plays = [play(event(n=0)), play(event(n=1, ts=event().ts + 1))]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        users = []
+        for _ in range(2000):
+            logic = RememberUser(shared, None)
+            for one in plays:
+                logic.on_item(one)
+            users.append(logic)
+        per_user = (tracemalloc.get_traced_memory()[0] - before) / len(users)
+    finally:
+        tracemalloc.stop()
+    assert all(len(logic.state) == 2 for logic in users)
+    assert per_user < 600, f"{per_user:.0f} bytes per user"  # 1,400 before sharing
 
 
 # ---------------------------------------------------------------------------------------------

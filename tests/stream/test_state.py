@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -222,3 +223,24 @@ def test_added_histories_equal_the_reference(arrivals, minute_of, context, room)
         assert outcome.newest == (accepted[-1][1] == arrival)
         newest = accepted[-1][0]
         assert len(state) <= cfg.capacity
+
+
+def test_a_user_of_two_events_is_held_in_a_few_hundred_bytes():
+    """A stream holds a state per user (a million users at 1 KB each is a gigabyte): every state of a
+    config shares one entry dtype, and storage starts at two rows."""
+    cfg = config(context=3, capacity=200)
+    rows = [row(1, MINUTE), row(2, 2 * MINUTE)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        states = []
+        for _ in range(2000):
+            state = UserState(cfg)
+            state.add(rows[0], "e1", MINUTE)
+            state.add(rows[1], "e2", 2 * MINUTE)
+            states.append(state)
+        per_user = (tracemalloc.get_traced_memory()[0] - before) / len(states)
+    finally:
+        tracemalloc.stop()
+    assert all(len(state) == 2 for state in states)
+    assert per_user < 400, f"{per_user:.0f} bytes per user"  # 1,000 with a dtype per state and 8 rows
