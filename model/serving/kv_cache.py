@@ -52,22 +52,28 @@ class Ring:
 class KVCache:
     """What the last L-1 interactions of recently scored users leave for the next one: keys and
     values of every attention layer and the item encoder's pointer keys, in tensors on the scoring
-    device that grow up to `max_users` slots (the least recently used user makes room); items,
-    times and validity on the host. Device-side methods take slot (and position) indices already on
-    the device, so that they travel with the batch's inputs."""
+    device, `max_users` slots at most (the least recently used user makes room); items, times and
+    validity on the host. Device-side methods take slot (and position) indices already on the
+    device, so that they travel with the batch's inputs.
+
+    On the CPU all `max_users` slots are allocated at once, as zeroed memory that the system maps
+    only when a slot is first written: resident memory grows with the users cached and never past
+    the bound. (Tensors grown by copying held the old and the new cache at once: up to twice the
+    bound.) On other devices the tensors grow by doubling, up to `max_users` slots."""
 
     def __init__(self, config: IntentRecConfig, max_users: int, device: torch.device):
         self.window = config.attention_window - 1
         self.max_users = max_users
         self.device = device
-        self.keys_values = torch.zeros(keys_values_shape(config, 0, self.window), device=device)
-        self.pointer_keys = torch.zeros((0, self.window, config.d_model), device=device)
-        self.items = np.zeros((0, self.window), dtype=np.int32)
-        self.ts = np.zeros((0, self.window), dtype=np.int64)
-        self.valid = np.zeros((0, self.window), dtype=bool)
-        self.next = np.zeros(0, dtype=np.int64)  # each ring's oldest position
+        slots = max_users if torch.device(device).type == "cpu" else 0
+        self.keys_values = zeros(keys_values_shape(config, slots, self.window), device)
+        self.pointer_keys = zeros((slots, self.window, config.d_model), device)
+        self.items = np.zeros((slots, self.window), dtype=np.int32)
+        self.ts = np.zeros((slots, self.window), dtype=np.int64)
+        self.valid = np.zeros((slots, self.window), dtype=bool)
+        self.next = np.zeros(slots, dtype=np.int64)  # each ring's oldest position
         self.entries: OrderedDict[Hashable, CacheEntry] = OrderedDict()
-        self.free: list[int] = []
+        self.used_slots = 0  # slots 0 .. used_slots - 1 have held a user
         self._read_buffers: dict[str, torch.Tensor] = {}  # see read()
         # What a step reads per user: keys/values and pointer keys (float32).
         floats = int(np.prod(keys_values_shape(config, 1, self.window))) + self.window * config.d_model
@@ -155,17 +161,18 @@ class KVCache:
         self.next[slots] = kept % self.window
 
     def _free_slot(self, round_: int) -> int | None:
-        if self.free:
-            return self.free.pop()
-        if len(self.next) < self.max_users:
-            return self._grow()
+        if self.used_slots == len(self.next) < self.max_users:
+            self._grow()
+        if self.used_slots < len(self.next):
+            self.used_slots += 1
+            return self.used_slots - 1
         user, oldest = next(iter(self.entries.items()), (None, None))
         if oldest is None or oldest.round == round_:
             return None
         del self.entries[user]
         return oldest.slot
 
-    def _grow(self) -> int:
+    def _grow(self) -> None:
         size = len(self.next)
         grown = min(self.max_users, max(8, 2 * size))
 
@@ -180,5 +187,11 @@ class KVCache:
         self.keys_values, self.pointer_keys = extend(self.keys_values, dim=2), extend(self.pointer_keys)
         self.items, self.ts, self.valid = extend_host(self.items), extend_host(self.ts), extend_host(self.valid)
         self.next = extend_host(self.next)
-        self.free.extend(range(grown - 1, size, -1))
-        return size
+
+
+def zeros(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """float32 zeros on `device`; on the CPU from numpy's zeroed allocation (calloc), whose pages the
+    system maps only when they are first written (torch.zeros writes every page at once)."""
+    if torch.device(device).type == "cpu":
+        return torch.from_numpy(np.zeros(shape, dtype=np.float32))
+    return torch.zeros(shape, device=device)
