@@ -28,12 +28,13 @@ def test_a_cpu_cache_is_resident_only_for_the_users_it_holds():
     replay(IncrementalScorer(scorer, cache_bytes=4 * KVCache.bytes_per_user(scorer.config)), scorer, histories,
            events, batch_size=4)  # fmt: skip
 
+    # A margin for transparent huge pages: a written slot may make a 2 MiB page of each tensor resident.
     before = resident_bytes()
-    incremental = IncrementalScorer(scorer, cache_bytes=512 * MIB)
-    assert resident_bytes() - before < 16 * MIB  # 512 MiB of slots, none written yet
+    incremental = IncrementalScorer(scorer, cache_bytes=1024 * MIB)
+    assert resident_bytes() - before < 64 * MIB  # 1 GiB of slots, none written yet
     replay(incremental, scorer, histories, events, batch_size=4)
     assert len(incremental.cache) == 4
-    assert resident_bytes() - before < 16 * MIB
+    assert resident_bytes() - before < 64 * MIB
 
 
 def test_a_cpu_cache_never_holds_more_slots_than_its_bound():
