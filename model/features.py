@@ -131,45 +131,43 @@ def known_items(items: torch.Tensor, n_items: int) -> torch.Tensor:
     return torch.where(items >= n_items, UNKNOWN, items)
 
 
-class UnknownTitles:
-    """One user's titles the vocabulary lacks, each given one of `slots` item indices from `n_items`
-    on, in the order they come; a slot is given again once no held row plays its title any more.
-    Rows of a title that found no free slot stay the unknown item. The stream keeps one per user
-    beside its rows (stream.state); offline histories are slotted by `slot_history` the same way."""
-
-    def __init__(self, n_items: int, slots: int, titles: tuple[str | None, ...] = ()):
-        self.n_items = n_items
-        self.titles: list[str | None] = list(titles) + [None] * (slots - len(titles))
-
-    def slot(self, row: np.ndarray, item_id: str, held_items: np.ndarray) -> None:
-        """Give `row` (featurized from a play of `item_id`) its title's slot, if it is unknown and
-        a slot is free; `held_items`: the items of the rows held before it."""
-        if row["item"] != UNKNOWN or not self.titles:
-            return
-        if item_id in self.titles:
-            k = self.titles.index(item_id)
-        else:
-            in_use = set(held_items[held_items >= self.n_items].tolist())
-            free = [k for k, title in enumerate(self.titles) if title is None or self.n_items + k not in in_use]
-            if not free:
-                return
-            k = free[0]
-            self.titles[k] = item_id
-        row["item"] = self.n_items + k
-
-    def names(self) -> tuple[str, ...]:
-        """The title of each slot ("" for a free one), as the scorer names next items."""
-        return tuple(title or "" for title in self.titles)
+def slot_title(row: np.ndarray, item_id: str, titles: tuple[str, ...], held_items: np.ndarray, n_items: int,
+               slots: int) -> tuple[str, ...]:  # fmt: skip
+    """A user's titles the vocabulary lacks get item indices of their own after the catalogue,
+    n_items + k for the user's k-th (`titles[k]`), in the order they come; a slot is given again once
+    no held row plays its title. Gives `row` (featurized from a play of `item_id`) its title's slot if
+    it is unknown and a slot is free, and returns the user's titles (the same tuple unless one was
+    added). `held_items`: the items of the user's rows before this one that the model reads with it
+    (its window). A title that finds no free slot stays the unknown item. The stream keeps the titles beside each user's rows
+    (stream.dataflow.RememberUser); `slot_history` slots an offline history the same way."""
+    if row["item"] != UNKNOWN or not slots:
+        return titles
+    if item_id in titles:
+        row["item"] = n_items + titles.index(item_id)
+        return titles
+    if len(titles) < slots:
+        k, titles = len(titles), titles + (item_id,)
+    else:
+        in_use = set(held_items[held_items >= n_items].tolist())
+        free = [k for k in range(slots) if n_items + k not in in_use]
+        if not free:
+            return titles
+        k = free[0]
+        titles = titles[:k] + (item_id,) + titles[k + 1 :]
+    row["item"] = n_items + k
+    return titles
 
 
-def slot_history(rows: np.ndarray, item_ids, n_items: int, slots: int) -> tuple[np.ndarray, tuple[str, ...]]:
+def slot_history(rows: np.ndarray, item_ids, n_items: int, slots: int,
+                 window: int | None = None) -> tuple[np.ndarray, tuple[str, ...]]:  # fmt: skip
     """An offline history (rows of one user's plays of `item_ids`, oldest first) with its unknown
-    titles slotted as the stream slots them (nothing forgotten), and the slots' names."""
-    titles = UnknownTitles(n_items, slots)
-    rows = rows.copy()
+    titles slotted as the stream slots them, each row against the `window` rows before it (None: all;
+    the stream: its state's context), and the titles of its slots."""
+    rows, titles = rows.copy(), ()
     for n, item_id in enumerate(item_ids):
-        titles.slot(rows[n], item_id, rows["item"][:n])
-    return rows, titles.names()
+        before = rows["item"][: n] if window is None else rows["item"][max(0, n - window) : n]
+        titles = slot_title(rows[n], item_id, titles, before, n_items, slots)
+    return rows, titles
 
 
 def scaled_log(value: torch.Tensor, maximum: float) -> torch.Tensor:

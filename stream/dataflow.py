@@ -39,8 +39,10 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 from confluent_kafka import OFFSET_BEGINNING
 
+from model.features import slot_title
 from model.serving.incremental import IncrementalScorer, rounds
 from model.serving.scorer import Predictions, Scorer
+from model.vocab import UNKNOWN
 from schemas import (
     FROM_FUTURE,
     LATE,
@@ -97,6 +99,7 @@ class ScoreRequest:
     event: PlayEvent
     history: np.ndarray  # the user's rows up to and including this event, oldest first
     newest: bool  # the event is the user's newest so far (its update also goes to the latest topic)
+    unknown_titles: tuple[str, ...] = ()  # the titles of the user's unknown-title slots (model.features.slot_title)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,12 @@ class Remembering:
     config: StateConfig
     featurize: Callable[[PlayEvent], np.ndarray]
     counters: "StreamCounters"
+    n_items: int  # the model's catalogue, after which the users' unknown-title slots come
+    unknown_slots: int
+
+    @classmethod
+    def of(cls, config: StateConfig, scorer: Scorer, counters: "StreamCounters") -> "Remembering":
+        return cls(config, scorer.featurize, counters, scorer.config.n_items, scorer.config.unknown_slots)
 
     @property
     def keep_for_s(self) -> float:
@@ -179,8 +188,11 @@ class RememberUser(StatefulLogic):
       activation that grows with the users held by a worker.)
     """
 
-    def __init__(self, shared: Remembering, resume: UserSnapshot | None):
+    def __init__(self, shared: Remembering, resume: UserSnapshot | tuple[UserSnapshot, tuple[str, ...]] | None):
         self.shared = shared
+        self.titles: tuple[str, ...] = ()  # the user's titles the vocabulary lacks, by slot
+        if resume is not None and not isinstance(resume[0], bytes):  # a user with unknown titles
+            resume, self.titles = resume
         self.state = UserState(shared.config) if resume is None else UserState.restore(shared.config, resume)
         self.forget_at = time.time() + shared.keep_for_s  # epoch seconds: a float is half a datetime's size
 
@@ -192,10 +204,15 @@ class RememberUser(StatefulLogic):
             detail = (f"field 'ts': {event.ts} is {ahead_ms / 1000:.0f} s ahead of this process's clock "
                       f"(allowed clock skew {max_clock_skew_ms / 1000:g} s)")
             return [dead_letter(play.origin, FROM_FUTURE, detail)], StatefulLogic.RETAIN
-        outcome = self.state.add(shared.featurize(event), event.event_id, event.ts)
+        row, titles = shared.featurize(event), self.titles
+        if row["item"] == UNKNOWN:  # a title released after training: the pointer reaches it through a slot
+            in_window = self.state.rows()["item"][-shared.config.context :]
+            titles = slot_title(row, event.item_id, titles, in_window, shared.n_items, shared.unknown_slots)
+        outcome = self.state.add(row, event.event_id, event.ts)
         self.forget_at = time.time() + shared.keep_for_s
         if outcome.verdict is Verdict.ADDED:
-            return [ScoreRequest(event, outcome.history, outcome.newest)], StatefulLogic.RETAIN
+            self.titles = titles
+            return [ScoreRequest(event, outcome.history, outcome.newest, titles)], StatefulLogic.RETAIN
         if outcome.verdict is Verdict.LATE:
             return [dead_letter(play.origin, LATE, outcome.reason)], StatefulLogic.RETAIN
         shared.counters.count_duplicate()
@@ -207,8 +224,8 @@ class RememberUser(StatefulLogic):
     def notify_at(self) -> datetime:
         return datetime.fromtimestamp(self.forget_at, timezone.utc)
 
-    def snapshot(self) -> UserSnapshot:
-        return self.state.snapshot()
+    def snapshot(self) -> UserSnapshot | tuple[UserSnapshot, tuple[str, ...]]:
+        return (self.state.snapshot(), self.titles) if self.titles else self.state.snapshot()
 
 
 def is_score_request(item: ScoreRequest | DeadLetter) -> bool:
@@ -256,7 +273,8 @@ class ScoreBatch:
             predictions = self.scorer.predict_users([event.user_id for event in events], [r.history for r in chunk])
             if self.observe is not None:
                 self.observe(chunk, predictions)
-            scores = self.scorer.score_columns(predictions, top_k=self.top_k)
+            scores = self.scorer.score_columns(predictions, top_k=self.top_k,
+                                               unknown_titles=[request.unknown_titles for request in chunk])
             if self.counters is not None:
                 self.counters.count_scored_batch(len(chunk), time.perf_counter() - started)
             newest = [request.newest for request in chunk]
@@ -418,7 +436,7 @@ def build_flow(
     messages = op.inspect("count_events", messages, counters.count_event)
     decoded = op.branch("valid", op.map("decode", messages, partial(decode, fmt=settings.format)), is_play)
     by_user = op.key_on("key_by_user", decoded.trues, key_by_user)
-    remembering = Remembering(config, scorer.featurize, counters)
+    remembering = Remembering.of(config, scorer, counters)
     remembered = op.stateful("remember", by_user, partial(RememberUser, remembering))
     in_time = op.branch("in_time", op.key_rm("unkey", remembered), is_score_request)
     score = ScoreBatch(scorer, settings.batch_size, settings.top_k, observe_scores, counters)

@@ -122,7 +122,7 @@ class Scorer:
         names = [tuple(titles) + ("",) * (slots - len(titles)) for titles in unknown_titles]  # () for no titles yet
         named = np.array([[bool(title) for title in titles] for titles in names])
         ranked = np.concatenate([item_scores[:, :n], np.where(named, item_scores[:, n:], -np.inf)], axis=1)
-        top = top_indices(ranked, k)
+        top = top_indices(ranked, min(k, n - FIRST_REAL + int(named.sum(axis=1).min())))  # never an unnamed slot
         # Slot j of answer b is label n + b * slots + j of the batch's own names (TopLabels.extra).
         indices = np.where(top >= n, top + np.arange(len(top))[:, None] * slots, top)
         own_names = LabelTable([title for titles in names for title in titles])

@@ -11,7 +11,8 @@ import numpy as np
 from model.serving.scorer import Predictions, Scorer, top_indices
 from model.training.baselines import Popularity, Recency
 from model.training.evaluate import intent_hits, seen_items, target_ranks
-from model.vocab import FIRST_REAL, Vocabularies
+from model.features import slot_title
+from model.vocab import FIRST_REAL, UNKNOWN, Vocabularies
 from schemas import PlayEvent
 from stream.backtest.report import IntentSample, JudgmentLog
 from stream.backtest.timeline import Timeline
@@ -47,6 +48,7 @@ class ModelJudge:
         self.timeline = timeline
         self.score_from = score_from
         self.top_k = top_k
+        self.n_items = scorer.config.n_items
         tasks = tuple(scorer.config.intent_tasks)
         self.log = JudgmentLog(name, "model", tasks, len(scorer.vocab.items) - FIRST_REAL)
         self.intents = IntentSample(tasks)
@@ -68,43 +70,62 @@ class ModelJudge:
             return
         picked = _rows_of(predictions, chosen)
         targets = np.stack([self.scorer.featurize(event) for event in judged])
-        items = targets["item"].astype(np.int64)
+        in_training = targets["item"] != UNKNOWN
+        # A title the vocabulary lacks is the target's own slot where the user has one for it.
+        items = np.array([slotted_target(item, event.item_id, requests[p].unknown_titles, self.n_items)
+                          for item, event, p in zip(targets["item"].tolist(), judged, chosen)], dtype=np.int64)
         ranks = target_ranks(picked.item_scores, items)
         ranks_unseen = unseen_ranks(picked.item_scores, items, [requests[p].history for p in chosen])
         hits = intent_hits(picked, targets)
         for row, (position, event) in enumerate(zip(chosen, judged)):
             self.log.add(requests[position].event, event, ranks[row], ranks_unseen[row],
-                         {t: h[row] for t, h in hits.items()}, top_indices(picked.item_scores[row], self.top_k))
+                         {t: h[row] for t, h in hits.items()},
+                         top_indices(picked.item_scores[row, : self.n_items], self.top_k), in_training[row])
         if picked.intent_embedding is not None and picked.intent_weights is not None:
             self.intents.add(picked.intent_embedding, picked.intent_weights)
 
 
+def slotted_target(item: int, item_id: str, unknown_titles: tuple[str, ...], n_items: int) -> int:
+    """The judged item's index among the scores: its slot where it is one of the user's unknown titles."""
+    if item == UNKNOWN and item_id in unknown_titles:
+        return n_items + unknown_titles.index(item_id)
+    return item
+
+
 def judge_baselines(timeline: Timeline, vocab: Vocabularies, history_len: int, score_from: int | None,
-                    top_k: int) -> list[JudgmentLog]:
+                    top_k: int, unknown_slots: int = 0) -> list[JudgmentLog]:  # fmt: skip
     """Prequential popularity and recency, judged on every event with a next event in the window.
 
     Popularity counts every play at or before the scored event's time (so plays at the same time
-    count whatever order they arrived in); recency reads the user's last `history_len` items."""
+    count whatever order they arrived in); recency reads the user's last `history_len` items, their
+    unknown titles in slots as the model's (`unknown_slots`), so it continues those too."""
     n_items = len(vocab.items)
-    popularity = Popularity([], n_items)
+    popularity = Popularity([], n_items, unknown_slots)
     recency = Recency(popularity)
     logs = {name: JudgmentLog(name, "baseline", (), n_items - FIRST_REAL) for name in ("popularity", "recency")}
     recent_items: dict[str, deque] = defaultdict(lambda: deque(maxlen=history_len))
+    titles: dict[str, tuple[str, ...]] = defaultdict(tuple)
     events = timeline.events
     in_time_order = sorted(range(len(events)), key=lambda i: events[i].ts)  # stable: ties keep arrival order
     for _, same_time in groupby(in_time_order, key=lambda i: events[i].ts):
         same_time = [events[i] for i in same_time]
         popularity.add([vocab.items.lookup(event.item_id) for event in same_time])
         for event in same_time:
-            recent_items[event.user_id].append(vocab.items.lookup(event.item_id))
+            played = np.array(vocab.items.lookup(event.item_id), dtype=[("item", np.int64)])
+            titles[event.user_id] = slot_title(played, event.item_id, titles[event.user_id],
+                                               np.array(recent_items[event.user_id], dtype=np.int64), n_items,
+                                               unknown_slots)  # fmt: skip
+            recent_items[event.user_id].append(int(played["item"]))
             after = timeline.next_event(event)
             if after is None or (score_from is not None and after.ts < score_from):
                 continue
             history = np.array(recent_items[event.user_id], dtype=[("item", np.int64)])
-            target = np.array([vocab.items.lookup(after.item_id)], dtype=np.int64)
+            known = vocab.items.lookup(after.item_id)
+            target = np.array([slotted_target(known, after.item_id, titles[event.user_id], n_items)])
             for name, baseline in (("popularity", popularity), ("recency", recency)):
                 item_scores = baseline.predict([history]).item_scores
                 (rank,) = target_ranks(item_scores, target)
                 (rank_unseen,) = unseen_ranks(item_scores, target, [history])
-                logs[name].add(event, after, rank, rank_unseen, {}, top_indices(item_scores[0], top_k))
+                logs[name].add(event, after, rank, rank_unseen, {}, top_indices(item_scores[0, :n_items], top_k),
+                               known != UNKNOWN)
     return list(logs.values())

@@ -91,6 +91,7 @@ def run_backtest(
         model = {"name": scorer.model_ref.name, "version": scorer.model_ref.version, "directory": str(directory)}
         backtest.systems.append(SystemResult(judge.log, model, stats, judge.intents if judge.intents.seen else None))
     _, reference = next(iter(models.values()))
-    for log in judge_baselines(timeline, reference.vocab, reference.history_len, score_from, top_k):
+    for log in judge_baselines(timeline, reference.vocab, reference.history_len, score_from, top_k,
+                               reference.config.unknown_slots):
         backtest.systems.append(SystemResult(log))
     return backtest

@@ -59,13 +59,15 @@ class JudgmentLog:
         # 1-based among the items the user's held history has not played; 0 where the next item is
         # one of those (the unseen-only protocol judges new items only)
         self.rank_unseen: list[int] = []
+        self.in_training: list[bool] = []  # the judged title is in the system's vocabulary (its training data)
         self.hits: dict[str, list[float]] = {task: [] for task in tasks}  # 1.0 / 0.0, NaN: no label
         self.recommended: set[int] = set()  # item indices seen in the judged top-k lists
 
     def __len__(self) -> int:
         return len(self.rank)
 
-    def add(self, scored_event, judged_event, rank: int, rank_unseen: int, hits: dict[str, float], top_items) -> None:
+    def add(self, scored_event, judged_event, rank: int, rank_unseen: int, hits: dict[str, float], top_items,
+            in_training: bool = True) -> None:  # fmt: skip
         self.user_id.append(judged_event.user_id)
         self.event_id.append(judged_event.event_id)
         self.ts.append(judged_event.ts)
@@ -74,6 +76,7 @@ class JudgmentLog:
         self.scored_event_id.append(scored_event.event_id)
         self.rank.append(int(rank))
         self.rank_unseen.append(int(rank_unseen))
+        self.in_training.append(bool(in_training))
         for task in self.tasks:
             self.hits[task].append(float(hits[task]))
         self.recommended.update(int(item) for item in top_items)
@@ -91,6 +94,7 @@ class JudgmentLog:
                 "scored_event_id": self.scored_event_id[i],
                 "rank": self.rank[i],
                 "rank_unseen": self.rank_unseen[i] or None,
+                "in_training": self.in_training[i],
                 "hits": {task: None if np.isnan(v[i]) else bool(v[i]) for task, v in self.hits.items()},
             }
 
@@ -196,6 +200,11 @@ def summarize(log: JudgmentLog, k: int) -> dict:
         "overall": block(np.arange(len(ranks))),
         "by_day": {day_of(day * DAY_MS): block(positions) for day, positions in days.items()},
         "by_action": {action: block(positions) for action, positions in positions_by(np.array(log.action)).items()},
+        # Titles the system was trained on, and titles first played after its training data ended.
+        "by_training": {("seen at training" if seen else "new since training"): block(positions)
+                        for seen, positions in positions_by(np.array(log.in_training, dtype=bool)).items()},
+        "by_training_and_action": {group: block(positions) for group, positions in positions_by(np.array(
+            [f"{'seen' if seen else 'new'} / {action}" for seen, action in zip(log.in_training, log.action)])).items()},
         "coverage": len(log.recommended) / log.catalogue_size if log.catalogue_size else 0.0,
     }
 
@@ -383,6 +392,15 @@ def markdown(data: dict, backtest: Backtest, with_intent_plots: bool) -> str:
     for action in actions:
         cells = [_number(data["systems"][s]["by_action"].get(action, {}).get(names[0])) for s in systems]
         lines.append(f"| {action} | {reference.get(action, {}).get('judgments', 0)} | " + " | ".join(cells) + " |")
+    groups = sorted({g for entry in data["systems"].values() for g in entry["by_training_and_action"]})
+    if any(group.startswith("new") for group in groups):
+        lines += ["", f"## {names[0]} by whether the judged title was in the training data, and its action", "",
+                  "| title / action | judgments | " + " | ".join(systems) + " |", "|---" * (2 + len(systems)) + "|"]
+        groups_of = {s: data["systems"][s]["by_training_and_action"] for s in systems}
+        for group in groups:
+            cells = [_number(groups_of[s].get(group, {}).get(names[0])) for s in systems]
+            count = groups_of[data["reference"]].get(group, {}).get("judgments", 0)
+            lines.append(f"| {group} | {count} | " + " | ".join(cells) + " |")
     lines += ["", "## Over time", "", "![metrics per day](metrics_over_time.png)", ""]
     if with_intent_plots:
         lines += [
@@ -414,8 +432,8 @@ def markdown(data: dict, backtest: Backtest, with_intent_plots: bool) -> str:
         "",
         "`judgments.jsonl`: one line per system and judgment: `system`, `user_id`, `event_id`, `ts`, `action`, "
         "`item_id` (of the judged event: the user's next event), `scored_event_id` (the event whose update is "
-        "judged), `rank` (of the judged item in the whole catalogue), `hits` (per intent task: top label right, "
-        "or null where the event has no label). `report.json` holds every metric overall, per day and by action.",
+        "judged), `rank` (of the judged item in the whole catalogue), `in_training` (the judged title is in the "
+        "system's training data), `hits` (per intent task: top label right, or null where the event has no label). `report.json` holds every metric overall, per day and by action.",
         "",
     ]
     return "\n".join(lines)

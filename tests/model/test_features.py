@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.features import ROW_DTYPE, UnknownTitles, slot_history
+from model.features import ROW_DTYPE, slot_history, slot_title
 from model.vocab import UNKNOWN
 
 N_ITEMS = 10
@@ -19,7 +19,7 @@ def test_unknown_titles_get_slots_in_the_order_they_come_and_keep_them():
     rows, names = slot_history(rows_of([2, UNKNOWN, UNKNOWN, 3, UNKNOWN]), ["a", "new-1", "new-2", "b", "new-1"],
                                N_ITEMS, slots=4)  # fmt: skip
     assert rows["item"].tolist() == [2, 10, 11, 3, 10]
-    assert names == ("new-1", "new-2", "", "")
+    assert names == ("new-1", "new-2")
 
 
 def test_a_title_finds_no_slot_when_all_are_in_use_and_stays_unknown():
@@ -28,13 +28,15 @@ def test_a_title_finds_no_slot_when_all_are_in_use_and_stays_unknown():
 
 
 def test_a_slot_is_given_again_once_no_held_row_plays_its_title():
-    titles = UnknownTitles(N_ITEMS, slots=1)
     first = rows_of([UNKNOWN])[0]
-    titles.slot(first, "old-show", held_items=np.array([2, 3]))
-    assert first["item"] == 10
+    titles = slot_title(first, "old-show", (), np.array([2, 3]), N_ITEMS, slots=1)
+    assert first["item"] == 10 and titles == ("old-show",)
+    still_held = rows_of([UNKNOWN])[0]
+    assert slot_title(still_held, "new-show", titles, np.array([2, 10]), N_ITEMS, 1) == titles  # slot 10 in use
+    assert still_held["item"] == UNKNOWN
     later = rows_of([UNKNOWN])[0]
-    titles.slot(later, "new-show", held_items=np.array([2, 3]))  # the rows holding slot 10 are gone
-    assert later["item"] == 10 and titles.names() == ("new-show",)
+    titles = slot_title(later, "new-show", titles, np.array([2, 3]), N_ITEMS, slots=1)  # the rows of slot 10 are gone
+    assert later["item"] == 10 and titles == ("new-show",)
 
 
 def test_known_items_and_no_slots_leave_rows_alone():

@@ -19,9 +19,11 @@ from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.operators import StatefulLogic
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from model.serving.incremental import IncrementalScorer, load_serving_scorer
-from model.serving.scorer import Scorer
+from model.features import slot_history
 from model.playlogs.synth import generate_world
+from model.serving.incremental import IncrementalScorer, load_serving_scorer
+from model.serving.scorer import Scorer, Scores
+from model.vocab import UNKNOWN
 from schemas import (
     FROM_FUTURE,
     LATE,
@@ -121,7 +123,7 @@ def test_decode_turns_bad_bytes_into_a_dead_letter_with_everything_to_replay_it(
 
 
 def remember_logic(scorer, settings, counters, resume=None) -> RememberUser:
-    return RememberUser(Remembering(state_config(settings, scorer), scorer.featurize, counters), resume)
+    return RememberUser(Remembering.of(state_config(settings, scorer), scorer, counters), resume)
 
 
 def play(e: PlayEvent, offset=0) -> Play:
@@ -137,7 +139,9 @@ def test_remember_emits_score_requests_late_dead_letters_and_counts_duplicates(s
     (first,), retain = logic.on_item(play(event(n=0, ts=base)))
     assert retain is StatefulLogic.RETAIN
     assert isinstance(first, ScoreRequest) and first.newest and len(first.history) == 1
-    np.testing.assert_array_equal(first.history[0], scorer.featurize(event(n=0, ts=base)))
+    (slotted,), _ = slot_history(scorer.featurize(event(n=0, ts=base))[None], ["item-1"], scorer.config.n_items,
+                                 scorer.config.unknown_slots)  # fmt: skip
+    np.testing.assert_array_equal(first.history[0], slotted)  # "item-1" is a title the model was not trained on
 
     (second,), _ = logic.on_item(play(event(n=1, ts=base + HOUR_MS)))
     (inserted,), _ = logic.on_item(play(event(n=2, ts=base + 1)))
@@ -188,7 +192,7 @@ def test_remember_forgets_an_idle_user_after_the_ttl_and_restores_from_a_snapsho
 def test_remember_holds_a_user_of_two_events_in_a_few_hundred_bytes(scorer, tiny_model_dir):
     """The step holds a RememberUser per user, so whatever each one holds is memory times the users:
     the settings, featurizer and counters are shared (Remembering), the TTL deadline is a float."""
-    shared = Remembering(state_config(settings_for(tiny_model_dir), scorer), scorer.featurize, StreamCounters())
+    shared = Remembering.of(state_config(settings_for(tiny_model_dir), scorer), scorer, StreamCounters())
     plays = [play(event(n=0)), play(event(n=1, ts=event().ts + 1))]
     tracemalloc.start()
     try:
@@ -322,6 +326,16 @@ def assert_same_scores(update, scores, tol=1e-5):
     ) < tol  # ids may only differ on ties
 
 
+def offline_scores(scorer: Scorer, histories: dict[str, list[PlayEvent]], top_k: int) -> dict[str, Scores]:
+    """event_id -> Scorer.score of the events it must be scored on, its titles the model lacks in
+    their slots, as the stream keeps them (model.features.slot_history)."""
+    slotted = [slot_history(np.stack([scorer.featurize(e) for e in events]), [e.item_id for e in events],
+                            scorer.config.n_items, scorer.config.unknown_slots, scorer.history_len)
+               for events in histories.values()]  # fmt: skip
+    scores = scorer.score([rows for rows, _ in slotted], top_k=top_k, unknown_titles=[titles for _, titles in slotted])
+    return dict(zip(histories, scores))
+
+
 @dataclasses.dataclass
 class Scenario:
     """Input messages and, computed independently of the flow, what must come out of them."""
@@ -417,12 +431,38 @@ def test_the_flow_sends_exactly_one_update_per_valid_event_equal_to_offline_scor
         if message.topic != settings.dlq_topic:
             assert message.key == decode_intent_update(message.value, "json").user_id.encode()
 
-    event_ids = list(scenario.histories)
-    offline = scorer.score([np.stack([scorer.featurize(e) for e in scenario.histories[i]]) for i in event_ids], top_k=5)
-    expected = dict(zip(event_ids, offline))
+    expected = offline_scores(scorer, scenario.histories, top_k=5)
     for update in updates:
         assert update.model == scorer.model_ref
         assert_same_scores(update, expected[update.event_id])
+
+
+def test_a_title_the_model_was_not_trained_on_is_continued_under_its_own_id(scorer, tiny_model_dir):
+    """Released after training: the user's state gives it a slot, the repeat pointer reaches it, and
+    next_items names it; equal to offline scoring with the same slots, and kept across a snapshot."""
+    settings = settings_for(tiny_model_dir, lateness_s=3600.0)
+    logic = remember_logic(scorer, settings, StreamCounters())
+    known = scorer.vocab.items.tokens[0]
+    items = ["brand-new-show", known, "brand-new-show", "another-new-film"]
+    events = [event(n=n, ts=event().ts + n * 60_000, item_id=item) for n, item in enumerate(items)]
+    assert [scorer.vocab.items.lookup(e.item_id) == UNKNOWN for e in events] == [True, False, True, True]
+    requests = [logic.on_item(play(e))[0][0] for e in events]
+    assert [r.unknown_titles for r in requests] == [("brand-new-show",)] * 3 + [("brand-new-show", "another-new-film")]
+
+    n_outputs = scorer.config.n_outputs  # every item and slot in next_items
+    (chunk,) = ScoreBatch(serving_scorer(settings), batch_size=8, top_k=n_outputs)(requests)
+    updates = {u.event_id: u for u in updates_of([chunk])}
+    expected = offline_scores(scorer, {e.event_id: events[: n + 1] for n, e in enumerate(events)}, top_k=n_outputs)
+    for event_id, update in updates.items():
+        assert_same_scores(update, expected[event_id])
+        assert "<unknown>" not in {item.item_id for item in update.next_items}
+    named = {item.item_id: item.score for item in updates["u1-2"].next_items}
+    assert named["brand-new-show"] > 0 and "another-new-film" not in named  # not played yet
+
+    restored = RememberUser(logic.shared, logic.snapshot())
+    assert restored.titles == ("brand-new-show", "another-new-film")
+    (after,), _ = restored.on_item(play(event(n=9, ts=event().ts + 10 * 60_000, item_id="another-new-film")))
+    assert after.history["item"][-1] == scorer.config.n_items + 1
 
 
 def test_the_flow_sends_bad_and_late_events_to_the_dead_letter_topic_and_drops_duplicates(scenario_run):
@@ -466,9 +506,7 @@ def test_the_flow_scores_incrementally_by_default_and_recomputes_without_a_cache
     else:
         assert serving.scored_from_cache == 0
     updates = [decode_intent_update(m.value, "json") for m in sent if m.topic == settings.output_topic]
-    event_ids = list(scenario.histories)
-    offline = scorer.score([np.stack([scorer.featurize(e) for e in scenario.histories[i]]) for i in event_ids], top_k=5)
-    expected = dict(zip(event_ids, offline))
+    expected = offline_scores(scorer, scenario.histories, top_k=5)
     for update in updates:
         assert_same_scores(update, expected[update.event_id])
 

@@ -14,11 +14,13 @@ import numpy as np
 import orjson
 import pytest
 
+from model.features import slot_history
 from model.training.evaluate import intent_hits, ranking_metrics, target_ranks
 from model.playlogs.files import write_log
 from model.serving.scorer import Scorer
 from model.playlogs.synth import generate_world
 from schemas import PlayEvent, decode_play_event, encode_play_event
+from stream.backtest.judging import slotted_target
 from stream.backtest.replay import run_backtest
 from stream.backtest.sources import LogReplay, LogSource, TopicReplay
 from stream.kafka.broker import produce_messages
@@ -64,23 +66,30 @@ def judgment_rows(backtest) -> list[dict]:
 
 
 def direct_judgments(scorer: Scorer, events: list[PlayEvent], score_from: int | None):
-    """Without the dataflow: every user's events in time order; for each one with a next event in
-    the window, Scorer.predict on the history up to it, judged against the next one."""
+    """Without the dataflow: every user's events in time order (titles the model lacks in their
+    slots, as the stream keeps them); for each one with a next event in the window, Scorer.predict on
+    the history up to it, judged against the next one."""
     by_user = defaultdict(list)
     for event in events:
         by_user[event.user_id].append(event)
-    histories, targets, keys = [], [], []
+    histories, targets, target_items, keys = [], [], [], []
+    n_items, slots = scorer.config.n_items, scorer.config.unknown_slots
     for user_events in by_user.values():
         user_events.sort(key=lambda event: event.ts)
-        rows = np.stack([scorer.featurize(event) for event in user_events])
+        featurized = np.stack([scorer.featurize(event) for event in user_events])
+        rows, _ = slot_history(featurized, [e.item_id for e in user_events], n_items, slots, scorer.history_len)
         for i in range(len(user_events) - 1):
             if score_from is None or user_events[i + 1].ts >= score_from:
+                _, titles = slot_history(featurized[: i + 1], [e.item_id for e in user_events[: i + 1]], n_items,
+                                         slots, scorer.history_len)  # fmt: skip
                 histories.append(rows[: i + 1])
-                targets.append(rows[i + 1])
+                targets.append(featurized[i + 1])
+                target_items.append(slotted_target(int(featurized[i + 1]["item"]), user_events[i + 1].item_id,
+                                                   titles, n_items))  # fmt: skip
                 keys.append((user_events[i + 1].user_id, user_events[i + 1].event_id))
     predictions = scorer.predict(histories)
     targets = np.stack(targets)
-    ranks = target_ranks(predictions.item_scores, targets["item"].astype(np.int64))
+    ranks = target_ranks(predictions.item_scores, np.array(target_items, dtype=np.int64))
     return keys, ranks, intent_hits(predictions, targets)
 
 
