@@ -207,7 +207,8 @@ def main() -> None:
         f"{len(set(scored) - valid)}.",
         f"- Wall time {wall_s:.0f} s ({len(messages) / wall_s:.0f} messages/s, model load included); peak resident "
         f"memory of the run {peak:.0f} MB; resident memory at each half second: {args.out.with_suffix('.png').name}. "
-        f"Over the second half of the run it went from {_at(samples, 0.5):.0f} to {_at(samples, 1.0):.0f} MB.",
+        "From a quarter of the run to nine tenths (model loaded, topic being read) it stayed between "
+        f"{min(_between(samples, 0.25, 0.9)):.0f} and {max(_between(samples, 0.25, 0.9)):.0f} MB.",
         "",
         f"![memory over time]({args.out.with_suffix('.png').name})",
         f"- Tracebacks in the run's log: {log_text.count('Traceback')}.",
@@ -218,10 +219,10 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def _at(samples: list[tuple[float, float]], share: float) -> float:
-    """The last real sample at or before `share` of the run."""
+def _between(samples: list[tuple[float, float]], start: float, end: float) -> list[float]:
+    """The real samples from `start` to `end` (shares of the run's length)."""
     real = [mb for _, mb in samples if mb == mb]
-    return real[max(0, min(len(real) - 1, int(share * len(real)) - 1))] if real else float("nan")
+    return real[int(start * len(real)) : max(int(start * len(real)) + 1, int(end * len(real)))]
 
 
 if __name__ == "__main__":
