@@ -131,6 +131,7 @@ class Judgments:
     ranks: list[np.ndarray] = field(default_factory=list)
     ranks_unseen: list[np.ndarray] = field(default_factory=list)  # with the history's items left out
     target_seen: list[np.ndarray] = field(default_factory=list)  # the target is in its history
+    target_known: list[np.ndarray] = field(default_factory=list)  # the target is in the vocabulary (seen at training)
     actions: list[str] = field(default_factory=list)
     hits: dict[str, list[np.ndarray]] = field(default_factory=lambda: defaultdict(list))
 
@@ -138,6 +139,7 @@ class Judgments:
         ranks = np.concatenate(self.ranks) if self.ranks else np.zeros(0)
         ranks_unseen = np.concatenate(self.ranks_unseen) if self.ranks_unseen else np.zeros(0)
         target_seen = np.concatenate(self.target_seen) if self.target_seen else np.zeros(0, dtype=bool)
+        target_known = np.concatenate(self.target_known) if self.target_known else np.zeros(0, dtype=bool)
         hits = {task: np.concatenate(parts) for task, parts in self.hits.items()}
         actions = np.array(self.actions)
 
@@ -153,7 +155,10 @@ class Judgments:
         return {
             "overall": block(np.ones(len(ranks), dtype=bool)),
             "by_action": {a: block(actions == a) for a in sorted(set(self.actions))},
-        }
+            # Targets whose title the training data had, and the others (ranked last: not in the vocabulary).
+            "by_training": {name: block(chosen) for name, chosen in
+                            (("seen at training", target_known), ("new since training", ~target_known)) if chosen.any()},
+        }  # fmt: skip
 
 
 def judge(ranker: Ranker, cases: list[Case], batch: int = BATCH, progress=None) -> Judgments:
@@ -167,6 +172,7 @@ def judge(ranker: Ranker, cases: list[Case], batch: int = BATCH, progress=None) 
         judgments.ranks.append(target_ranks(predictions.item_scores, items))
         judgments.ranks_unseen.append(target_ranks(predictions.item_scores, items, excluded=seen))
         judgments.target_seen.append(seen[np.arange(len(items)), items])
+        judgments.target_known.append(items != UNKNOWN)
         judgments.actions.extend(c.action for c in chunk)
         for task, values in intent_hits(predictions, targets).items():
             judgments.hits[task].append(values)
@@ -190,7 +196,8 @@ def format_report(report: dict, k: int = K) -> str:
     tasks = sorted(key[: -len("_accuracy")] for key in test["overall"] if key.endswith("_accuracy"))
     header = ["slice", "users", *columns, *[f"{c} unseen" for c in unseen_columns], *[f"acc:{t}" for t in tasks]]
     lines = [header]
-    for name, block in [("overall", test["overall"]), *test["by_action"].items()]:
+    by_training = test["by_training"] if "new since training" in test["by_training"] else {}
+    for name, block in [("overall", test["overall"]), *test["by_action"].items(), *by_training.items()]:
         accuracy = [block[f"{t}_accuracy"] for t in tasks]
         lines.append(
             [name, str(block["users"]), *[f"{block[c]:.4f}" for c in columns],

@@ -10,9 +10,10 @@ from model.training.baselines import Popularity, Recency
 from model.checkpoint import load_checkpoint
 from model.config import TrainConfig
 from model.training.evaluate import (
-    evaluate, leave_one_out, ndcg_per_case, paired_bootstrap, ranking_metrics, seen_items, target_ranks,
+    Case, evaluate, judge, leave_one_out, ndcg_per_case, paired_bootstrap, ranking_metrics, seen_items, target_ranks,
 )
 from model.features import ROW_DTYPE
+from model.vocab import UNKNOWN
 from model.playlogs.files import LogError, read_log, write_log
 from model.serving.scorer import Scorer
 from model.playlogs.synth import generate_world
@@ -152,3 +153,16 @@ def test_unseen_ranking_leaves_the_history_out_but_never_the_target():
     assert target_ranks(scores, np.array([4]), excluded=seen).tolist() == [2]  # only item 2 left out
     assert target_ranks(scores, np.array([5]), excluded=seen).tolist() == [2]  # 2 and 4 left out: 3 wins
     assert seen[0, 4] and not seen[0, 5]  # judged over unseen items only when the target is new
+
+
+def test_evaluation_splits_targets_by_whether_training_had_their_title():
+    histories = [np.zeros(3, dtype=ROW_DTYPE) for _ in range(3)]
+    for history, items in zip(histories, ([2, 3, 4], [3, 4, 5], [4, 5, 6])):
+        history["item"] = items
+    targets = np.zeros(3, dtype=ROW_DTYPE)
+    targets["item"] = [4, UNKNOWN, 5]  # the second user's next title came after training
+    cases = [Case(f"u{b}", histories[b], targets[b], "discover") for b in range(3)]
+    summary = judge(Popularity(histories, n_items=20), cases).summary(k=10)
+    assert summary["by_training"]["seen at training"]["HR@10"] == 1.0
+    assert summary["by_training"]["new since training"]["HR@10"] == 0.0  # unknown titles rank last
+    assert summary["overall"]["HR@10"] == pytest.approx(2 / 3)
