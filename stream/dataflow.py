@@ -327,6 +327,8 @@ class StreamCounters:
         self.updates_out = 0  # on the updates topic (the latest topic repeats some of them)
         self.duplicates = 0
         self.dead_letters: Counter[str] = Counter()  # by code
+        self.model_calls = 0  # chunks scored together
+        self.scoring_s = 0.0  # their time: the model and its outputs to arrays
         self.metrics = metrics
         self.log_every_s = log_every_s
         self._next_log = time.monotonic() + log_every_s
@@ -359,6 +361,9 @@ class StreamCounters:
             self.metrics.duplicates.inc()
 
     def count_scored_batch(self, size: int, seconds: float) -> None:
+        with self._lock:
+            self.model_calls += 1
+            self.scoring_s += seconds
         if self.metrics is not None:
             self.metrics.scored_batch(size, seconds)
 

@@ -5,16 +5,18 @@ each test's topics with `StreamTopics`.
 - `StreamTopics`: the four topics of a stream (input, updates, dead letters, latest updates).
 - `outgoing_messages`: play events as input-topic messages, with malformed ones among them.
 - `DataflowProcess`: `stream.dataflow.build_flow` as `intentstream run` builds it, in a spawned child
-  process (its own interpreter, as in a deployment). Only its Kafka source differs
+  process (its own interpreter, as in a deployment; one process of a Bytewax cluster when the
+  settings name `process_id` and `addresses`). Only its Kafka source differs
   (`StoppableKafkaSource`): partitions that end when asked to, and a short `fetch.wait.max.ms`.
 - `stream_live`: produce at a fixed rate (`PacedProducer`) to a running dataflow and read its updates
   and dead letters back, measuring each event's latency, into a `LiveRun`.
 
 Latency ("event to update") is measured from the moment an event is handed to the producer to the
 moment its update is read back from the output topic, both on this process's monotonic clock,
-matched by event_id. The first event is produced alone and the rest only once its update is back,
-so the percentiles describe the running stream; the first update's delay (partition assignment,
-first model call) is reported on its own.
+matched by event_id, so the producer's linger (the client's default linger.ms, 5 ms) is part of it.
+The first event is produced alone and the rest only once its update is back, so the percentiles
+describe the running stream; the first update's delay (partition assignment, first model call) is
+reported on its own.
 
 `fetch.wait.max.ms`: the embedded broker holds every fetch for the full fetch.wait.max.ms (500 ms by
 default) even when data has arrived, so the harness' consumers (the dataflow's source and the reader
@@ -180,6 +182,8 @@ class FlowCounts:
     duplicates: int
     dead_letters: dict[str, int]
     first_read_at: float | None = None  # epoch seconds: the first input message read
+    model_calls: int = 0  # chunks the score step scored together
+    scoring_s: float = 0.0  # the score step's time in them
 
     def describe(self) -> str:
         return (f"in {self.events_in}, updates {self.updates_out}, duplicates {self.duplicates}, "
@@ -211,10 +215,12 @@ def serve_dataflow(settings: StreamSettings, scorer_factory, torch_threads: int,
         source = stoppable_source(settings, stop, fetch_wait_ms)
         flow = build_flow(settings, scorer, source=source, counters=counters)
         reports.put(("ready", None))
-        cli_main(flow, workers_per_process=settings.workers,
+        cli_main(flow, workers_per_process=settings.workers, process_id=settings.process_id,
+                 addresses=list(settings.addresses) or None,
                  epoch_interval=timedelta(seconds=settings.snapshot_interval_s))  # fmt: skip
         reports.put(("done", FlowCounts(counters.events_in, counters.updates_out, counters.duplicates,
-                                        dict(counters.dead_letters), source.first_read_at)))  # fmt: skip
+                                        dict(counters.dead_letters), source.first_read_at, counters.model_calls,
+                                        counters.scoring_s)))  # fmt: skip
     except BaseException:  # noqa: BLE001 - whatever it was, the parent must hear of it
         reports.put(("failed", traceback.format_exc()))
 
@@ -351,9 +357,9 @@ class PacedProducer(threading.Thread):
 
     def run(self) -> None:
         try:
-            # linger.ms=0: each event leaves at once, as from a live client, instead of waiting to
-            # fill a batch.
-            producer = Producer({**client_config(self.bootstrap, self.client), "linger.ms": 0})
+            # The client's default linger.ms (5 ms in librdkafka, as in Kafka 4's Java client), as a
+            # real producer of play events runs: events handed over within 5 ms share a request.
+            producer = Producer(client_config(self.bootstrap, self.client))
             self._send(producer, self.messages[0])
             producer.flush(30)
             while not (self.go.is_set() or self.halt.wait(0.01)):

@@ -501,6 +501,8 @@ def test_the_flow_scores_incrementally_by_default_and_recomputes_without_a_cache
 
     assert isinstance(serving, IncrementalScorer) and serving.backend.name == "eager"
     assert serving.scored_from_cache + serving.scored_from_history == counters.updates_out == len(scenario.histories)
+    assert counters.updates_out / settings.batch_size <= counters.model_calls <= counters.updates_out
+    assert counters.scoring_s > 0
     if kv_cache_mb:  # most users' events follow ones already scored, and cached
         assert serving.scored_from_cache > serving.scored_from_history
     else:
