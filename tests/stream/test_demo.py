@@ -39,7 +39,9 @@ def test_demo_scores_every_play_event_once_and_reports_consistent_numbers(kafka_
     assert summary.updates_out == 100
     assert summary.dead_letters == {"not_decodable": 1, "value_out_of_range": 1}
     counts = summary.flow_counts  # the dataflow's own counters agree
-    assert counts == FlowCounts(102, 100, 0, {"not_decodable": 1, "value_out_of_range": 1}, counts.first_read_at)
+    assert counts == FlowCounts(102, 100, 0, {"not_decodable": 1, "value_out_of_range": 1}, counts.first_read_at,
+                                counts.model_calls, counts.scoring_s)  # fmt: skip
+    assert 0 < counts.model_calls <= 100 and counts.scoring_s > 0
     assert counts.first_read_at is not None
     assert summary.latency_samples == 99  # every update but the first, which is reported apart
     latency = summary.latency_ms
