@@ -23,7 +23,8 @@ Each flow is measured twice, on fresh topics:
 - at a fixed offered rate (`--rate`): events produced in event-time order, each update matched by
   event_id to its event; latency = update read back - event handed to the producer, on one
   monotonic clock (the first event is produced alone and its update awaited first: startup is not
-  in the percentiles);
+  in the percentiles). The producer runs with the client's default linger.ms (5 ms), so an event
+  may wait up to that long for others to share its produce request, and that wait is in its latency;
 - at saturation: the input topic is loaded first, then the flow replays it to its end
   (stop_at_end); events/s = updates / (the last update's broker timestamp, which the sink's
   producer sets when it hands the update over - the moment the flow's source read its first
@@ -81,6 +82,7 @@ class CannedScorer:
 
     def __init__(self, scorer) -> None:
         self.model_ref = scorer.model_ref
+        self.config = scorer.config
         self.history_len = scorer.history_len
         self.row_dtype = scorer.row_dtype
         self.featurize = scorer.featurize
@@ -97,7 +99,8 @@ class CannedScorer:
         return Predictions(repeated(one.item_scores, count), {task: repeated(p, count) for task, p in one.intent_probs.items()},
                            repeated(one.intent_embedding, count), repeated(one.intent_weights, count))  # fmt: skip
 
-    def score_columns(self, predictions, top_k: int = 10):
+    def score_columns(self, predictions, top_k: int = 10, unknown_titles=None):
+        """`unknown_titles` is not looked at: the one answer names no unknown-title slot."""
         from schemas import ScoreColumns, TopLabels
 
         if top_k not in self._answers:
@@ -151,7 +154,7 @@ class SaturationResult:
     counts: FlowCounts | None
 
 
-def scorer_alone_rate(model_dir: Path, events, batch_size: int, torch_threads: int) -> float:
+def scorer_alone_rate(model_dir: Path, events, batch_size: int, torch_threads: int, backend: str) -> float:
     """Events/s of the serving scorer alone on `events` (see the module docstring); run in a fresh process."""
     import torch
 
@@ -160,7 +163,7 @@ def scorer_alone_rate(model_dir: Path, events, batch_size: int, torch_threads: i
     from stream.dataflow import ScoreRequest, score_chunks, state_config
     from stream.state import UserState, Verdict
 
-    settings = StreamSettings(brokers="unused:9092", model_dir=model_dir, batch_size=batch_size)
+    settings = StreamSettings(brokers="unused:9092", model_dir=model_dir, batch_size=batch_size, backend=backend)
     scorer = load_serving_scorer(model_dir, settings.backend, settings.kv_cache_bytes)
     config = state_config(settings, scorer)
     states, requests = {}, []
@@ -180,13 +183,16 @@ def scorer_alone_rate(model_dir: Path, events, batch_size: int, torch_threads: i
 
 def measure_scorer_alone(model_dir: Path, events, args) -> float:
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
-        return child.submit(scorer_alone_rate, model_dir, events, args.batch_size, args.torch_threads).result()
+        return child.submit(scorer_alone_rate, model_dir, events, args.batch_size, args.torch_threads,
+                            args.backend).result()
 
 
-def settings_for(bootstrap: str, model_dir: Path, topics: StreamTopics, flow: Flow, stop_at_end: bool) -> StreamSettings:
+def settings_for(bootstrap: str, model_dir: Path, topics: StreamTopics, flow: Flow, stop_at_end: bool,
+                 backend: str) -> StreamSettings:  # fmt: skip
     return StreamSettings(
         brokers=bootstrap, model_dir=model_dir, input_topic=topics.input, output_topic=topics.output,
         dlq_topic=topics.dlq, latest_topic=topics.latest, batch_size=flow.batch_size, stop_at_end=stop_at_end,
+        backend=backend,
     )  # fmt: skip
 
 
@@ -194,7 +200,7 @@ def measure_live(bootstrap, model_dir, flow: Flow, messages, args, run_id: str, 
     topics = StreamTopics.named(f"bench-{run_id}-{flow.name.replace(' ', '-')}-live-{rate:.0f}-")
     topics.create(bootstrap, partitions=args.partitions)
     process = DataflowProcess(
-        settings_for(bootstrap, model_dir, topics, flow, stop_at_end=False),
+        settings_for(bootstrap, model_dir, topics, flow, stop_at_end=False, backend=args.backend),
         scorer_factory=flow.scorer_factory, torch_threads=args.torch_threads, fetch_wait_ms=args.fetch_wait_ms,
     )  # fmt: skip
     try:
@@ -217,7 +223,7 @@ def measure_saturation(bootstrap, model_dir, flow: Flow, messages, args, run_id:
     topics.create(bootstrap, partitions=args.partitions)
     produce_messages(bootstrap, topics.input, [(m.key, m.value) for m in messages])
     process = DataflowProcess(
-        settings_for(bootstrap, model_dir, topics, flow, stop_at_end=True),
+        settings_for(bootstrap, model_dir, topics, flow, stop_at_end=True, backend=args.backend),
         scorer_factory=flow.scorer_factory, torch_threads=args.torch_threads, fetch_wait_ms=args.fetch_wait_ms,
     )  # fmt: skip
     started = time.monotonic()
@@ -289,8 +295,9 @@ def report(args, command: str, machine_line: str, broker: str, model_line: str, 
         f"- Broker: {broker}",
         f"- Model: {model_line}",
         f"- Workload: {workload}",
-        f"- Settings: {args.partitions} input partition(s), msgpack, 1 Bytewax worker, torch threads "
-        f"{args.torch_threads}, consumers' fetch.wait.max.ms {args.fetch_wait_ms}, producer linger.ms 0",
+        f"- Settings: backend {args.backend}, {args.partitions} input partition(s), msgpack, 1 Bytewax worker, "
+        f"torch threads {args.torch_threads}, consumers' fetch.wait.max.ms {args.fetch_wait_ms}, producers' linger.ms "
+        "the client default (5 ms)",
         "- Processes, all on this machine: the flow (its own, spawned per measurement), the bench (producer"
         " and the reader of updates), the broker",
         "",
@@ -364,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256, help="micro-batch cap of the `intentrec` flow")
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--backend", default=StreamSettings.backend, help="what runs the model (intentstream run "
+                        "--backend): eager, or aoti:PATH of an artifact from `intentstream compile`")  # fmt: skip
     parser.add_argument("--fetch-wait-ms", type=int, default=FETCH_WAIT_MS)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
