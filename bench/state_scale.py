@@ -27,6 +27,8 @@ the measured users - the same after the warm-up, divided by the measured users.
   minus the median gap between reads. Store bytes = the directory's files after the run, per user
   whose snapshot it holds (warm-up users included).
   Then the same without recovery: events/s, and the snapshots' share of the time.
+  With `--no-ttl-notifications` the users ask Bytewax for no TTL notification (what scheduling
+  them costs at scale; such users are never forgotten).
 - KV cache bound: held 100,000 with `--kv-cache-mb` 16: the cache's bytes and users against 16 MiB.
 - TTL: `--ttl` 20 s (lateness 10 s): N users of one event each, an idle wait past the TTL, then N
   other users; the states held (the remember step's users made minus forgotten) and resident memory
@@ -132,6 +134,7 @@ class RunSpec:
     kv_cache_mb: int = StreamSettings.kv_cache_mb
     ttl_s: float = StreamSettings.ttl_s
     lateness_s: float = StreamSettings.lateness_s
+    ttl_notifications: bool = True  # False: users ask Bytewax for no TTL notification (never forgotten)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,6 +201,9 @@ def run_plan(spec: RunSpec, templates: list) -> RunResult:
         def on_notify(self):
             Users.forgotten += 1
             return super().on_notify()
+
+        def notify_at(self):
+            return super().notify_at() if spec.ttl_notifications else None
 
         def snapshot(self):
             started = time.perf_counter()
@@ -470,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttl-s", type=float, default=20.0)
     parser.add_argument("--without-recovery", action=argparse.BooleanOptionalAction, default=True,
                         help="also run each size without recovery")  # fmt: skip
+    parser.add_argument("--ttl-notifications", action=argparse.BooleanOptionalAction, default=True,
+                        help="held runs: each user asks Bytewax for its TTL notification, as the flow does; without, "
+                        "what scheduling them costs shows (users are then never forgotten)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -503,18 +512,21 @@ def main(argv: list[str] | None = None) -> int:
         f"{scorer.config.attention_window}; KV cache {KVCache.bytes_per_user(scorer.config):,} bytes per cached user",
         f"- Users: {args.events_per_user} events each, from {len(templates)} templates; {WARM_UP_USERS:,} warm-up users "
         f"first; torch threads 1, one Bytewax worker, batch cap {StreamSettings.batch_size}, snapshot interval "
-        f"{StreamSettings.snapshot_interval_s:g} s, KV cache {StreamSettings.kv_cache_mb} MB unless said",
+        f"{StreamSettings.snapshot_interval_s:g} s, KV cache {StreamSettings.kv_cache_mb} MB unless said; held users "
+        + ("ask for their TTL notification, as in the flow" if args.ttl_notifications else
+           "ask for NO TTL notification (--no-ttl-notifications)"),
     ]
     del scorer
     report = Report(command, header)
     for users in sizes:
         plan = held_plan(users, args.events_per_user)
         say(f"[held {users:,}] with recovery ...")
-        on = run_in_child(RunSpec(model_dir, plan, recovery=True), templates)
+        notifications = args.ttl_notifications
+        on = run_in_child(RunSpec(model_dir, plan, recovery=True, ttl_notifications=notifications), templates)
         off = None
         if args.without_recovery:
             say(f"[held {users:,}] without recovery ...")
-            off = run_in_child(RunSpec(model_dir, plan, recovery=False), templates)
+            off = run_in_child(RunSpec(model_dir, plan, recovery=False, ttl_notifications=notifications), templates)
         report.held.append(Held(users, on, off))
         say(render(report))
     if args.kv_bound_users:
