@@ -39,7 +39,7 @@ from stream.dataflow import build_flow  # noqa: E402
 from stream.demo import DemoOptions, demo_world, train_or_reuse  # noqa: E402
 from stream.settings import StreamSettings  # noqa: E402
 
-SOURCE_BATCH = 1000  # messages per batch, as bytewax's KafkaSource reads them by default
+from bench.scorer_alone import SOURCE_BATCH  # noqa: E402
 
 
 class CountingSink(DynamicSink):

@@ -60,7 +60,7 @@ from stream.settings import SMALL_MODEL, StreamSettings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "state-scale.md"
 FORMAT = "msgpack"
-SOURCE_BATCH = 1000  # messages per batch, as bytewax's KafkaSource hands them over by default
+from bench.scorer_alone import SOURCE_BATCH  # noqa: E402
 WARM_UP_USERS = 2000
 DRAIN_S = 0.2  # a measurement's wait for the flow to finish what it was given
 NEW_PASS_AFTER_S = 0.5  # snapshot calls further apart than this belong to different epochs

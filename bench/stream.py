@@ -71,7 +71,6 @@ from stream.harness import (  # noqa: E402
 from stream.settings import StreamSettings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "stream.md"
-SOURCE_BATCH = 1000  # messages per batch, as bytewax's KafkaSource hands them over by default
 HALF_RATE_SECONDS = 10.0
 
 
@@ -159,25 +158,10 @@ def scorer_alone_rate(model_dir: Path, events, batch_size: int, torch_threads: i
     import torch
 
     torch.set_num_threads(torch_threads)
-    from model.serving.incremental import load_serving_scorer
-    from stream.dataflow import ScoreRequest, score_chunks, state_config
-    from stream.state import UserState, Verdict
+    from bench.scorer_alone import predict_seconds, score_requests
 
-    settings = StreamSettings(brokers="unused:9092", model_dir=model_dir, batch_size=batch_size, backend=backend)
-    scorer = load_serving_scorer(model_dir, settings.backend, settings.kv_cache_bytes)
-    config = state_config(settings, scorer)
-    states, requests = {}, []
-    for event in events:
-        state = states.setdefault(event.user_id, UserState(config))
-        outcome = state.add(scorer.featurize(event), event.event_id, event.ts)
-        if outcome.verdict is Verdict.ADDED:
-            requests.append(ScoreRequest(event, outcome.history, outcome.newest))
-    spent_s = 0.0
-    for start in range(0, len(requests), SOURCE_BATCH):
-        for chunk in score_chunks(requests[start : start + SOURCE_BATCH], batch_size):
-            started = time.perf_counter()
-            scorer.predict_users([request.event.user_id for request in chunk], [request.history for request in chunk])
-            spent_s += time.perf_counter() - started
+    scorer, requests = score_requests(model_dir, events, batch_size, backend)
+    spent_s = predict_seconds(scorer, requests, batch_size)
     return len(requests) / spent_s
 
 
