@@ -112,9 +112,10 @@ def judge_baselines(timeline: Timeline, vocab: Vocabularies, history_len: int, s
         popularity.add([vocab.items.lookup(event.item_id) for event in same_time])
         for event in same_time:
             played = np.array(vocab.items.lookup(event.item_id), dtype=[("item", np.int64)])
-            titles[event.user_id] = slot_title(played, event.item_id, titles[event.user_id],
-                                               np.array(recent_items[event.user_id], dtype=np.int64), n_items,
-                                               unknown_slots)  # fmt: skip
+            if played["item"] == UNKNOWN:  # a title the vocabulary lacks: its slot, as the stream gives it
+                titles[event.user_id] = slot_title(played, event.item_id, titles[event.user_id],
+                                                   np.array(recent_items[event.user_id], dtype=np.int64), n_items,
+                                                   unknown_slots)  # fmt: skip
             recent_items[event.user_id].append(int(played["item"]))
             after = timeline.next_event(event)
             if after is None or (score_from is not None and after.ts < score_from):
