@@ -55,19 +55,21 @@ class Cache:
     """Incremental inference, as torchtune's KV cache inside the ordinary attention: the keys and
     values that P earlier positions left in each attention layer (past_keys_values: (layers,
     key|value, B, heads, P, head size)) and, for the repeat pointer, their pointer keys (B, P, D) and
-    items (B, P). The layers read theirs in the order they run (short-term, intent, item) and leave
-    the new positions' own in keys_values and pointer_keys. A user's entries are kept between events
-    by model.serving.kv_cache, so they come in and go out as tensors."""
+    items (B, P), and how many interactions before the first new one each was (past_distances (B, P),
+    for relative positions). The layers read theirs in the order they run (short-term, intent, item)
+    and leave the new positions' own in keys_values and pointer_keys. A user's entries are kept
+    between events by model.serving.kv_cache, so they come in and go out as tensors."""
 
     past_keys_values: torch.Tensor | None = None
     past_pointer_keys: torch.Tensor | None = None
     past_items: torch.Tensor | None = None
+    past_distances: torch.Tensor | None = None
     keys_values: list[torch.Tensor] = field(default_factory=list)
     pointer_keys: torch.Tensor | None = None
 
     def attend(self, q, k, v, mask: torch.Tensor) -> torch.Tensor:
         """One attention layer's queries over the cached positions followed by the new ones; mask
-        (B, 1, T, P + T), past first."""
+        (B, 1, T, P + T), past first: boolean, or additive (model.intentrec.SelfAttention)."""
         layer = len(self.keys_values)
         self.keys_values.append(torch.stack([k, v]))
         if self.past_keys_values is None:
@@ -84,30 +86,54 @@ class Cache:
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention. No dropout on the attention weights: on CPU it forces PyTorch's
-    unfused attention path; the blocks' residual dropout regularises enough."""
+    unfused attention path; the blocks' residual dropout regularises enough.
 
-    def __init__(self, d_model: int, n_heads: int):
+    With relative positions, each head adds a learnt bias for how many interactions separate the key
+    from the query (0 .. L-1, Shaw et al. / T5 style): the order of interactions that share a timestamp,
+    which the time encoding cannot tell apart. Distances are counted in the user's own history, so a
+    cached key keeps its meaning when new interactions arrive."""
+
+    def __init__(self, d_model: int, n_heads: int, window: int | None = None):
         super().__init__()
         self.n_heads = n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
+        self.distance_bias = nn.Parameter(torch.zeros(n_heads, window)) if window else None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        if self.distance_bias is not None:
+            mask = self.relative_bias(mask, None if cache is None else cache.past_distances)
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
             y = cache.attend(q, k, v, mask)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
+    def relative_bias(self, mask: torch.Tensor, past_distances: torch.Tensor | None) -> torch.Tensor:
+        """The boolean mask (B, 1, T, P + T) as an additive one (B, heads, T, P + T): each allowed
+        key's distance bias, -inf elsewhere. past_distances (B, P): the cached keys' distances from
+        the first new position."""
+        T = mask.shape[2]
+        pos = torch.arange(T, device=mask.device)
+        distance = (pos.view(T, 1) - pos.view(1, T)).unsqueeze(0)  # (1, T, T)
+        if past_distances is not None:
+            past = past_distances.unsqueeze(1) + pos.view(1, T, 1)  # (B, T, P)
+            distance = torch.cat([past, distance.expand(past.shape[0], -1, -1)], dim=-1)
+        distance = distance.clamp(0, self.distance_bias.shape[1] - 1)
+        bias = self.distance_bias[:, distance].transpose(0, 1)  # (B or 1, heads, T, P + T)
+        return bias.masked_fill(~mask, float("-inf"))
+
 
 def attention_after(q, k, v, past: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Scaled dot-product attention over cached keys/values followed by the rows' own, reading the
-    cache in place rather than concatenating it with the new keys (a copy of the whole cache)."""
+    cache in place rather than concatenating it with the new keys (a copy of the whole cache). mask:
+    boolean, or additive (-inf where not allowed)."""
     past_k, past_v = past.unbind(0)
     scores = torch.cat([q @ past_k.transpose(-2, -1), q @ k.transpose(-2, -1)], dim=-1) / math.sqrt(q.shape[-1])
-    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    scores = scores + mask if mask.is_floating_point() else scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
     P = past_k.shape[2]
     return weights[..., :P] @ past_v + weights[..., P:] @ v
 
@@ -115,10 +141,10 @@ def attention_after(q, k, v, past: torch.Tensor, mask: torch.Tensor) -> torch.Te
 class Block(nn.Module):
     """Pre-norm transformer block."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
+    def __init__(self, d_model: int, n_heads: int, dropout: float, window: int | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model)
-        self.attention = SelfAttention(d_model, n_heads)
+        self.attention = SelfAttention(d_model, n_heads, window)
         self.norm2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
@@ -139,7 +165,9 @@ class CausalTransformer(nn.Module):
         self.input = nn.Sequential(nn.Linear(d_in, config.d_model), nn.LayerNorm(config.d_model))
         self.input_dropout = nn.Dropout(config.input_dropout)
         self.blocks = nn.ModuleList(
-            Block(config.d_model, config.n_heads, config.dropout) for _ in range(n_layers)
+            Block(config.d_model, config.n_heads, config.dropout,
+                  config.attention_window if config.relative_positions else None)
+            for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(config.d_model)
 

@@ -7,7 +7,7 @@
 - StepGraph: one new row per user, after the cached rows of the user's last L-1 interactions.
 
 Their inputs are model.inputs.MODEL_INPUTS, prepared on the host (model.serving.host_inputs); the
-step graph then takes the cached rows' items, keys/values and pointer keys.
+step graph then takes the cached rows' items and distances, keys/values and pointer keys.
 """
 from __future__ import annotations
 
@@ -55,10 +55,10 @@ class StepGraph(nn.Module):
 
     def forward(
         self, item, action, kind, release, device, genres, watch_s, gap_s, time_code, days, attend, attend_short,
-        past_items, past_keys_values, past_pointer_keys,
+        past_items, past_distances, past_keys_values, past_pointer_keys,
     ):  # fmt: skip
         inputs = (item, action, kind, release, device, genres, watch_s, gap_s, time_code, days, attend, attend_short)
-        return graph_outputs(self.model, inputs, Cache(past_keys_values, past_pointer_keys, past_items))
+        return graph_outputs(self.model, inputs, Cache(past_keys_values, past_pointer_keys, past_items, past_distances))
 
 
 @dataclass

@@ -36,7 +36,8 @@ def window_batch(histories: Sequence[np.ndarray], length: int, config: IntentRec
 
 def step_batch(rows: np.ndarray, previous_ts: np.ndarray, cached: Ring, config: IntentRecConfig) -> HostBatch:
     """One new row per user (rows: (B,)) after its cached rows; previous_ts: the newest cached time
-    of each user. Ends with the cached rows' items."""
+    of each user. Ends with the cached rows' items and how many interactions before the new row
+    each is (1 for the newest cached, L-1 for the oldest; each ring's oldest is at `positions`)."""
     rows = rows.reshape(-1, 1)
     ts = rows["ts"].copy()
     gap_s = (ts - previous_ts.reshape(-1, 1)).astype(np.float32) / np.float32(1000.0)
@@ -51,7 +52,9 @@ def step_batch(rows: np.ndarray, previous_ts: np.ndarray, cached: Ring, config: 
     days = days_since_origin(ts_t, config.time_origin_ms).numpy()
     fields = [rows[name].astype(np.int32) for name in INDEX_FIELDS]
     inputs = [*fields, rows["watch_s"], gap_s, time_code, days, attend, attend_short]
-    return HostBatch([*inputs, cached.items], inputs[0], ts, itself)
+    window = cached.items.shape[1]
+    distances = (cached.positions[:, None] - 1 - np.arange(window)) % window + 1
+    return HostBatch([*inputs, cached.items, distances.astype(np.int32)], inputs[0], ts, itself)
 
 
 TORCH_DTYPES = {np.dtype(t): getattr(torch, str(np.dtype(t))) for t in (np.int32, np.int64, np.float32, np.bool_)}

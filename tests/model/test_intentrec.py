@@ -14,7 +14,7 @@ from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import IntentRecConfig, variant_overrides
 from model.features import CATALOGUE_DTYPE, NO_RELEASE, ROW_DTYPE, batch_tensors, catalogue_entries
 from model.inputs import attention_mask, model_inputs
-from model.intentrec import IntentRec, intent_probabilities, task_sizes
+from model.intentrec import IntentRec, SelfAttention, intent_probabilities, task_sizes
 from model.serving.scorer import Scorer, padded_length
 from model.vocab import UNKNOWN, Vocabularies, Vocabulary
 from schemas import ModelRef
@@ -70,6 +70,9 @@ def random_model(config: IntentRecConfig) -> IntentRec:
             if parameter is not None:
                 for weights in parameter.parameters():
                     weights.normal_()
+        for module in model.modules():
+            if isinstance(module, SelfAttention) and module.distance_bias is not None:
+                module.distance_bias.normal_()
     return model.eval()
 
 

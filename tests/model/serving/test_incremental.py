@@ -66,8 +66,10 @@ def test_many_users_with_long_histories_match_full_recomputation(variant):
     assert incremental.scored_from_cache == len(events) - len(histories)
 
 
-def test_the_training_recipe_options_keep_serving_exact():
-    scorer = make_scorer(input_dropout=0.5, dropout=0.5, embedding_init_std=0.02, item_input_scale=8.0)
+@pytest.mark.parametrize("relative_positions", [True, False])
+def test_the_training_recipe_options_keep_serving_exact(relative_positions):
+    scorer = make_scorer(input_dropout=0.5, dropout=0.5, embedding_init_std=0.02, item_input_scale=8.0,
+                         relative_positions=relative_positions)
     histories = {f"u{u}": random_history(30, seed=u) for u in range(6)}
     incremental = IncrementalScorer(scorer)
     replay(incremental, scorer, histories, interleaved_stream(histories, seed=2), batch_size=8)
