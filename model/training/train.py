@@ -1,4 +1,5 @@
-"""Training: next-item cross-entropy weighted by watch time, plus lambda x the intent-task losses.
+"""Training: next-item cross-entropy (each target alike, or weighted by watch time as in the paper:
+TrainConfig.loss_weighting), plus lambda x the intent-task losses.
 
 Split per user, in time order: the last interaction is held out for testing and the one before it
 for validation (early stopping); everything earlier is training data.
@@ -99,7 +100,7 @@ def intent_targets(task: str, targets: dict[str, torch.Tensor], n_labels: int):
     return labels, labels >= FIRST_REAL
 
 
-def loss_of_batch(model: IntentRec, batch, mean_weight: float):
+def loss_of_batch(model: IntentRec, batch, mean_weight: float, loss_weighting: str = TrainConfig.loss_weighting):
     rows, loss_from, following = batch
     length = max(len(r) for r in rows)
     x = batch_tensors(rows, length)
@@ -111,7 +112,10 @@ def loss_of_batch(model: IntentRec, batch, mean_weight: float):
     out = model(model_inputs(x, model.config), targets=targets["item"].long())
     # The floor keeps log() and its gradient finite where the mixture gives a target nothing.
     item_ce = -torch.log(out.item_probs[in_loss].clamp(min=1e-30))
-    weight = (targets["watch_s"][in_loss] + WATCH_FLOOR_S) / mean_weight
+    if loss_weighting == "watch":
+        weight = (targets["watch_s"][in_loss] + WATCH_FLOOR_S) / mean_weight
+    else:
+        weight = torch.ones_like(item_ce)
     loss = (weight * item_ce).sum() / weight.sum()
 
     for task, logits in out.intent_logits.items():
@@ -190,7 +194,7 @@ def train_model(
         batches = [by_length[i : i + train_config.batch_size] for i in range(0, len(by_length), train_config.batch_size)]
         for b in order.permutation(len(batches)):
             chosen = [windows[i] for i in batches[b]]
-            loss = loss_of_batch(model, tuple(zip(*chosen)), mean_weight)
+            loss = loss_of_batch(model, tuple(zip(*chosen)), mean_weight, train_config.loss_weighting)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from model.config import TrainConfig
+from model.config import LOSS_WEIGHTINGS, TrainConfig
 from stream.cli.arguments import positive_int, timestamp_ms
 from stream.errors import CommandError
 from stream.settings import SMALL_MODEL
@@ -34,6 +34,9 @@ def add_training_commands(commands) -> None:
     train.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs)
     train.add_argument("--patience", type=positive_int, default=TrainConfig.patience)
     train.add_argument("--seed", type=int, default=TrainConfig.seed)
+    train.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=TrainConfig.loss_weighting,
+                       help="uniform: every next play counts alike (default); watch: each by its watch time, as in "
+                            "the paper")
     train.add_argument("--small", action="store_true", help="a tiny model for smoke tests and demos")
     train.add_argument("--torch-threads", type=positive_int, default=1,
                        help="intra-op threads (default 1: this small model gains little from more, and "
@@ -79,7 +82,8 @@ def train_command(args: argparse.Namespace) -> None:
         args.out,
         variant=args.variant,
         until_ts=args.until,
-        train_config=TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed),
+        train_config=TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed,
+                                 loss_weighting=args.loss_weighting),
         model_overrides=SMALL_MODEL if args.small else None,
     )
     print(
