@@ -17,6 +17,7 @@ model's per-user test ranks).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import platform
@@ -77,11 +78,12 @@ def judge_test(ranker, rows_by_user: dict, vocab) -> dict:
     }
 
 
-def run_peer(log: Path, seeds: int, workdir: Path, minutes: float | None) -> list[dict]:
+def run_peer(log: Path, seeds: int, workdir: Path, minutes: float | None, recorded: Path | None) -> list[dict]:
     """RecBole's SASRec on the log's users, each user's items in our order; one run per seed, each
-    trained for at most about `minutes` (None: until RecBole's early stopping)."""
-    subprocess.run(["bash", str(ROOT / "bench" / "peers" / "setup_recbole.sh")], check=True)
-    sequences, result = workdir / f"{log.stem}-sequences.jsonl", workdir / f"{log.stem}-sasrec.json"
+    trained for at most about `minutes` (None: until RecBole's early stopping). A run takes hours on
+    this machine, so its result is kept in `recorded` (a folder) under the SHA-256 of exactly the
+    sequences it was given and its settings, and reused when the same split asks for it again."""
+    sequences = workdir / f"{log.stem}-sequences.jsonl"
     new_targets = set()  # users whose test target is not in their history
     with sequences.open("w") as out:
         for user, events in read_user_sequences(log).items():
@@ -89,12 +91,21 @@ def run_peer(log: Path, seeds: int, workdir: Path, minutes: float | None) -> lis
             out.write(json.dumps({"user": user, "items": items}) + "\n")
             if items[-1] not in items[:-1]:
                 new_targets.add(user)
-    subprocess.run(
-        [str(PEER_PYTHON), str(ROOT / "bench" / "peers" / "sasrec.py"), "--sequences", str(sequences),
-         "--out", str(result), "--seeds", str(seeds), "--workdir", str(workdir / f"{log.stem}-recbole"),
-         *(["--time-budget-min", str(minutes)] if minutes else [])],
-        check=True,
-    )
+    digest = hashlib.sha256(sequences.read_bytes()).hexdigest()[:16]
+    name = f"sasrec-{log.stem}-{digest}-seeds{seeds}-" + (f"{minutes:g}min" if minutes else "converged") + ".json"
+    result = (recorded or workdir) / name
+    if result.exists():
+        tqdm.write(f"{PEER}: reusing {result.relative_to(ROOT) if result.is_relative_to(ROOT) else result} "
+                   "(the same sequences and settings)")
+    else:
+        subprocess.run(["bash", str(ROOT / "bench" / "peers" / "setup_recbole.sh")], check=True)
+        result.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [str(PEER_PYTHON), str(ROOT / "bench" / "peers" / "sasrec.py"), "--sequences", str(sequences),
+             "--out", str(result), "--seeds", str(seeds), "--workdir", str(workdir / f"{log.stem}-recbole"),
+             *(["--time-budget-min", str(minutes)] if minutes else [])],
+            check=True,
+        )
     runs = []
     for seed_run in json.loads(result.read_text())["seeds"]:
         ranks = seed_run["ranks"]
@@ -229,6 +240,9 @@ def main() -> None:
     parser.add_argument("--peer-minutes", type=float, default=None,
                         help="most training minutes per SASRec seed (on one shared core an epoch took 2.5-3 "
                              "minutes, and 37 epochs had not reached early stopping); default: no limit")
+    parser.add_argument("--peer-results", type=Path, default=ROOT / "bench" / "results" / "peers",
+                        help="where SASRec's results are kept by the digest of the split and reused (default: "
+                             "bench/results/peers)")
     parser.add_argument("--synth-users", type=int, default=1000, help="users in the synthetic world")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="intra-op threads; one is fastest on a shared 2-core machine")
@@ -236,6 +250,8 @@ def main() -> None:
                         help="models trained at once, each in its own process (2 on this 2-core machine)")
     parser.add_argument("--model-overrides", type=json.loads, default={}, metavar="JSON",
                         help='IntentRecConfig fields for every variant, e.g. \'{"d_model": 32}\' (capacity probes)')
+    parser.add_argument("--train-overrides", type=json.loads, default={}, metavar="JSON",
+                        help='TrainConfig fields, e.g. \'{"batch_size": 64}\'')
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.md")
     args = parser.parse_args()
     command = "python bench/quality.py " + shlex.join(sys.argv[1:])
@@ -250,8 +266,8 @@ def main() -> None:
         for dataset, log in logs.items():
             results[dataset] = floor_baselines(log)
             if args.peer_seeds:
-                results[dataset][PEER] = run_peer(log, args.peer_seeds, workdir, args.peer_minutes)
-        train_config = replace(TrainConfig(), epochs=args.epochs, patience=args.patience)
+                results[dataset][PEER] = run_peer(log, args.peer_seeds, workdir, args.peer_minutes, args.peer_results)
+        train_config = replace(TrainConfig(), **{"epochs": args.epochs, "patience": args.patience, **args.train_overrides})
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, context, initializer=torch.set_num_threads, initargs=(args.torch_threads,)) as pool:
             futures = {
