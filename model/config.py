@@ -39,7 +39,9 @@ class IntentRecConfig:
     # Feature embeddings start as N(0, std) (None: PyTorch's N(0, 1)). The item table is also the
     # output layer (weight tying): N(0, 1) starts the catalogue softmax far from uniform.
     embedding_init_std: float | None = 0.02
-    item_input_scale: float = 1.0  # the item embedding enters F_k multiplied by this
+    # The item embedding enters F_k multiplied by this: with N(0, 0.02) tables, 1 left the item drowned by
+    # the five side features in the input layer (MovieLens-100K V0 0.0668 at 1, 0.0698 at 8, 0.0705 at 16).
+    item_input_scale: float = 8.0
     attention_window: int = 50  # L: every layer attends to at most the last L interactions
     # A learnt bias per head and distance in interactions on every attention layer (model.intentrec.
     # SelfAttention): the order of interactions that share a timestamp, which the time encoding cannot
@@ -151,9 +153,12 @@ class TrainConfig:
     lr: float = 2e-3  # peak; cosine decay to lr / 20 over `epochs`
     weight_decay: float = 0.01
     seed: int = 0
-    # "uniform": every next-item target counts alike, as the ranking metrics count them; "watch": each
-    # by its watch time (the paper's d_k), which favours long plays over what comes next.
-    loss_weighting: str = "uniform"
+    # "watch": each next-item target weighted by its watch time (the paper's d_k: a film watched to the
+    # end counts more than a trailer); "uniform": every target alike, as the ranking metrics count them.
+    # On the synthetic world, whose watch times mean something, V3 scored 0.6804 with "watch" against
+    # 0.6700 with "uniform" (seed 0); MovieLens has no watch time (its converter gives every rating the
+    # same nominal runtime, so both are the same there).
+    loss_weighting: str = "watch"
 
     def __post_init__(self):
         if self.loss_weighting not in LOSS_WEIGHTINGS:

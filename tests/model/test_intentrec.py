@@ -119,6 +119,7 @@ def test_past_outputs_do_not_change_when_an_event_arrives(variant):
 @pytest.mark.parametrize("variant", ["V0", "V1", "V2", "V3"])
 def test_the_last_history_len_interactions_decide_the_prediction(variant):
     config = tiny_config(**variant_overrides(variant))
+    torch.manual_seed(0)
     model = IntentRec(config).eval()
     history = random_history(config.history_len + 9, max_gap_ms=HOUR)  # all within the short-term window
     with torch.no_grad():
@@ -182,6 +183,19 @@ def test_checkpoint_round_trip(tmp_path):
     (scores,) = scorer.score([history], top_k=5)
     assert len(scores.next_items) == 5 and len(scores.intent_embedding) == 8
     assert [s.score for s in scores.next_items] == sorted((s.score for s in scores.next_items), reverse=True)
+
+
+def test_a_checkpoint_from_before_relative_positions_loads_without_them(tmp_path):
+    model = IntentRec(tiny_config(relative_positions=False)).eval()
+    save_checkpoint(tmp_path, model, tiny_vocab(), {})
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["model"]["relative_positions"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded, _, _ = load_checkpoint(tmp_path)
+    assert not loaded.config.relative_positions
+    history = random_history(6)
+    with torch.no_grad():
+        torch.testing.assert_close(run(model, [history]).item_probs, run(loaded, [history]).item_probs)
 
 
 def test_bad_checkpoints_are_refused_with_a_reason(tmp_path):

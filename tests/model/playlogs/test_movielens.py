@@ -88,7 +88,7 @@ def test_tiny_grouplens_fields(tmp_path):
     assert brand_new.ts == ms(1997, 10, 4)
     assert brand_new.release_ts == ms(1997, 3, 14)  # the exact date of u.item
     assert brand_new.genres == ("Action",) and brand_new.kind == "movie"
-    assert brand_new.duration_s == 2 / 5 * 7200
+    assert brand_new.duration_s == 7200.0  # no watch time in MovieLens: a nominal film, whatever the rating
     assert brand_new.device is None
     assert events["ml-1-3"].genres == ("Drama", "Romance")
     assert events["ml-1-6"].genres == () and events["ml-1-6"].release_ts is None
@@ -171,7 +171,7 @@ def test_ml_100k_counts_and_validity(ml_100k):
     for event in ml_100k:
         assert decode_play_event(encode_play_event(event, "msgpack"), "msgpack") == event
     assert ms(1997, 9) <= ml_100k[0].ts and ml_100k[-1].ts < ms(1998, 5)
-    assert {event.duration_s for event in ml_100k} == {1440.0, 2880.0, 4320.0, 5760.0, 7200.0}
+    assert {event.duration_s for event in ml_100k} == {7200.0}
 
 
 @needs_ml_100k

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from model.training.baselines import Popularity, Recency
 from model.checkpoint import load_checkpoint
@@ -17,7 +18,12 @@ from model.vocab import UNKNOWN
 from model.playlogs.files import LogError, read_log, write_log
 from model.serving.scorer import Scorer
 from model.playlogs.synth import generate_world
-from model.training.train import chunk_spans, load_rows, train_model
+from model.features import batch_tensors
+from model.inputs import model_inputs
+from model.intentrec import IntentRec
+from model.config import variant_overrides
+from model.training.train import WATCH_FLOOR_S, chunk_spans, load_rows, loss_of_batch, train_model
+from tests.model.test_intentrec import random_history, tiny_config
 from stream.cli import main
 from stream.settings import SMALL_MODEL
 
@@ -166,3 +172,26 @@ def test_evaluation_splits_targets_by_whether_training_had_their_title():
     assert summary["by_training"]["seen at training"]["HR@10"] == 1.0
     assert summary["by_training"]["new since training"]["HR@10"] == 0.0  # unknown titles rank last
     assert summary["overall"]["HR@10"] == pytest.approx(2 / 3)
+
+
+def test_an_unknown_loss_weighting_is_refused():
+    with pytest.raises(ValueError, match="loss_weighting='minutes'; choose one of"):
+        TrainConfig(loss_weighting="minutes")
+
+
+def test_the_next_item_loss_weights_targets_by_watch_time_only_when_asked():
+    torch.manual_seed(0)
+    model = IntentRec(tiny_config(**variant_overrides("V0"))).eval()  # no intent losses, no dropout
+    rows = random_history(12, seed=4)
+    following = np.zeros_like(rows)
+    following[:-1] = rows[1:]
+    x = model_inputs(batch_tensors([rows], len(rows)), model.config)
+    with torch.no_grad():
+        p = model(x, targets=batch_tensors([following], len(rows))["item"].long()).item_probs[0, :-1]
+        ce = -torch.log(p)
+        batch = ([rows], [0], [following])
+        uniform, watch = (loss_of_batch(model, batch, 1.0, weighting) for weighting in ("uniform", "watch"))
+    d = torch.from_numpy(following["watch_s"][:-1] + WATCH_FLOOR_S)
+    torch.testing.assert_close(uniform, ce.mean())
+    torch.testing.assert_close(watch, (d * ce).sum() / d.sum())
+    assert not torch.isclose(uniform, watch)
