@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from model.serving.backends import compile_artifact, example_rows, load_backend  # noqa: E402
 from model.config import IntentRecConfig  # noqa: E402
 from model.serving.incremental import IncrementalScorer  # noqa: E402
+from model.serving.kv_cache import KVCache  # noqa: E402
 from model.intentrec import IntentRec  # noqa: E402
 from model.serving.scorer import Scorer  # noqa: E402
 from model.vocab import Vocabularies, Vocabulary  # noqa: E402
@@ -137,7 +138,7 @@ def bench_backend(name: str, backend, scorer: Scorer, grid: Grid, sync, log) -> 
     # The steady state: a user's cache ring is full once it has seen L-1 rows (older rows are never
     # read by a step), so L rows of history are enough to fill the caches.
     users = Users(config, max(grid.batches), window, extra)
-    incremental = IncrementalScorer(scorer, backend, cache_bytes=1 << 40)
+    incremental = IncrementalScorer(scorer, backend, cache_bytes=cache_bytes_for(config, len(users.ids)))
     started = time.perf_counter()
     incremental.predict_users(users.ids, users.histories(len(users.ids), advance=False))
     log(f"  {name} L={window}: filled {len(users.ids)} caches in {time.perf_counter() - started:.1f}s")
@@ -152,6 +153,12 @@ def bench_backend(name: str, backend, scorer: Scorer, grid: Grid, sync, log) -> 
         latencies = timed(lambda: recomputing.predict_users(long_users.ids[:batch], long_users.histories(batch)), grid, sync)
         cells.append(log_cell(Cell(name, window, batch, "full", latencies), log))
     return cells
+
+
+def cache_bytes_for(config, users: int) -> int:
+    """A KV cache that holds exactly `users` users: on the CPU all its slots are allocated at once
+    (lazily mapped, but the system still refuses an allocation far beyond memory)."""
+    return users * KVCache.bytes_per_user(config)
 
 
 def bench_baseline(scorer: Scorer, device: str, grid: Grid, log) -> Cell:
@@ -202,7 +209,7 @@ def process_worker(window: int, batch: int, repetitions: int, start) -> tuple[in
     torch.set_num_threads(1)
     scorer = make_scorer(window)
     users = Users(scorer.config, batch, window, repetitions + 2)
-    incremental = IncrementalScorer(scorer, cache_bytes=1 << 40)
+    incremental = IncrementalScorer(scorer, cache_bytes=cache_bytes_for(scorer.config, batch))
     incremental.predict_users(users.ids, users.histories(batch, advance=False))
     incremental.predict_users(users.ids, users.histories(batch))
     start.wait()

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from model.config import IntentRecConfig
+from model.errors import CacheSizeError
 from model.features import ROW_DTYPE
 from model.serving.graphs import GraphOutputs
 
@@ -66,8 +67,13 @@ class KVCache:
         self.max_users = max_users
         self.device = device
         slots = max_users if torch.device(device).type == "cpu" else 0
-        self.keys_values = zeros(keys_values_shape(config, slots, self.window), device)
-        self.pointer_keys = zeros((slots, self.window, config.d_model), device)
+        try:
+            self.keys_values = zeros(keys_values_shape(config, slots, self.window), device)
+            self.pointer_keys = zeros((slots, self.window, config.d_model), device)
+        except MemoryError:
+            size_mb = max_users * self.bytes_per_user(config) >> 20
+            raise CacheSizeError(f"a KV cache of {size_mb:,} MiB ({max_users:,} users) cannot be allocated on "
+                                 "this machine; give it less memory (--kv-cache-mb)") from None
         self.items = np.zeros((slots, self.window), dtype=np.int32)
         self.ts = np.zeros((slots, self.window), dtype=np.int64)
         self.valid = np.zeros((slots, self.window), dtype=bool)

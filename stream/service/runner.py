@@ -57,12 +57,13 @@ def serve(service: ServiceSettings) -> int:
 
     from model.serving.backends import BackendError
     from model.serving.incremental import load_serving_scorer
+    from model.errors import CacheSizeError
     from model.serving.scorer import CheckpointError
 
     torch.set_num_threads(service.torch_threads)
     try:
         serving = load_serving_scorer(settings.model_dir, settings.backend, settings.kv_cache_bytes)
-    except (CheckpointError, BackendError) as error:
+    except (CheckpointError, BackendError, CacheSizeError) as error:
         raise CommandError(str(error), EXIT_FAILED) from None
     if settings.history is not None and settings.history < serving.history_len:
         log.warning("--history %d is shorter than the %d interactions the model attends to: updates will "

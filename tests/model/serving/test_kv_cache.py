@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from tests.model.serving.test_incremental import make_scorer, replay
 from tests.model.test_intentrec import random_history
 
+from model.errors import CacheSizeError
 from model.serving.incremental import IncrementalScorer
 from model.serving.kv_cache import KVCache
 
@@ -51,3 +53,10 @@ def test_a_cpu_cache_never_holds_more_slots_than_its_bound():
     assert len(cache) == 3 and cache.keys_values.shape[2] == 3
     assert (cache.keys_values.data_ptr(), cache.pointer_keys.data_ptr()) == tensors
     assert cache.keys_values.device == torch.device("cpu")
+
+
+def test_a_cache_larger_than_the_address_space_is_refused_with_what_to_lower():
+    scorer = make_scorer()
+    with pytest.raises(CacheSizeError, match=r"a KV cache of [\d,]+ MiB \([\d,]+ users\) cannot be allocated on this "
+                                             r"machine; give it less memory \(--kv-cache-mb\)"):
+        IncrementalScorer(scorer, cache_bytes=1 << 52)  # 4 PiB: more than any process can map

@@ -80,6 +80,23 @@ def test_a_backend_that_cannot_be_loaded_stops_it_before_consuming(
     assert not (tmp_path / "recovery").exists()
 
 
+def test_a_kv_cache_the_machine_cannot_hold_stops_it_before_consuming(
+    clean_environ, capsys, kafka_bootstrap, topics, tiny_model_dir, tmp_path
+):
+    produce_messages(kafka_bootstrap, topics.input, [(b"u", b"{not json")])
+    argv = ["--brokers", kafka_bootstrap, "--model", str(tiny_model_dir), "--input-topic", topics.input,
+            "--output-topic", topics.input + "-new-out", "--dlq-topic", topics.dlq, "--latest-topic", topics.latest,
+            "--kv-cache-mb", str(1 << 32), "--stop-at-end"]  # 4 PiB
+
+    code = run(*argv)
+
+    err = capsys.readouterr().err
+    assert code == EXIT_FAILED
+    assert "cannot be allocated on this machine; give it less memory (--kv-cache-mb)" in err
+    assert "Traceback" not in err
+    assert read_topic(kafka_bootstrap, topics.dlq, timeout=2) == []  # nothing was consumed
+
+
 def test_run_scores_every_event_and_resumes_from_its_recovery_dir(
     clean_environ, capsys, kafka_bootstrap, make_topics, tiny_model_dir, tmp_path
 ):
