@@ -35,8 +35,8 @@ def add_training_commands(commands) -> None:
     train.add_argument("--patience", type=positive_int, default=TrainConfig.patience)
     train.add_argument("--seed", type=int, default=TrainConfig.seed)
     train.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=TrainConfig.loss_weighting,
-                       help="uniform: every next play counts alike (default); watch: each by its watch time, as in "
-                            "the paper")
+                       help="watch: each next play weighted by its watch time, as in the paper (default); uniform: "
+                            "every next play alike, for logs whose durations mean nothing")
     train.add_argument("--small", action="store_true", help="a tiny model for smoke tests and demos")
     train.add_argument("--torch-threads", type=positive_int, default=1,
                        help="intra-op threads (default 1: this small model gains little from more, and "

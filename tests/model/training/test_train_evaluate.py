@@ -108,7 +108,9 @@ def test_train_until_keeps_only_the_past(world_log, tmp_path):
 
 def test_cli_train_and_evaluate(world_log, tmp_path, capsys):
     model_dir = tmp_path / "m"
-    assert main(["train", str(world_log), "--out", str(model_dir), "--epochs", "1", "--small", "--variant", "V1"]) == 0
+    assert main(["train", str(world_log), "--out", str(model_dir), "--epochs", "1", "--small", "--variant", "V1",
+                 "--loss-weighting", "uniform"]) == 0
+    assert json.loads((model_dir / "config.json").read_text())["train"]["loss_weighting"] == "uniform"
     assert main(["evaluate", str(model_dir), str(world_log)]) == 0
     printed = capsys.readouterr().out
     assert "NDCG@10" in printed and "overall" in printed
