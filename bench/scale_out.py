@@ -43,7 +43,6 @@ import argparse
 import multiprocessing
 import os
 import shlex
-import socket
 import statistics
 import sys
 import tempfile
@@ -64,7 +63,7 @@ from schemas import IntentUpdate, decode_intent_update, encode_play_event  # noq
 from stream.demo import DemoOptions, demo_world, train_or_reuse  # noqa: E402
 from stream.harness import DataflowProcess, FlowCounts, StreamTopics  # noqa: E402
 from stream.kafka.apache_broker import JVM_OPTIONS, ApacheKafkaBroker  # noqa: E402
-from stream.kafka.broker import produce_messages, read_topic  # noqa: E402
+from stream.kafka.broker import free_loopback_ports, produce_messages, read_topic  # noqa: E402
 from stream.settings import StreamSettings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "scale-out.md"
@@ -212,21 +211,13 @@ class Run:
     beside_busy_loop: bool = False  # a control: a pure-Python loop kept the other core busy
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (held open together while probing, so none repeats)."""
-    with ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-
 
 def measure(bootstrap: str, broker_pid: int | None, model_dir: Path, messages, processes: int, args,
             beside_busy_loop: bool = False) -> Run:  # fmt: skip
     topics = StreamTopics.named(f"scale-out-{uuid.uuid4().hex[:6]}-{processes}p-")
     topics.create(bootstrap, partitions=PARTITIONS)
     produce_messages(bootstrap, topics.input, messages)
-    addresses = tuple(f"127.0.0.1:{port}" for port in free_ports(processes)) if processes > 1 else ()
+    addresses = tuple(f"127.0.0.1:{port}" for port in free_loopback_ports(processes)) if processes > 1 else ()
     flows = [
         DataflowProcess(
             StreamSettings(

@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -34,6 +33,8 @@ from typing import Iterator, Mapping, Sequence
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+
+from stream.kafka.broker import free_loopback_ports
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,6 @@ appender.out.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = INFO
 rootLogger.appenderRef.out.ref = out
 """
-
-
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def find_java() -> str:
@@ -155,7 +150,7 @@ class ApacheKafkaBroker:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         failure = ""
         for _ in range(1 if self._ports else self.START_ATTEMPTS):
-            ports = self._ports or (_free_loopback_port(), _free_loopback_port())
+            ports = self._ports or tuple(free_loopback_ports(2))
             self._write_config(ports)
             if not (self.data_dir / "meta.properties").exists():
                 self._format(java, libs)

@@ -1,22 +1,13 @@
 """The harness' DataflowProcess as one process of a Bytewax cluster (what bench/scale_out.py runs)."""
 from __future__ import annotations
 
-import socket
-from contextlib import ExitStack
 
 from model.playlogs.synth import generate_world
 from schemas import decode_intent_update, encode_play_event
 from stream.harness import DataflowProcess
-from stream.kafka.broker import produce_messages, read_topic
+from stream.kafka.broker import free_loopback_ports, produce_messages, read_topic
 from stream.settings import StreamSettings
 
-
-def free_ports(count: int) -> list[int]:
-    with ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
 
 
 def test_two_dataflow_processes_form_a_cluster_that_splits_the_partitions_and_the_users(
@@ -26,7 +17,7 @@ def test_two_dataflow_processes_form_a_cluster_that_splits_the_partitions_and_th
     events = generate_world(seed=1, n_users=20, n_titles=60, days=20)[:200]
     messages = [(event.user_id.encode(), encode_play_event(event, "msgpack")) for event in events]
     produce_messages(kafka_bootstrap, topics.input, messages)
-    addresses = tuple(f"127.0.0.1:{port}" for port in free_ports(2))
+    addresses = tuple(f"127.0.0.1:{port}" for port in free_loopback_ports(2))
     flows = [
         DataflowProcess(StreamSettings(
             brokers=kafka_bootstrap, model_dir=tiny_model_dir, input_topic=topics.input, output_topic=topics.output,

@@ -10,11 +10,9 @@ update must equal the uninterrupted run's, since re-processing starts from resto
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +32,7 @@ from schemas import (
     decode_play_event,
     encode_play_event,
 )
-from stream.kafka.broker import TopicReader, create_topics, delete_topics, produce_messages, read_topic
+from stream.kafka.broker import TopicReader, create_topics, delete_topics, free_loopback_ports, produce_messages, read_topic
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PARTITIONS = 2  # these 20 user keys split 10/10 over 2 partitions (3 would leave one empty)
@@ -125,14 +123,6 @@ def wait_for_exit(*runs: tuple[subprocess.Popen, Path]) -> None:
 def tail(log_path: Path, lines: int = 40) -> str:
     return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
 
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (held open together while probing, so none repeats)."""
-    with contextlib.ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
 
 
 @dataclass(frozen=True)
@@ -329,7 +319,7 @@ def test_a_two_process_cluster_gives_the_updates_of_one_process(
     topics = make_topics(partitions=PARTITIONS)
     outputs = outputs_of(topics)
     produce_messages(kafka_bootstrap, topics.input, MESSAGES)
-    addresses = ",".join(f"127.0.0.1:{port}" for port in free_ports(2))
+    addresses = ",".join(f"127.0.0.1:{port}" for port in free_loopback_ports(2))
 
     logs = [tmp_path / f"process-{i}.log" for i in range(2)]
     processes = []
