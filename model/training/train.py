@@ -100,7 +100,7 @@ def intent_targets(task: str, targets: dict[str, torch.Tensor], n_labels: int):
     return labels, labels >= FIRST_REAL
 
 
-def loss_of_batch(model: IntentRec, batch, mean_weight: float, loss_weighting: str = TrainConfig.loss_weighting):
+def loss_of_batch(model: IntentRec, batch, loss_weighting: str = TrainConfig.loss_weighting):
     rows, loss_from, following = batch
     length = max(len(r) for r in rows)
     x = batch_tensors(rows, length)
@@ -113,7 +113,7 @@ def loss_of_batch(model: IntentRec, batch, mean_weight: float, loss_weighting: s
     # The floor keeps log() and its gradient finite where the mixture gives a target nothing.
     item_ce = -torch.log(out.item_probs[in_loss].clamp(min=1e-30))
     if loss_weighting == "watch":
-        weight = (targets["watch_s"][in_loss] + WATCH_FLOOR_S) / mean_weight
+        weight = targets["watch_s"][in_loss] + WATCH_FLOOR_S  # normalised below: only ratios count
     else:
         weight = torch.ones_like(item_ce)
     loss = (weight * item_ce).sum() / weight.sum()
@@ -174,7 +174,6 @@ def train_model(
 
     warmup = min(config.history_len - 1, train_config.chunk_len // 2)
     windows = training_windows(rows_by_user, train_config.chunk_len, warmup)
-    mean_weight = float(np.mean([w[2]["watch_s"].mean() for w in windows])) + WATCH_FLOOR_S
     validation_cases = leave_one_out(rows_by_user, vocab, holdout=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
     steps_per_epoch = -(-len(windows) // train_config.batch_size)
@@ -194,7 +193,7 @@ def train_model(
         batches = [by_length[i : i + train_config.batch_size] for i in range(0, len(by_length), train_config.batch_size)]
         for b in order.permutation(len(batches)):
             chosen = [windows[i] for i in batches[b]]
-            loss = loss_of_batch(model, tuple(zip(*chosen)), mean_weight, train_config.loss_weighting)
+            loss = loss_of_batch(model, tuple(zip(*chosen)), train_config.loss_weighting)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -192,7 +192,7 @@ def test_the_next_item_loss_weights_targets_by_watch_time_only_when_asked():
         p = model(x, targets=batch_tensors([following], len(rows))["item"].long()).item_probs[0, :-1]
         ce = -torch.log(p)
         batch = ([rows], [0], [following])
-        uniform, watch = (loss_of_batch(model, batch, 1.0, weighting) for weighting in ("uniform", "watch"))
+        uniform, watch = (loss_of_batch(model, batch, weighting) for weighting in ("uniform", "watch"))
     d = torch.from_numpy(following["watch_s"][:-1] + WATCH_FLOOR_S)
     torch.testing.assert_close(uniform, ce.mean())
     torch.testing.assert_close(watch, (d * ce).sum() / d.sum())
