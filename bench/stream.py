@@ -85,11 +85,12 @@ class CannedScorer:
         self.history_len = scorer.history_len
         self.row_dtype = scorer.row_dtype
         self.featurize = scorer.featurize
+        self.new_titles = scorer.new_titles  # registers titles as the real scorer does
         self._scorer = scorer
         self._prediction = None  # Predictions of one history
         self._answers = {}  # top_k -> ScoreColumns of one history
 
-    def predict_users(self, users, histories):
+    def predict_users(self, users, histories, unknown_titles=None):
         from model.serving.scorer import Predictions
 
         if self._prediction is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,8 +29,9 @@ def save_checkpoint(directory: Path, model: IntentRec, vocab: Vocabularies, meta
     save_file(state, str(directory / WEIGHTS_FILE))
 
 
-def load_checkpoint(directory: Path) -> tuple[IntentRec, Vocabularies, dict]:
-    """Returns (model in eval mode, vocabularies, config.json contents)."""
+def load_checkpoint(directory: Path, new_title_columns: int | None = None) -> tuple[IntentRec, Vocabularies, dict]:
+    """Returns (model in eval mode, vocabularies, config.json contents). `new_title_columns`, when
+    given, replaces the config's (a serving choice: those columns have no weights)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(
@@ -41,6 +43,8 @@ def load_checkpoint(directory: Path) -> tuple[IntentRec, Vocabularies, dict]:
     try:
         meta = json.loads((directory / CONFIG_FILE).read_text())
         config = IntentRecConfig.from_dict(meta["model"])
+        if new_title_columns is not None:
+            config = replace(config, new_title_columns=new_title_columns)
     except (ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{directory / CONFIG_FILE} is not a valid model config: {error}") from None
     try:

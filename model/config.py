@@ -51,6 +51,10 @@ class IntentRecConfig:
     # get item indices n_items.. of their own (model.features.UnknownTitles), so that the repeat
     # pointer can point at them: they are continued and returned to as any other title. No weights.
     unknown_slots: int = 8
+    # Titles the vocabulary lacks, first seen in the stream (any user's play): up to this many get a
+    # column each after the slots, scored from what their plays say of them (kind, genres, release
+    # date; model.serving.new_titles), so that a new release can be discovered. No weights.
+    new_title_columns: int = 256
     short_term_window_ms: int = 7 * DAY_MS  # H: the short-term encoder sees only the last week
     time_origin_ms: int = 0  # absolute time encodings count hours from here
     # Intent
@@ -72,7 +76,7 @@ class IntentRecConfig:
         for name in ("d_item", "d_small", "d_model", "n_heads", "d_proj", "n_layers_item"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a whole number of at least 1")
-        for name in ("n_layers_short", "n_layers_intent", "unknown_slots"):
+        for name in ("n_layers_short", "n_layers_intent", "unknown_slots", "new_title_columns"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a whole number of at least 0")
         for name in ("dropout", "input_dropout"):
@@ -89,8 +93,9 @@ class IntentRecConfig:
 
     @property
     def n_outputs(self) -> int:
-        """Columns of the next-item distribution: the catalogue, then the users' unknown-title slots."""
-        return self.n_items + self.unknown_slots
+        """Columns of the next-item distribution: the catalogue, the users' unknown-title slots, then
+        the titles first seen in the stream."""
+        return self.n_items + self.unknown_slots + self.new_title_columns
 
     @property
     def feeds_intent(self) -> bool:

@@ -278,47 +278,59 @@ class IntentMatch(nn.Module):
         self.register_buffer("age_bounds", torch.tensor(bounds), persistent=False)
         self.weights = nn.Parameter(torch.zeros(len(self.tasks)))
 
-    def forward(self, probs: dict[str, torch.Tensor], days: torch.Tensor) -> torch.Tensor:
-        """(B, T, n_items) logit bonus from the intent probabilities of each position, whose time
-        is `days` (B, T) since the origin."""
+    def forward(self, probs: dict[str, torch.Tensor], days: torch.Tensor, attributes: torch.Tensor | None = None,
+                release_days: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """(B, T, N) logit bonus from the intent probabilities of each position, whose time is `days`
+        (B, T) since the origin, for the catalogue's items (N = n_items) or for other titles given by
+        their `attributes` (N, attribute_rows) and `release_days` (N,)."""
+        if attributes is None:
+            attributes, release_days = self.item_attributes, self.item_release_day
         weighted = {
             task: weight * torch.log(probs[task].clamp(min=1e-6)) for weight, task in zip(self.weights, self.tasks)
         }
         bonus = 0.0
         if self.attribute_tasks:
-            bonus = torch.cat([weighted[task] for task in self.attribute_tasks], dim=-1) @ self.item_attributes.T
+            bonus = torch.cat([weighted[task] for task in self.attribute_tasks], dim=-1) @ attributes.T
         if "release" in weighted:
             real = weighted["release"][..., FIRST_REAL:]
             by_bucket = torch.cat([torch.zeros_like(real[..., :1]), real], dim=-1)  # bucket 0: unknown
-            bonus = bonus + by_bucket.gather(-1, self.release_buckets(days))
+            bonus = bonus + by_bucket.gather(-1, self.release_buckets(days, release_days))
         return bonus
 
-    def release_buckets(self, days: torch.Tensor) -> torch.Tensor:
-        """(B, T, n_items): 1 + the index in RELEASE_BUCKETS of every item's age at each query
-        time (how many bounds the age has passed); 0 for an item without a release date (release
-        day +inf, age -inf). Compared, not bucketized: compilers fuse comparisons into one loop."""
-        age_days = days.unsqueeze(-1) - self.item_release_day
+    def release_buckets(self, days: torch.Tensor, release_days: torch.Tensor) -> torch.Tensor:
+        """(B, T, N): 1 + the index in RELEASE_BUCKETS of every item's age at each query time (how
+        many bounds the age has passed); 0 for an item without a release date (release day +inf,
+        age -inf). Compared, not bucketized: compilers fuse comparisons into one loop."""
+        age_days = days.unsqueeze(-1) - release_days
         return (age_days.unsqueeze(-1) > self.age_bounds).sum(-1)
+
+    def attribute_rows(self, kinds: torch.Tensor, genres: torch.Tensor, rows: torch.Tensor | None = None,
+                       n_rows: int | None = None) -> torch.Tensor:  # fmt: skip
+        """What IntentMatch scores of a title, from plays' kinds (N,) and genres (N, GENRE_SLOTS): a
+        one-hot kind, then genres summing to 1 (zeros where unknown). With `rows` (N,), play n is
+        of title rows[n] among `n_rows`, and a title's labels are those of any of its plays."""
+        blocks = []
+        for task, size in zip(self.attribute_tasks, self.attribute_sizes):
+            labels = kinds.unsqueeze(-1) if task == "kind" else genres
+            block = F.one_hot(labels.long(), size).amax(-2).float()
+            if rows is not None:
+                block = block.new_zeros(n_rows, size).index_add_(0, rows, block).clamp_(max=1.0)
+            block[:, :FIRST_REAL] = 0.0  # padding, unknown
+            blocks.append(block / block.sum(1, keepdim=True).clamp(min=1.0))
+        return torch.cat(blocks, dim=1) if blocks else torch.zeros(len(kinds) if rows is None else n_rows, 0)
 
     @torch.no_grad()
     def learn(self, entries: np.ndarray) -> None:
         """Each item's kind, genres and release day from catalogue entries
-        (model.features.catalogue_entries). Labels are averaged over an item's entries; the release
-        day comes from any entry that has one (a title has one release date)."""
-        items = torch.from_numpy(entries["item"].astype(np.int64)).unsqueeze(1)
-        blocks = []
-        for task, size in zip(self.attribute_tasks, self.attribute_sizes):
-            labels = torch.from_numpy(entries["kind" if task == "kind" else "genres"].astype(np.int64))
-            labels = labels.reshape(len(items), -1)  # (N, 1) kinds, (N, GENRE_SLOTS) genres
-            block = torch.zeros(len(self.item_attributes), size)
-            block[items.expand_as(labels), labels] = 1.0
-            block[:, :FIRST_REAL] = 0.0  # padding, unknown
-            blocks.append(block / block.sum(1, keepdim=True).clamp(min=1.0))
-        if blocks:
-            self.item_attributes.copy_(torch.cat(blocks, dim=1))
+        (model.features.catalogue_entries). An item's labels are those of any of its entries; the
+        release day comes from any entry that has one (a title has one release date)."""
+        items = torch.from_numpy(entries["item"].astype(np.int64))
+        kinds, genres = (torch.from_numpy(entries[name].astype(np.int64)) for name in ("kind", "genres"))
+        if self.attribute_tasks:
+            self.item_attributes.copy_(self.attribute_rows(kinds, genres, items, len(self.item_attributes)))
         release_ts = torch.from_numpy(entries["release_ts"].copy())
         known = release_ts != NO_RELEASE
-        self.item_release_day[items[known, 0]] = days_since_origin(release_ts[known], self.origin_ms)
+        self.item_release_day[items[known]] = days_since_origin(release_ts[known], self.origin_ms)
 
 
 @dataclass
@@ -331,6 +343,31 @@ class Intent:
     def newest(self) -> "Intent":
         """Only the last position, kept as a length-1 time axis."""
         return Intent({task: p[:, -1:] for task, p in self.probs.items()}, self.days[:, -1:])
+
+
+@dataclass
+class NewTitles:
+    """Titles the vocabulary lacks that the stream has seen played (model.serving.new_titles), C
+    columns after the catalogue and the users' slots, scored by the catalogue softmax as items are:
+    an embedding derived from their kind and genres, and IntentMatch's bonus where Z feeds the item
+    encoder. A query ranks only the titles first seen at or before its own time; unused columns
+    were never seen (first_seen_days +inf)."""
+
+    embeddings: torch.Tensor  # (C, d_item)
+    kinds: torch.Tensor  # (C,) kind indices
+    genres: torch.Tensor  # (C, GENRE_SLOTS) genre indices
+    release_days: torch.Tensor  # (C,) days since the origin, +inf where unknown
+    first_seen_days: torch.Tensor  # (C,) days since the origin
+
+    def logits(self, queries: torch.Tensor, days: torch.Tensor, intent_match: "IntentMatch | None",
+               intent: Intent | None) -> torch.Tensor:  # fmt: skip
+        """(B, T, C) explore logits of the titles for queries in item space (B, T, d_item) at times
+        `days` (B, T); -inf for a title not yet seen at a query's time."""
+        logits = queries @ self.embeddings.T
+        if intent_match is not None:
+            attributes = intent_match.attribute_rows(self.kinds, self.genres)
+            logits = logits + intent_match(intent.probs, intent.days, attributes, self.release_days)
+        return logits.masked_fill(self.first_seen_days > days.unsqueeze(-1), float("-inf"))
 
 
 class ItemEncoder(nn.Module):
@@ -359,6 +396,7 @@ class ItemEncoder(nn.Module):
         self.repeat_key = nn.Linear(config.d_model, config.d_model)
         self.repeat_gate = nn.Linear(config.d_model, 1)
         self.unknown_slots = config.unknown_slots
+        self.new_title_columns = config.new_title_columns
         self.intent_match = IntentMatch(config) if config.feeds_intent else None
         self.intent_gate = (
             nn.Linear(config.n_actions, 1, bias=False) if config.feeds_intent and "action" in config.intent_tasks else None
@@ -368,12 +406,14 @@ class ItemEncoder(nn.Module):
 
     def forward(
         self, x, time_code, mask, items, item_embeddings, intent: Intent | None = None, targets=None,
-        newest: bool = False, cache: Cache | None = None,
+        newest: bool = False, cache: Cache | None = None, new_titles: NewTitles | None = None, days=None,
     ) -> torch.Tensor:
         """p(next item) after each position (B, T, n_outputs); with `targets` (B, T) only p(target)
         (B, T), which spares training a (B, T, n_outputs) mixture; with `newest`, only the
         distribution after each row's last position (B, n_outputs), which is all serving needs.
-        `intent`: the positions' predicted intent where Z feeds the item encoder, else None."""
+        `intent`: the positions' predicted intent where Z feeds the item encoder, else None.
+        `new_titles`: titles first seen in the stream, ranked by queries at times `days` (B, T);
+        without them their columns are zero."""
         inputs = self.transformer.embed(x, time_code)
         h = self.transformer.encode(inputs, mask, cache)
         pointer_keys, key_items = self.repeat_key(inputs), items
@@ -382,25 +422,38 @@ class ItemEncoder(nn.Module):
         if newest:
             h, mask = h[:, -1:], mask[:, :, -1:]
             intent = intent.newest() if intent is not None else None
-            return self.next_item_probs(h, pointer_keys, key_items, mask, item_embeddings, intent)[:, 0]
-        return self.next_item_probs(h, pointer_keys, key_items, mask, item_embeddings, intent, targets)
+            days = days[:, -1:] if days is not None else None
+            return self.next_item_probs(h, pointer_keys, key_items, mask, item_embeddings, intent,
+                                        new_titles=new_titles, days=days)[:, 0]  # fmt: skip
+        return self.next_item_probs(h, pointer_keys, key_items, mask, item_embeddings, intent, targets, new_titles, days)
 
-    def next_item_probs(self, h, pointer_keys, key_items, mask, item_embeddings, intent=None, targets=None):
+    def next_item_probs(self, h, pointer_keys, key_items, mask, item_embeddings, intent=None, targets=None,
+                        new_titles: NewTitles | None = None, days=None):  # fmt: skip
         """The mixture p = (1 - g) p_explore + g p_repeat for queries h (B, T, D), over the whole
         catalogue or only for `targets`. The pointer reads the positions whose pointer keys
         (`repeat_key` of their inputs) and items are given (B, P, D) / (B, P), as mask (B, 1, T, P)
         allows. The catalogue distribution is computed in place, for inference."""
-        explore = torch.softmax(self.catalogue_logits(h, item_embeddings, intent), dim=-1)
+        queries = self.to_item_space(h)
+        logits = self.catalogue_logits(queries, item_embeddings, intent)
         pointer, gate = self.repeat_pointer(h, pointer_keys, mask, intent)
-        if targets is None:  # the users' unknown-title slots follow the catalogue: only the pointer reaches them
-            explore = torch.nn.functional.pad(explore.mul_(1 - gate), (0, self.unknown_slots))
-            return explore.scatter_add_(-1, pointer_slots(key_items, pointer), pointer * gate)
-        explore = explore.gather(-1, targets.unsqueeze(-1))
-        repeat = (pointer * (key_items.unsqueeze(1) == targets.unsqueeze(-1))).sum(-1, keepdim=True)
-        return ((1 - gate) * explore + gate * repeat).squeeze(-1)
+        if targets is not None:
+            explore = torch.softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1))
+            repeat = (pointer * (key_items.unsqueeze(1) == targets.unsqueeze(-1))).sum(-1, keepdim=True)
+            return ((1 - gate) * explore + gate * repeat).squeeze(-1)
+        n_items = logits.shape[-1]
+        if new_titles is not None:
+            logits = torch.cat([logits, new_titles.logits(queries, days, self.intent_match, intent)], dim=-1)
+        explore = torch.softmax(logits, dim=-1).mul_(1 - gate)
+        # The users' unknown-title slots sit between the catalogue and the new titles: only the pointer reaches them.
+        slots = explore.new_zeros(*explore.shape[:-1], self.unknown_slots)
+        explore = torch.cat([explore[..., :n_items], slots, explore[..., n_items:]], dim=-1)
+        if new_titles is None:
+            explore = torch.nn.functional.pad(explore, (0, self.new_title_columns))
+        return explore.scatter_add_(-1, pointer_slots(key_items, pointer), pointer * gate)
 
-    def catalogue_logits(self, h, item_embeddings, intent=None) -> torch.Tensor:
-        logits = self.to_item_space(h) @ item_embeddings.T
+    def catalogue_logits(self, queries, item_embeddings, intent=None) -> torch.Tensor:
+        """Explore logits of the catalogue's items for queries in item space (B, T, d_item)."""
+        logits = queries @ item_embeddings.T
         if self.intent_match is not None:
             logits = logits + self.intent_match(intent.probs, intent.days)
         logits[..., PAD] = logits[..., UNKNOWN] = float("-inf")
@@ -456,12 +509,13 @@ class IntentRec(nn.Module):
 
     def forward(
         self, x: dict[str, torch.Tensor], targets: torch.Tensor | None = None, newest: bool = False,
-        cache: Cache | None = None,
+        cache: Cache | None = None, new_titles: NewTitles | None = None,
     ) -> IntentRecOutput:
         """x: model.inputs.model_inputs of a batch of rows. item_probs is p(next item) after every
         position (B, T, n_outputs); with `targets` (B, T) item indices only p(target) (B, T); with
         `newest`, only the distribution after the last position (B, n_outputs): rows are then padded
-        on the left. With a `cache`, the rows follow the cached positions (incremental inference)."""
+        on the left. With a `cache`, the rows follow the cached positions (incremental inference).
+        `new_titles`: the titles first seen in the stream, ranked beside the catalogue (serving)."""
         c = self.config
         time_code = x["time_code"]
         mask, short_mask = x["attend"].unsqueeze(1), x["attend_short"].unsqueeze(1)
@@ -483,6 +537,7 @@ class IntentRec(nn.Module):
             item_input = torch.cat([context, z], dim=-1)
             intent = Intent(intent_probs, x["days"])
         item_probs = self.item_encoder(
-            item_input, time_code, mask, x["item"], self.features.item.weight, intent, targets, newest, cache
+            item_input, time_code, mask, x["item"], self.features.item.weight, intent, targets, newest, cache,
+            new_titles, x["days"],
         )
         return IntentRecOutput(item_probs, intent_logits, intent_probs, z, weights)

@@ -266,15 +266,19 @@ class ScoreBatch:
         self.counters = counters
 
     def __call__(self, requests: list[ScoreRequest]) -> list[ScoredChunk]:
+        # Every title these events first show is registered before any of them is scored: an update
+        # ranks the new titles first seen by its event's time, however the stream was batched.
+        self.scorer.new_titles.register_plays([r.event for r in requests], [r.history[-1] for r in requests])
         scored = []
         for chunk in score_chunks(requests, self.batch_size):
             events = [request.event for request in chunk]
+            titles = [request.unknown_titles for request in chunk]
             started = time.perf_counter()
-            predictions = self.scorer.predict_users([event.user_id for event in events], [r.history for r in chunk])
+            predictions = self.scorer.predict_users([event.user_id for event in events], [r.history for r in chunk],
+                                                    titles)  # fmt: skip
             if self.observe is not None:
                 self.observe(chunk, predictions)
-            scores = self.scorer.score_columns(predictions, top_k=self.top_k,
-                                               unknown_titles=[request.unknown_titles for request in chunk])
+            scores = self.scorer.score_columns(predictions, top_k=self.top_k, unknown_titles=titles)
             if self.counters is not None:
                 self.counters.count_scored_batch(len(chunk), time.perf_counter() - started)
             newest = [request.newest for request in chunk]

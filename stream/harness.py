@@ -208,7 +208,7 @@ def serve_dataflow(settings: StreamSettings, scorer_factory, torch_threads: int,
         from stream.dataflow import StreamCounters, build_flow
 
         if scorer_factory is None:
-            scorer = load_serving_scorer(settings.model_dir, settings.backend, settings.kv_cache_bytes)
+            scorer = load_serving_scorer(settings.model_dir, settings.backend, settings.kv_cache_bytes, settings.new_titles)
         else:
             scorer = scorer_factory(settings.model_dir)
         counters = StreamCounters(log_every_s=float("inf"))

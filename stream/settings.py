@@ -27,6 +27,10 @@ class StreamSettings:
     top_k: int = 10
     backend: str = "eager"  # who runs the model: eager | eager:cuda | aoti:PATH | tensorrt:PATH (model.serving.backends)
     kv_cache_mb: int = 1024  # memory for cached users' rows (incremental scoring); 0: recompute every event
+    # Columns for titles first seen in the stream (model.serving.new_titles); None: the model's own
+    # (256 by default); 0: a closed catalogue, whose updates are the same after a restart and at any
+    # cluster size (each process learns new titles from the plays it reads, and forgets them on exit).
+    new_titles: int | None = None
     recovery_dir: Path | None = None
     snapshot_interval_s: float = 10.0
     workers: int = 1  # worker threads per process

@@ -7,7 +7,9 @@
 - StepGraph: one new row per user, after the cached rows of the user's last L-1 interactions.
 
 Their inputs are model.inputs.MODEL_INPUTS, prepared on the host (model.serving.host_inputs); the
-step graph then takes the cached rows' items and distances, keys/values and pointer keys.
+step graph then takes the cached rows' items and distances; both then take the tables of the titles
+first seen in the stream (NEW_TITLE_INPUTS, model.serving.new_titles), and the step graph last the
+cached keys/values and pointer keys.
 """
 from __future__ import annotations
 
@@ -19,15 +21,19 @@ from torch import nn
 
 from model.config import IntentRecConfig
 from model.inputs import MODEL_INPUTS
-from model.intentrec import Cache, IntentRec
+from model.intentrec import Cache, IntentRec, NewTitles
+
+NEW_TITLE_INPUTS = ("new_title_embeddings", "new_title_kinds", "new_title_genres", "new_title_release_days",
+                    "new_title_first_seen_days")  # fmt: skip
 
 
-def graph_outputs(model: IntentRec, inputs: Sequence[torch.Tensor], cache: Cache) -> tuple[torch.Tensor, ...]:
+def graph_outputs(model: IntentRec, inputs: Sequence[torch.Tensor], new_titles: NewTitles,
+                  cache: Cache) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """The forward pass over left-padded rows, as the tuple split_outputs reads: the next-item
     distribution, the intent probabilities of each task, Z and the intent weights, all after the
     last row; then what the rows leave in a cache: keys/values (kv_cache.keys_values_shape(B, T))
     and pointer keys (B, T, d_model)."""
-    out = model(dict(zip(MODEL_INPUTS, inputs)), newest=True, cache=cache)
+    out = model(dict(zip(MODEL_INPUTS, inputs)), newest=True, cache=cache, new_titles=new_titles)
     intents = [p[:, -1] for p in out.intent_probs.values()]
     if out.intent_embedding is not None:
         intents += [out.intent_embedding[:, -1], out.intent_weights[:, -1]]
@@ -41,9 +47,14 @@ class WindowGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, item, action, kind, release, device, genres, watch_s, gap_s, time_code, days, attend, attend_short):
+    def forward(
+        self, item, action, kind, release, device, genres, watch_s, gap_s, time_code, days, attend, attend_short,
+        new_title_embeddings, new_title_kinds, new_title_genres, new_title_release_days, new_title_first_seen_days,
+    ):  # fmt: skip
         inputs = (item, action, kind, release, device, genres, watch_s, gap_s, time_code, days, attend, attend_short)
-        return graph_outputs(self.model, inputs, Cache())
+        new_titles = NewTitles(new_title_embeddings, new_title_kinds, new_title_genres, new_title_release_days,
+                               new_title_first_seen_days)  # fmt: skip
+        return graph_outputs(self.model, inputs, new_titles, Cache())
 
 
 class StepGraph(nn.Module):
@@ -55,15 +66,20 @@ class StepGraph(nn.Module):
 
     def forward(
         self, item, action, kind, release, device, genres, watch_s, gap_s, time_code, days, attend, attend_short,
-        past_items, past_distances, past_keys_values, past_pointer_keys,
+        past_items, past_distances,
+        new_title_embeddings, new_title_kinds, new_title_genres, new_title_release_days, new_title_first_seen_days,
+        past_keys_values, past_pointer_keys,
     ):  # fmt: skip
         inputs = (item, action, kind, release, device, genres, watch_s, gap_s, time_code, days, attend, attend_short)
-        return graph_outputs(self.model, inputs, Cache(past_keys_values, past_pointer_keys, past_items, past_distances))
+        new_titles = NewTitles(new_title_embeddings, new_title_kinds, new_title_genres, new_title_release_days,
+                               new_title_first_seen_days)  # fmt: skip
+        cache = Cache(past_keys_values, past_pointer_keys, past_items, past_distances)
+        return graph_outputs(self.model, inputs, new_titles, cache)
 
 
 @dataclass
 class GraphOutputs:
-    item_scores: torch.Tensor  # (B, n_items) p(next item)
+    item_scores: torch.Tensor  # (B, n_outputs) p(next item)
     intent_probs: dict[str, torch.Tensor]
     intent_embedding: torch.Tensor | None
     intent_weights: torch.Tensor | None

@@ -12,6 +12,7 @@ from model.config import IntentRecConfig
 from model.features import batch_tensors
 from model.inputs import INDEX_FIELDS, MODEL_INPUTS, days_since_origin, model_inputs, time_encoding
 from model.serving.kv_cache import Ring
+from model.serving.new_titles import move_slots
 
 
 @dataclass
@@ -24,20 +25,25 @@ class HostBatch:
     valid: np.ndarray  # (B, T) bool
 
 
-def window_batch(histories: Sequence[np.ndarray], length: int, config: IntentRecConfig) -> HostBatch:
+def window_batch(histories: Sequence[np.ndarray], length: int, config: IntentRecConfig,
+                 slot_columns: np.ndarray | None = None) -> HostBatch:  # fmt: skip
     """Histories left-padded to `length` rows, so that every user's newest row is the last one. The
-    oldest row of each counts as the start of the history (the longest gap), as in Scorer.predict."""
+    oldest row of each counts as the start of the history (the longest gap), as in Scorer.predict.
+    `slot_columns`: where each history's slots send their pointer weight (new_titles.move_slots)."""
     rows = batch_tensors(histories, length, left_pad=True)
+    move_slots(rows["item"].numpy(), slot_columns, config.n_items)
     with torch.inference_mode():
         inputs = model_inputs(rows, config)
     arrays = [inputs[name].numpy() for name in MODEL_INPUTS]
     return HostBatch(arrays, arrays[0], rows["ts"].numpy(), rows["valid"].numpy())
 
 
-def step_batch(rows: np.ndarray, previous_ts: np.ndarray, cached: Ring, config: IntentRecConfig) -> HostBatch:
+def step_batch(rows: np.ndarray, previous_ts: np.ndarray, cached: Ring, config: IntentRecConfig,
+               slot_columns: np.ndarray | None = None) -> HostBatch:  # fmt: skip
     """One new row per user (rows: (B,)) after its cached rows; previous_ts: the newest cached time
     of each user. Ends with the cached rows' items and how many interactions before the new row
-    each is (1 for the newest cached, L-1 for the oldest; each ring's oldest is at `positions`)."""
+    each is (1 for the newest cached, L-1 for the oldest; each ring's oldest is at `positions`).
+    `slot_columns`: as in window_batch."""
     rows = rows.reshape(-1, 1)
     ts = rows["ts"].copy()
     gap_s = (ts - previous_ts.reshape(-1, 1)).astype(np.float32) / np.float32(1000.0)
@@ -54,7 +60,10 @@ def step_batch(rows: np.ndarray, previous_ts: np.ndarray, cached: Ring, config: 
     inputs = [*fields, rows["watch_s"], gap_s, time_code, days, attend, attend_short]
     window = cached.items.shape[1]
     distances = (cached.positions[:, None] - 1 - np.arange(window)) % window + 1
-    return HostBatch([*inputs, cached.items, distances.astype(np.int32)], inputs[0], ts, itself)
+    past_items = cached.items.copy()
+    move_slots(fields[0], slot_columns, config.n_items)
+    move_slots(past_items, slot_columns, config.n_items)
+    return HostBatch([*inputs, past_items, distances.astype(np.int32)], inputs[0], ts, itself)
 
 
 TORCH_DTYPES = {np.dtype(t): getattr(torch, str(np.dtype(t))) for t in (np.int32, np.int64, np.float32, np.bool_)}

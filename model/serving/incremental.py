@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Hashable, Sequence
 
 import numpy as np
@@ -69,11 +69,13 @@ class IncrementalScorer(Scorer):
 
     def score_users(self, users: Sequence[Hashable], histories: Sequence[np.ndarray], top_k: int = 10,
                     unknown_titles: Sequence[tuple[str, ...]] | None = None) -> list[Scores]:  # fmt: skip
-        return self.to_scores(self.predict_users(users, histories), top_k, unknown_titles)
+        return self.to_scores(self.predict_users(users, histories, unknown_titles), top_k, unknown_titles)
 
-    def predict_users(self, users: Sequence[Hashable], histories: Sequence[np.ndarray]) -> Predictions:
+    def predict_users(self, users: Sequence[Hashable], histories: Sequence[np.ndarray],
+                      unknown_titles: Sequence[tuple[str, ...]] | None = None) -> Predictions:  # fmt: skip
         """histories[i]: users[i]'s rows up to and including the event to score, oldest first. A user
-        may appear several times, in event order: each history then extends the one before."""
+        may appear several times, in event order: each history then extends the one before.
+        `unknown_titles[i]`: the titles of history i's slots (Scorer.predict)."""
         if len(users) != len(histories):
             raise ValueError(f"{len(users)} users but {len(histories)} histories")
         histories = [np.asarray(h, dtype=ROW_DTYPE)[-self.history_len :] for h in histories]
@@ -81,37 +83,42 @@ class IncrementalScorer(Scorer):
             raise ValueError("every history must hold at least the interaction being scored")
         results = PredictionArrays(self.config, len(histories))
         with self._lock:
+            names, tables = tuple(self.new_titles.names), self.new_titles.tables()
+            slot_columns = self.new_titles.slot_columns(unknown_titles)
+            batch = ScoringBatch(users, histories, tables, slot_columns)
             if self.cache.max_users == 0:
-                self._run_windows(list(range(len(histories))), users, histories, results, cache=False)
+                self._run_windows(list(range(len(histories))), batch, results, cache=False)
             else:
                 for round_indices in rounds(users):
-                    self._score_round(round_indices, users, histories, results)
-        return results.predictions()
+                    self._score_round(round_indices, batch, results)
+        return results.predictions(names)
 
-    def _score_round(self, indices: list[int], users, histories, results: PredictionArrays) -> None:
+    def _score_round(self, indices: list[int], batch: ScoringBatch, results: PredictionArrays) -> None:
         self._round += 1
         steps, entries, windows = [], [], []
         for i in indices:
-            entry = self.cache.lookup(users[i], self._cached_rows(histories[i][:-1]))
+            entry = self.cache.lookup(batch.users[i], self._cached_rows(batch.histories[i][:-1]))
             if entry is None:
                 windows.append(i)
             else:
-                self.cache.touch(users[i], entry, self._round)
+                self.cache.touch(batch.users[i], entry, self._round)
                 steps.append(i)
                 entries.append(entry)
         size = self._chunk_size(len(steps), max(1, STEP_READ_BYTES // max(1, self.cache.read_bytes_per_user)))
         for start in range(0, len(steps), size):
-            self._run_steps(steps[start : start + size], entries[start : start + size], histories, results)
-        self._run_windows(windows, users, histories, results, cache=True)
+            self._run_steps(steps[start : start + size], entries[start : start + size], batch, results)
+        self._run_windows(windows, batch, results, cache=True)
 
-    def _run_steps(self, indices: list[int], entries: list[CacheEntry], histories, results) -> None:
+    def _run_steps(self, indices: list[int], entries: list[CacheEntry], batch: ScoringBatch, results) -> None:
+        histories = batch.histories
         ring = self.cache.ring(entries)
         rows = np.empty(len(indices), dtype=ROW_DTYPE)
         for b, i in enumerate(indices):
             rows[b] = histories[i][-1]
         previous_ts = np.array([entry.newest_ts for entry in entries], dtype=np.int64)
-        batch = step_batch(rows, previous_ts, ring, self.config)
-        *inputs, slot_index, position_index = self.to_device([*batch.inputs, ring.slots, ring.positions])
+        host = step_batch(rows, previous_ts, ring, self.config, batch.slot_columns_of(indices))
+        inputs = [*host.inputs, *batch.tables, ring.slots, ring.positions]
+        *inputs, slot_index, position_index = self.to_device(inputs)
         outputs = split_outputs(self.config, self.backend.step(*inputs, *self.cache.read(slot_index)))
         results.put(indices, outputs)
         self.scored_from_cache += len(indices)
@@ -119,22 +126,24 @@ class IncrementalScorer(Scorer):
         for i, entry in zip(indices, entries):
             self._remember(entry, histories[i])
 
-    def _run_windows(self, indices: list[int], users, histories, results, cache: bool) -> None:
+    def _run_windows(self, indices: list[int], batch: ScoringBatch, results, cache: bool) -> None:
         if not indices:
             return
+        users, histories = batch.users, batch.histories
         indices = sorted(indices, key=lambda i: len(histories[i]))  # chunks of similar lengths pad less
         longest = padded_length(len(histories[indices[-1]]), self.history_len)
         size = self._chunk_size(len(indices), max(1, WINDOW_CELLS // (longest * longest)))
         for start in range(0, len(indices), size):
             chunk = indices[start : start + size]
             length = padded_length(max(len(histories[i]) for i in chunk), self.history_len)
-            batch = window_batch([histories[i] for i in chunk], max(2, length), self.config)
+            host = window_batch([histories[i] for i in chunk], max(2, length), self.config,
+                                batch.slot_columns_of(chunk))  # fmt: skip
             # Claimed before the graph runs, so that the slots travel with the inputs.
             claimed = [(b, self.cache.claim(users[i], self._round)) for b, i in enumerate(chunk)] if cache else []
             claimed = [(b, entry) for b, entry in claimed if entry is not None]
             kept = np.array([b for b, _ in claimed], dtype=np.int64)
             slots = np.array([entry.slot for _, entry in claimed], dtype=np.int64)
-            *inputs, kept_index, slot_index = self.to_device([*batch.inputs, kept, slots])
+            *inputs, kept_index, slot_index = self.to_device([*host.inputs, *batch.tables, kept, slots])
             outputs = split_outputs(self.config, self.backend.window(*inputs))
             results.put(chunk, outputs)
             self.scored_from_history += len(chunk)
@@ -144,7 +153,7 @@ class IncrementalScorer(Scorer):
                     keys_values=outputs.keys_values[:, :, kept_index],
                     pointer_keys=outputs.pointer_keys[kept_index],
                 )
-                self.cache.fill(slots, slot_index, kept_outputs, batch.items[kept], batch.ts[kept], batch.valid[kept])
+                self.cache.fill(slots, slot_index, kept_outputs, host.items[kept], host.ts[kept], host.valid[kept])
                 for b, entry in claimed:
                     self._remember(entry, histories[chunk[b]])
 
@@ -163,13 +172,29 @@ class IncrementalScorer(Scorer):
 
 
 def load_serving_scorer(
-    model: str | os.PathLike | Scorer, backend: str = "eager", cache_bytes: int = DEFAULT_CACHE_BYTES
+    model: str | os.PathLike | Scorer, backend: str = "eager", cache_bytes: int = DEFAULT_CACHE_BYTES,
+    new_title_columns: int | None = None,
 ) -> IncrementalScorer:
     """The scorer a stream serves with: the checkpoint `model` (a directory, or a loaded Scorer),
     its graphs run by `backend` (a spec of model.serving.backends.load_backend, which raises
-    BackendError), `cache_bytes` of cached users. Live runs, demos and backtests all build theirs here."""
-    scorer = model if isinstance(model, Scorer) else Scorer.load(model)
+    BackendError), `cache_bytes` of cached users, `new_title_columns` for titles first seen in the
+    stream (None: the checkpoint's). Live runs, demos and backtests all build theirs here."""
+    scorer = model if isinstance(model, Scorer) else Scorer.load(model, new_title_columns)
     return IncrementalScorer(scorer, load_backend(backend, scorer.model), cache_bytes)
+
+
+@dataclass
+class ScoringBatch:
+    """One predict_users call: the users and histories, the new-title tables the graphs take, and
+    where each history's slots send their pointer weight (NewTitleRegistry.slot_columns)."""
+
+    users: Sequence[Hashable]
+    histories: list[np.ndarray]
+    tables: list[np.ndarray]
+    slot_columns: np.ndarray | None
+
+    def slot_columns_of(self, indices: list[int]) -> np.ndarray | None:
+        return None if self.slot_columns is None else self.slot_columns[indices]
 
 
 def rounds(users: Sequence[Hashable]) -> list[list[int]]:
@@ -204,5 +229,5 @@ class PredictionArrays:
             self.intent_embedding[indices] = outputs.intent_embedding.float().cpu().numpy()
             self.intent_weights[indices] = outputs.intent_weights.float().cpu().numpy()
 
-    def predictions(self) -> Predictions:
-        return Predictions(self.item_scores, self.intent_probs, self.intent_embedding, self.intent_weights)
+    def predictions(self, new_titles: tuple[str, ...]) -> Predictions:
+        return Predictions(self.item_scores, self.intent_probs, self.intent_embedding, self.intent_weights, new_titles)

@@ -18,6 +18,7 @@ from model.checkpoint import CheckpointError, load_checkpoint
 from model.features import ROW_DTYPE, batch_tensors, featurize
 from model.inputs import model_inputs
 from model.intentrec import IntentRec
+from model.serving.new_titles import NewTitleRegistry, move_slots
 from model.vocab import FIRST_REAL, Vocabularies, Vocabulary
 from schemas import ItemScore, LabelScore, LabelTable, ModelRef, PlayEvent, ScoreColumns, TopLabels
 
@@ -40,10 +41,11 @@ def padded_length(longest: int, limit: int) -> int:
 class Predictions:
     """Model outputs after the last interaction of each history, as numpy arrays."""
 
-    item_scores: np.ndarray  # (B, n_items) p(next item); pad/unknown columns are never ranked
+    item_scores: np.ndarray  # (B, n_outputs) p(next item); pad/unknown columns are never ranked
     intent_probs: dict[str, np.ndarray]  # task -> (B, n_labels)
     intent_embedding: np.ndarray | None  # (B, d_proj)
     intent_weights: np.ndarray | None  # (B, tasks)
+    new_titles: tuple[str, ...] = ()  # the titles of the new-title columns then registered, by column
 
 
 @dataclass(frozen=True)
@@ -68,10 +70,13 @@ class Scorer:
         task_vocab = {"action": vocab.actions, "genre": vocab.genres, "kind": vocab.kinds, "release": vocab.release}
         self._task_labels = {task: label_table(vocabulary) for task, vocabulary in task_vocab.items()}
         self._item_labels = label_table(vocab.items)
+        self.new_titles = NewTitleRegistry(model)
+        self._new_title_table: LabelTable | None = None
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> "Scorer":
-        model, vocab, meta = load_checkpoint(Path(model_dir))
+    def load(cls, model_dir: str | Path, new_title_columns: int | None = None) -> "Scorer":
+        """The checkpoint in `model_dir`; `new_title_columns` replaces its config's (None: keep it)."""
+        model, vocab, meta = load_checkpoint(Path(model_dir), new_title_columns)
         name = meta.get("name", f"intentrec-{model.config.variant}")
         return cls(model, vocab, ModelRef(name=name, version=str(meta.get("version", "0"))))
 
@@ -82,30 +87,37 @@ class Scorer:
         return np.zeros(0, dtype=ROW_DTYPE)
 
     @torch.inference_mode()
-    def predict(self, histories: Sequence[np.ndarray]) -> Predictions:
+    def predict(self, histories: Sequence[np.ndarray],
+                unknown_titles: Sequence[tuple[str, ...]] | None = None) -> Predictions:  # fmt: skip
+        """The predictions after each history's last row, with the titles first seen in the stream
+        (`new_titles`) ranked beside the catalogue; `unknown_titles[b]`: history b's slotted titles."""
         histories = [h[-self.history_len :] for h in histories]
         if not histories or min(len(h) for h in histories) == 0:
             raise ValueError("every history must hold at least the interaction being scored")
         length = padded_length(max(len(h) for h in histories), self.history_len)
-        x = model_inputs(batch_tensors(histories, length, left_pad=True), self.config)
-        out = self.model(x, newest=True)
+        rows = batch_tensors(histories, length, left_pad=True)
+        move_slots(rows["item"].numpy(), self.new_titles.slot_columns(unknown_titles), self.config.n_items)
+        names = tuple(self.new_titles.names)
+        out = self.model(model_inputs(rows, self.config), newest=True, new_titles=self.new_titles.new_titles())
         return Predictions(
             item_scores=out.item_probs.numpy(),
             intent_probs={t: p[:, -1].numpy() for t, p in out.intent_probs.items()},
             intent_embedding=None if out.intent_embedding is None else out.intent_embedding[:, -1].numpy(),
             intent_weights=None if out.intent_weights is None else out.intent_weights[:, -1].numpy(),
+            new_titles=names,
         )
 
     def score(self, histories: Sequence[np.ndarray], top_k: int = 10,
               unknown_titles: Sequence[tuple[str, ...]] | None = None) -> list[Scores]:  # fmt: skip
-        return self.to_scores(self.predict(histories), top_k, unknown_titles)
+        return self.to_scores(self.predict(histories, unknown_titles), top_k, unknown_titles)
 
     def score_columns(self, predictions: Predictions, top_k: int = 10,
                       unknown_titles: Sequence[tuple[str, ...]] | None = None) -> ScoreColumns:  # fmt: skip
         """Predictions -> the model's part of their IntentUpdates, as arrays for the whole batch (what
         schemas.encode_intent_updates encodes): each task's top labels, the top-k items, Z and the
         intent weights. `unknown_titles[b]` names history b's unknown-title slots
-        (model.features.UnknownTitles.names); a named slot is ranked with the catalogue."""
+        (model.features.slot_title); a named slot and a registered new title are ranked with the
+        catalogue."""
         tasks = list(predictions.intent_probs)
         intents = {task: self._top(self._task_labels[task], predictions.intent_probs[task], TOP_LABELS) for task in tasks}
         if predictions.intent_embedding is None:
@@ -113,20 +125,40 @@ class Scorer:
         else:
             embedding = predictions.intent_embedding
         weights = {} if predictions.intent_weights is None else dict(zip(tasks, predictions.intent_weights.T))
-        return ScoreColumns(embedding, intents, weights, self._top_items(predictions.item_scores, top_k, unknown_titles))
+        items = self._top_items(predictions.item_scores, top_k, unknown_titles, predictions.new_titles)
+        return ScoreColumns(embedding, intents, weights, items)
 
-    def _top_items(self, item_scores: np.ndarray, k: int, unknown_titles: Sequence[tuple[str, ...]] | None) -> TopLabels:
+    def _top_items(self, item_scores: np.ndarray, k: int, unknown_titles: Sequence[tuple[str, ...]] | None,
+                   new_titles: tuple[str, ...]) -> TopLabels:  # fmt: skip
         n, slots = self.config.n_items, self.config.unknown_slots
-        if not unknown_titles or not slots or not any(any(titles) for titles in unknown_titles):
+        named_slots = bool(unknown_titles) and slots > 0 and any(any(titles) for titles in unknown_titles)
+        if not named_slots and not new_titles:
             return self._top(self._item_labels, item_scores[:, :n], k)  # the common case: the catalogue alone
-        names = [tuple(titles) + ("",) * (slots - len(titles)) for titles in unknown_titles]  # () for no titles yet
-        named = np.array([[bool(title) for title in titles] for titles in names])
-        ranked = np.concatenate([item_scores[:, :n], np.where(named, item_scores[:, n:], -np.inf)], axis=1)
-        top = top_indices(ranked, min(k, n - FIRST_REAL + int(named.sum(axis=1).min())))  # never an unnamed slot
-        # Slot j of answer b is label n + b * slots + j of the batch's own names (TopLabels.extra).
-        indices = np.where(top >= n, top + np.arange(len(top))[:, None] * slots, top)
-        own_names = LabelTable([title for titles in names for title in titles])
+        B, first_new = len(item_scores), n + slots
+        new_scores = item_scores[:, first_new : first_new + len(new_titles)]
+        ranked = [item_scores[:, :n], np.where(new_scores > 0, new_scores, -np.inf)]  # 0: not yet seen then
+        fewest_named = 0
+        if named_slots:
+            names = [tuple(titles) + ("",) * (slots - len(titles)) for titles in unknown_titles]  # () for none yet
+            named = np.array([[bool(title) for title in titles] for titles in names])
+            ranked.append(np.where(named, item_scores[:, n:first_new], -np.inf))
+            fewest_named = int(named.sum(axis=1).min())
+        ranked = np.concatenate(ranked, axis=1)
+        top = top_indices(ranked, min(k, n - FIRST_REAL + fewest_named))  # never an unnamed slot
+        # Label n + j of the extra names (TopLabels.extra) is new title j; then, where slots are
+        # named, label n + len(new_titles) + b * slots + j is answer b's slot j.
+        if not named_slots:
+            return TopLabels(self._item_labels, top, np.take_along_axis(ranked, top, -1), self._new_title_labels(new_titles))
+        first_slot = n + len(new_titles)
+        indices = np.where(top >= first_slot, top + np.arange(B)[:, None] * slots, top)
+        own_names = LabelTable(list(new_titles) + [title for titles in names for title in titles])
         return TopLabels(self._item_labels, indices, np.take_along_axis(ranked, top, -1), own_names)
+
+    def _new_title_labels(self, new_titles: tuple[str, ...]) -> LabelTable:
+        """The new titles' names, encoded once for as long as no title joins them."""
+        if self._new_title_table is None or self._new_title_table.names != new_titles:
+            self._new_title_table = LabelTable(new_titles)
+        return self._new_title_table
 
     def to_scores(self, predictions: Predictions, top_k: int = 10,
                   unknown_titles: Sequence[tuple[str, ...]] | None = None) -> list[Scores]:  # fmt: skip

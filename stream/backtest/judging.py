@@ -30,6 +30,7 @@ def _rows_of(predictions: Predictions, rows: list[int]) -> Predictions:
         intent_probs={task: probs[rows] for task, probs in predictions.intent_probs.items()},
         intent_embedding=take(predictions.intent_embedding),
         intent_weights=take(predictions.intent_weights),
+        new_titles=predictions.new_titles,
     )
 
 
@@ -71,9 +72,13 @@ class ModelJudge:
         picked = _rows_of(predictions, chosen)
         targets = np.stack([self.scorer.featurize(event) for event in judged])
         in_training = targets["item"] != UNKNOWN
-        # A title the vocabulary lacks is the target's own slot where the user has one for it.
-        items = np.array([slotted_target(item, event.item_id, requests[p].unknown_titles, self.n_items)
-                          for item, event, p in zip(targets["item"].tolist(), judged, chosen)], dtype=np.int64)
+        # A title the vocabulary lacks is judged in its new-title column where the update ranked it,
+        # else in the user's own slot for it where there is one.
+        first_new = self.n_items + self.scorer.config.unknown_slots
+        items = np.array([target_column(item, event.item_id, requests[p].unknown_titles, self.n_items,
+                                        new_title_column(picked, row, event.item_id, first_new))
+                          for row, (item, event, p) in enumerate(zip(targets["item"].tolist(), judged, chosen))],
+                         dtype=np.int64)  # fmt: skip
         ranks = target_ranks(picked.item_scores, items)
         ranks_unseen = unseen_ranks(picked.item_scores, items, [requests[p].history for p in chosen])
         hits = intent_hits(picked, targets)
@@ -85,11 +90,27 @@ class ModelJudge:
             self.intents.add(picked.intent_embedding, picked.intent_weights)
 
 
-def slotted_target(item: int, item_id: str, unknown_titles: tuple[str, ...], n_items: int) -> int:
-    """The judged item's index among the scores: its slot where it is one of the user's unknown titles."""
-    if item == UNKNOWN and item_id in unknown_titles:
+def target_column(item: int, item_id: str, unknown_titles: tuple[str, ...], n_items: int,
+                  new_title_column: int | None = None) -> int:  # fmt: skip
+    """The judged item's column among the scores: a title the vocabulary lacks is scored in its
+    new-title column where the title was ranked then (`new_title_column`; model.serving.new_titles),
+    else in the user's slot for it, else it is the unknown item (ranked last)."""
+    if item != UNKNOWN:
+        return item
+    if new_title_column is not None:
+        return new_title_column
+    if item_id in unknown_titles:
         return n_items + unknown_titles.index(item_id)
     return item
+
+
+def new_title_column(predictions: Predictions, row: int, item_id: str, first_new: int) -> int | None:
+    """The column of `item_id` among row `row`'s new titles, if that update ranked it (a title first
+    seen after the update's event has score 0 there: it was not ranked)."""
+    if item_id not in predictions.new_titles:
+        return None
+    column = first_new + predictions.new_titles.index(item_id)
+    return column if predictions.item_scores[row, column] > 0 else None
 
 
 def judge_baselines(timeline: Timeline, vocab: Vocabularies, history_len: int, score_from: int | None,
@@ -122,7 +143,7 @@ def judge_baselines(timeline: Timeline, vocab: Vocabularies, history_len: int, s
                 continue
             history = np.array(recent_items[event.user_id], dtype=[("item", np.int64)])
             known = vocab.items.lookup(after.item_id)
-            target = np.array([slotted_target(known, after.item_id, titles[event.user_id], n_items)])
+            target = np.array([target_column(known, after.item_id, titles[event.user_id], n_items)])
             for name, baseline in (("popularity", popularity), ("recency", recency)):
                 item_scores = baseline.predict([history]).item_scores
                 (rank,) = target_ranks(item_scores, target)

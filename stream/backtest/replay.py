@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from model.serving.incremental import load_serving_scorer
 from model.serving.scorer import Scorer
+from model.vocab import UNKNOWN
 from stream.backtest.judging import ModelJudge, judge_baselines
 from stream.backtest.report import Backtest, ReplayStats, SystemResult
 from stream.backtest.sources import DiscardSink, LogReplay, TopicReplay
@@ -43,8 +44,10 @@ def replay(replay_source, timeline: Timeline, scorer: Scorer, judge: ModelJudge,
     with tqdm(total=timeline.messages, desc=judge.log.system, unit="ev", disable=None if progress else True,
               dynamic_ncols=True) as bar:
         counters = ProgressCounters(bar)
-        flow = build_flow(settings, load_serving_scorer(scorer), source=replay_source.source(), sink=DiscardSink(),
-                          counters=counters, observe_scores=judge)
+        serving = load_serving_scorer(scorer)
+        register_new_titles(serving, timeline)
+        flow = build_flow(settings, serving, source=replay_source.source(), sink=DiscardSink(), counters=counters,
+                          observe_scores=judge)  # fmt: skip
         started = time.perf_counter()
         cli_main(flow, workers_per_process=1)
         wall_s = time.perf_counter() - started
@@ -53,6 +56,16 @@ def replay(replay_source, timeline: Timeline, scorer: Scorer, judge: ModelJudge,
               f"{timeline.messages}: did the input change meanwhile?", file=sys.stderr)
     return ReplayStats(counters.events_in, counters.updates_out, counters.duplicates, dict(counters.dead_letters),
                        wall_s)
+
+
+def register_new_titles(serving: Scorer, timeline: Timeline) -> None:
+    """A replay knows its whole input, so every title in it that the model lacks is registered at its
+    first play before the replay starts: an update then ranks the titles first played by its event's
+    time, whatever order the topic's partitions are read in. (Live, a title is ranked once its first
+    play has been read.)"""
+    unknown = sorted((event for event in timeline.events if serving.vocab.items.lookup(event.item_id) == UNKNOWN),
+                     key=lambda event: event.ts)  # fmt: skip
+    serving.new_titles.register_plays(unknown, [serving.featurize(event) for event in unknown])
 
 
 def run_backtest(

@@ -78,6 +78,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         top_k=option("top_k", parsing.positive_int),
         backend=option("backend", parsing.backend),
         kv_cache_mb=option("kv_cache_mb", parsing.non_negative_int),
+        new_titles=resolve_option(args, environ, "new_titles", parsing.non_negative_int, None),
         recovery_dir=resolve_option(args, environ, "recovery_dir", Path, None),
         snapshot_interval_s=option("snapshot_interval", parsing.positive_duration, "snapshot_interval_s"),
         workers=option("workers", parsing.positive_int),

@@ -18,6 +18,7 @@ import pytest
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.operators import StatefulLogic
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from tests.model.serving.test_new_titles import scorer_that_saw
 
 from model.features import slot_history
 from model.playlogs.synth import generate_world
@@ -222,11 +223,12 @@ class RecordingScorer:
         self.scorer = scorer
         self.model_ref = scorer.model_ref
         self.score_columns = scorer.score_columns
+        self.new_titles = scorer.new_titles
         self.calls: list[list[str]] = []
 
-    def predict_users(self, users, histories):
+    def predict_users(self, users, histories, unknown_titles=None):
         self.calls.append(list(users))
-        return self.scorer.predict_users(users, histories)
+        return self.scorer.predict_users(users, histories, unknown_titles)
 
 
 def updates_of(chunks: list[ScoredChunk], fmt: str = "msgpack") -> list[IntentUpdate]:
@@ -253,7 +255,7 @@ def test_score_batch_caps_batches_and_equals_scoring_each_history_alone(scorer):
     assert [newest for chunk in chunks for newest in chunk.newest] == [by_event[u.event_id].newest for u in updates]
     for update in updates:
         request = by_event[update.event_id]
-        (alone,) = scorer.score([request.history], top_k=5)
+        (alone,) = scorer_that_saw(scorer, world).score([request.history], top_k=5)
         assert (update.user_id, update.ts) == (request.event.user_id, request.event.ts)
         assert_same_scores(update, alone)
     assert ScoreBatch(recording, batch_size=10, top_k=5)([]) == []
@@ -328,7 +330,9 @@ def assert_same_scores(update, scores, tol=1e-5):
 
 def offline_scores(scorer: Scorer, histories: dict[str, list[PlayEvent]], top_k: int) -> dict[str, Scores]:
     """event_id -> Scorer.score of the events it must be scored on, its titles the model lacks in
-    their slots, as the stream keeps them (model.features.slot_history)."""
+    their slots, as the stream keeps them (model.features.slot_history), and every title the model
+    lacks among those events registered as first seen in the stream, at its earliest play."""
+    scorer = scorer_that_saw(scorer, [event for events in histories.values() for event in events])
     slotted = [slot_history(np.stack([scorer.featurize(e) for e in events]), [e.item_id for e in events],
                             scorer.config.n_items, scorer.config.unknown_slots, scorer.history_len)
                for events in histories.values()]  # fmt: skip
@@ -394,7 +398,7 @@ def build_scenario(fmt: str, context: int, lateness_ms: int, seed: int = 0) -> S
 
 def serving_scorer(settings: StreamSettings) -> IncrementalScorer:
     """As `intentstream run` serves: the settings' model, backend and cache size."""
-    return load_serving_scorer(settings.model_dir, settings.backend, settings.kv_cache_bytes)
+    return load_serving_scorer(settings.model_dir, settings.backend, settings.kv_cache_bytes, settings.new_titles)
 
 
 def run_flow(settings, scenario, workers=1, serving: IncrementalScorer | None = None):

@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 from bytewax.testing import run_main
 from jsonschema import Draft202012Validator
+from tests.model.serving.test_new_titles import scorer_that_saw
 
 from model.serving.scorer import Scorer
 from model.playlogs.synth import generate_world
+from model.vocab import UNKNOWN
 from schemas import (
     LATE,
     MAX_DEAD_LETTER_VALUE_BYTES,
@@ -167,3 +169,45 @@ def test_every_event_becomes_exactly_one_update_or_dead_letter_through_kafka(
     assert counters.duplicates == plan.duplicates
     assert counters.events_in == len(inputs) == len(updates) + len(letters) + counters.duplicates
     assert counters.dead_letters == Counter(plan.dead_letters.values())
+
+
+def test_a_title_first_seen_in_the_stream_is_ranked_for_everyone_from_its_first_play_through_kafka(
+    kafka_bootstrap, make_topics, tiny_model_dir, scorer
+):
+    """A release the model was not trained on: once one user has played it, the updates of other
+    users' later events rank it (from what its play says: kind, genres, release date), as offline
+    scoring with the same title registered does; an event from before its first play does not."""
+    topics = make_topics(partitions=1)
+    world = generate_world(seed=0, n_users=20, n_titles=60, days=10)  # what the tiny model was trained on
+    template, start = world[0], world[-1].ts + 3_600_000
+    release = dataclasses.replace(template, event_id="maker-0", user_id="maker", item_id="fresh-release", ts=start,
+                                  release_ts=start - 86_400_000)  # fmt: skip
+    viewer = [dataclasses.replace(template, event_id=f"viewer-{n}", user_id="viewer", ts=start + offset)
+              for n, offset in enumerate([-60_000, 60_000, 120_000])]  # fmt: skip
+    arrivals = [viewer[0], release, viewer[1], viewer[2]]
+    assert scorer.vocab.items.lookup("fresh-release") == UNKNOWN
+    produce_messages(kafka_bootstrap, topics.input, [(e.user_id.encode(), encode_play_event(e, "msgpack"))
+                                                     for e in arrivals])  # fmt: skip
+    every_column = scorer.config.n_outputs
+    settings = StreamSettings(
+        brokers=kafka_bootstrap, model_dir=tiny_model_dir, format="msgpack", input_topic=topics.input,
+        output_topic=topics.output, dlq_topic=topics.dlq, latest_topic=None, top_k=every_column, stop_at_end=True,
+    )  # fmt: skip
+    run_main(build_flow(settings, load_serving_scorer(tiny_model_dir), counters=StreamCounters()))
+
+    updates = {u.event_id: u for u in (decode_intent_update(r.value, "msgpack")
+                                       for r in read_topic(kafka_bootstrap, topics.output, count=len(arrivals)))}
+    named = {event_id: {item.item_id: item.score for item in update.next_items} for event_id, update in updates.items()}
+    assert "fresh-release" not in named["viewer-0"]  # its event came before the title's first play
+    for event_id in ("maker-0", "viewer-1", "viewer-2"):
+        assert named[event_id]["fresh-release"] > 0
+    assert all("<unknown>" not in items for items in named.values())
+    assert named["maker-0"]["fresh-release"] > named["viewer-1"]["fresh-release"]  # the maker may continue it
+
+    reference = scorer_that_saw(scorer, arrivals)
+    for n in (1, 2):
+        history = np.stack([scorer.featurize(e) for e in viewer[: n + 1]])
+        (offline,) = reference.score([history], top_k=every_column)
+        assert [i.item_id for i in updates[f"viewer-{n}"].next_items] == [i.item_id for i in offline.next_items]
+        np.testing.assert_allclose([i.score for i in updates[f"viewer-{n}"].next_items],
+                                   [i.score for i in offline.next_items], atol=1e-5)  # fmt: skip

@@ -6,6 +6,7 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
+from tests.model.serving.test_new_titles import play, register
 from tests.model.test_intentrec import random_history, random_model, tiny_config, tiny_vocab
 
 from model.serving.backends import BackendError, check_backend_spec, load_backend
@@ -41,8 +42,15 @@ def stream_of_batches(scorer: Scorer, n_users: int = 12, n_events: int = 24):
 
 
 def assert_close_to_eager(backend, scorer: Scorer, atol: float, rtol: float):
+    """Also over titles first seen in the stream: two registered, one seen before the batches' events
+    and one in their midst."""
     compiled = IncrementalScorer(scorer, backend)
     recomputed = IncrementalScorer(scorer, backend, cache_bytes=0)
+    seen_at = random_history(20, seed=0)["ts"][[0, 19]]
+    plays = [play("new-show", seen_at[0]), play("new-film", seen_at[1], kind="movie", release_ts=seen_at[0])]
+    for owner in (scorer, compiled, recomputed):
+        register(owner, plays)
+    new_film = []
     for users, histories in stream_of_batches(scorer):  # 12 users: more than max_batch (8)
         expected = scorer.predict(histories)
         for incremental in (compiled, recomputed):
@@ -51,6 +59,8 @@ def assert_close_to_eager(backend, scorer: Scorer, atol: float, rtol: float):
             np.testing.assert_allclose(got.intent_embedding, expected.intent_embedding, atol=atol, rtol=rtol)
             for task, probs in expected.intent_probs.items():
                 np.testing.assert_allclose(got.intent_probs[task], probs, atol=atol, rtol=rtol)
+        new_film.extend(expected.item_scores[:, scorer.config.n_items + scorer.config.unknown_slots + 1])
+    assert min(new_film) == 0 < max(new_film)  # ranked where seen by then, and only there
     assert compiled.scored_from_cache == 6 * 12 and recomputed.scored_from_cache == 0
 
 

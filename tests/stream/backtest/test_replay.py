@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from tests.model.serving.test_new_titles import scorer_that_saw
 
 from model.features import slot_history
 from model.training.evaluate import intent_hits, ranking_metrics, target_ranks
@@ -20,7 +21,7 @@ from model.playlogs.files import write_log
 from model.serving.scorer import Scorer
 from model.playlogs.synth import generate_world
 from schemas import PlayEvent, decode_play_event, encode_play_event
-from stream.backtest.judging import slotted_target
+from stream.backtest.judging import new_title_column, target_column
 from stream.backtest.replay import run_backtest
 from stream.backtest.sources import LogReplay, LogSource, TopicReplay
 from stream.kafka.broker import produce_messages
@@ -72,7 +73,8 @@ def direct_judgments(scorer: Scorer, events: list[PlayEvent], score_from: int | 
     by_user = defaultdict(list)
     for event in events:
         by_user[event.user_id].append(event)
-    histories, targets, target_items, keys = [], [], [], []
+    scorer = scorer_that_saw(scorer, events)  # a replay registers every new title at its first play
+    histories, targets, target_ids, titles_of, keys = [], [], [], [], []
     n_items, slots = scorer.config.n_items, scorer.config.unknown_slots
     for user_events in by_user.values():
         user_events.sort(key=lambda event: event.ts)
@@ -84,11 +86,15 @@ def direct_judgments(scorer: Scorer, events: list[PlayEvent], score_from: int | 
                                          slots, scorer.history_len)  # fmt: skip
                 histories.append(rows[: i + 1])
                 targets.append(featurized[i + 1])
-                target_items.append(slotted_target(int(featurized[i + 1]["item"]), user_events[i + 1].item_id,
-                                                   titles, n_items))  # fmt: skip
+                target_ids.append(user_events[i + 1].item_id)
+                titles_of.append(titles)
                 keys.append((user_events[i + 1].user_id, user_events[i + 1].event_id))
-    predictions = scorer.predict(histories)
+    predictions = scorer.predict(histories, titles_of)
     targets = np.stack(targets)
+    first_new = n_items + slots
+    target_items = [target_column(int(target["item"]), item_id, titles, n_items,
+                                  new_title_column(predictions, row, item_id, first_new))
+                    for row, (target, item_id, titles) in enumerate(zip(targets, target_ids, titles_of))]  # fmt: skip
     ranks = target_ranks(predictions.item_scores, np.array(target_items, dtype=np.int64))
     return keys, ranks, intent_hits(predictions, targets)
 

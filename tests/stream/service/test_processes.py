@@ -87,12 +87,15 @@ def outputs_of(topics) -> Outputs:
 
 def start_run(bootstrap: str, model_dir: Path, input_topic: str, outputs: Outputs, log_path: Path,
               *options: str) -> subprocess.Popen:  # fmt: skip
-    """`intentstream run` in a subprocess, its output going to `log_path`."""
+    """`intentstream run` in a subprocess, its output going to `log_path`. With a closed catalogue
+    (--new-titles 0): each process learns titles first seen in the stream from the plays it reads
+    and forgets them on exit, so only a closed catalogue gives the same updates after a restart and
+    at any cluster size (the input has titles the model lacks: their slots are state, and kept)."""
     environ = {name: value for name, value in os.environ.items() if not name.startswith("INTENTSTREAM_")}
     command = [
         sys.executable, "-m", "stream.cli", "run", "--brokers", bootstrap, "--model", str(model_dir),
         "--format", FORMAT, "--input-topic", input_topic, "--output-topic", outputs.updates,
-        "--dlq-topic", outputs.dlq, "--latest-topic", outputs.latest, "--top-k", "5", *options,
+        "--dlq-topic", outputs.dlq, "--latest-topic", outputs.latest, "--top-k", "5", "--new-titles", "0", *options,
     ]  # fmt: skip
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(command, cwd=REPO_ROOT, env=environ, stdin=subprocess.DEVNULL,

@@ -1,0 +1,160 @@
+"""Titles first seen in the stream: registered in the order they come, ranked beside the catalogue
+from the time they were first seen, one score per title, and the same incrementally as recomputed."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from tests.model.serving.test_incremental import assert_same_predictions, make_scorer
+from tests.model.test_intentrec import HOUR, random_history
+
+from model.features import slot_history
+from model.serving.incremental import IncrementalScorer
+from model.serving.new_titles import NewTitleRegistry
+from model.serving.scorer import Scorer
+from model.vocab import FIRST_REAL, UNKNOWN
+from schemas import PlayEvent
+
+
+def play(item_id: str, ts: int, user: str = "someone", kind: str = "show", genres=("g1",), release_ts=None):
+    return PlayEvent(event_id=f"{user}-{item_id}-{ts}", user_id=user, item_id=item_id, ts=int(ts), action="a",
+                     genres=genres, kind=kind, release_ts=release_ts, duration_s=600.0, device="tv")  # fmt: skip
+
+
+def register(scorer: Scorer, events: list[PlayEvent]) -> None:
+    scorer.new_titles.register_plays(events, [scorer.featurize(event) for event in events])
+
+
+def scorer_that_saw(scorer: Scorer, events: list[PlayEvent]) -> Scorer:
+    """A scorer on `scorer`'s weights whose registry has seen `events` (the stream registers a
+    batch's titles before scoring it): the offline reference of what the stream served."""
+    reference = Scorer(scorer.model, scorer.vocab, scorer.model_ref)
+    register(reference, events)
+    return reference
+
+
+def first_new_column(scorer: Scorer) -> int:
+    return scorer.config.n_items + scorer.config.unknown_slots
+
+
+def test_titles_the_vocabulary_lacks_get_columns_in_the_order_they_come_and_once_each():
+    scorer = make_scorer()
+    start = random_history(1)["ts"][0]
+    known = scorer.vocab.items.token(FIRST_REAL)
+    register(scorer, [play("new-a", start + HOUR), play(known, start), play("new-b", start + 2 * HOUR),
+                      play("new-a", start)])  # fmt: skip
+    registry = scorer.new_titles
+    assert registry.names == ["new-a", "new-b"]
+    first_seen = registry.first_seen_days[:2] * 86_400_000.0 + scorer.config.time_origin_ms
+    np.testing.assert_allclose(first_seen, [start, start + 2 * HOUR], rtol=1e-6)  # new-a: its earlier play
+    assert np.isinf(registry.first_seen_days[2:]).all()
+    assert registry.kinds[0] == scorer.vocab.kinds.lookup("show")
+    assert registry.slot_columns([("new-b", "mine"), ()]).tolist() == [
+        [first_new_column(scorer) + 1, scorer.config.n_items + 1] + list(range(scorer.config.n_items + 2,
+                                                                                 first_new_column(scorer))),
+        list(range(scorer.config.n_items, first_new_column(scorer))),
+    ]
+    assert registry.slot_columns([("mine",)]) is None  # no slot holds a registered title
+
+
+def test_once_every_column_is_taken_later_titles_are_left_unranked_with_one_warning(caplog):
+    scorer = make_scorer(new_title_columns=2)
+    start = random_history(1)["ts"][0]
+    with caplog.at_level(logging.WARNING, logger="model.serving.new_titles"):
+        register(scorer, [play(f"new-{n}", start + n) for n in range(5)])
+    assert scorer.new_titles.names == ["new-0", "new-1"] and scorer.new_titles.unregistered == 3
+    assert len([r for r in caplog.records if "new-title columns are taken" in r.message]) == 1
+
+
+def test_a_new_title_is_ranked_from_the_time_it_was_first_seen():
+    scorer = make_scorer()
+    history = random_history(6)
+    now = int(history["ts"][-1])
+    register(scorer, [play("released-before", now - HOUR), play("released-after", now + HOUR)])
+    (scores,) = scorer.predict([history]).item_scores
+    first_new = first_new_column(scorer)
+    assert scores[first_new] > 0 and scores[first_new + 1] == 0 and not scores[first_new + 2 :].any()
+    assert scores.sum() == pytest.approx(1.0, abs=1e-5)  # one distribution over catalogue and new titles
+    (everything,) = scorer.score([history], top_k=scorer.config.n_outputs)
+    names = [item.item_id for item in everything.next_items]
+    assert "released-before" in names and "released-after" not in names and "<unknown>" not in names
+
+
+def test_a_users_slot_for_a_registered_title_sends_its_pointer_weight_to_the_titles_column():
+    scorer = make_scorer()
+    history = random_history(6)
+    history["item"][-2] = UNKNOWN  # the user played "their-show", which the vocabulary lacks
+    rows, titles = slot_history(history, [f"i{i}" for i in range(4)] + ["their-show", "i9"],
+                                scorer.config.n_items, scorer.config.unknown_slots)  # fmt: skip
+    assert titles == ("their-show",) and rows["item"][-2] == scorer.config.n_items
+    (before,) = scorer.predict([rows], [titles]).item_scores
+    register(scorer, [play("their-show", int(history["ts"][-2]))])
+    (after,) = scorer.predict([rows], [titles]).item_scores
+    slot, column = scorer.config.n_items, first_new_column(scorer)
+    assert before[slot] > 0 and after[slot] == 0 and after[column] > before[slot]  # the pointer's, and explore's
+    assert after.sum() == pytest.approx(1.0, abs=1e-5)
+    (scored,) = scorer.score([rows], top_k=scorer.config.n_outputs, unknown_titles=[titles])
+    assert [item.item_id for item in scored.next_items].count("their-show") == 1
+
+
+@pytest.mark.parametrize("variant", ["V0", "V3"])
+def test_incremental_scoring_with_new_titles_equals_full_recomputation(variant):
+    overrides = {"V0": dict(intent_tasks=()), "V3": {}}[variant]
+    scorer = make_scorer(**overrides)
+    incremental = IncrementalScorer(scorer)
+    users = ["a", "b", "c"]
+    full = [random_history(14, seed=s) for s in range(3)]
+    full[0]["item"][5] = UNKNOWN
+    ids = [[f"x{s}-{n}" for n in range(14)] for s in range(3)]
+    ids[0][5] = "new-show"
+    slotted = [slot_history(h, i, scorer.config.n_items, scorer.config.unknown_slots) for h, i in zip(full, ids)]
+    plays = [play("new-show", int(full[0]["ts"][5])), play("new-film", int(full[1]["ts"][8]), kind="movie")]
+    for registry_owner in (scorer, incremental):
+        register(registry_owner, plays)
+    for n in range(9, 15):  # the first call fills the cache; then one step per user
+        histories = [rows[:n] for rows, _ in slotted]
+        titles = [tuple(slot_history(full[b][:n], ids[b][:n], scorer.config.n_items,
+                                     scorer.config.unknown_slots)[1]) for b in range(3)]  # fmt: skip
+        got, expected = incremental.predict_users(users, histories, titles), scorer.predict(histories, titles)
+        assert_same_predictions(got, expected)
+        assert got.new_titles == expected.new_titles == ("new-show", "new-film")
+    assert incremental.scored_from_cache == 5 * 3
+
+
+def test_a_new_titles_embedding_starts_where_the_trained_titles_like_it_are():
+    """Where kind decides an item's embedding, a new title's derived embedding is its kind's."""
+    scorer = make_scorer()
+    model, config = scorer.model, scorer.config
+    rng = np.random.default_rng(0)
+    by_kind = torch.from_numpy(rng.normal(size=(config.n_kinds, config.d_item)).astype(np.float32))
+    catalogue = np.zeros(config.n_items, dtype=[("item", np.int32), ("kind", np.int8), ("genres", np.int16, (4,)),
+                                                ("release_ts", np.int64)])  # fmt: skip
+    catalogue["item"] = np.arange(config.n_items)
+    catalogue["kind"] = rng.integers(FIRST_REAL, config.n_kinds, config.n_items)
+    catalogue["release_ts"] = np.iinfo(np.int64).min
+    model.learn_catalogue(catalogue)
+    with torch.no_grad():
+        noise = 0.05 * torch.randn(config.n_items, config.d_item)
+        model.features.item.weight.copy_(by_kind[torch.from_numpy(catalogue["kind"].astype(np.int64))] + noise)
+    registry = NewTitleRegistry(model)
+    for kind in range(FIRST_REAL, config.n_kinds):
+        derived = torch.from_numpy(registry._embedding(kind, np.zeros(4, dtype=np.int16)))
+        distances = (by_kind[FIRST_REAL:] - derived).norm(dim=1)
+        assert int(distances.argmin()) + FIRST_REAL == kind
+
+
+def test_a_model_that_keeps_no_attributes_starts_new_titles_at_the_catalogues_mean():
+    scorer = make_scorer(intent_tasks=())  # V0: no IntentMatch, no attributes
+    mean = scorer.model.features.item.weight.detach()[FIRST_REAL:].mean(0).numpy()
+    np.testing.assert_allclose(scorer.new_titles._embedding(2, np.zeros(4)), mean, rtol=1e-6)
+
+
+def test_a_closed_catalogue_has_no_new_title_columns():
+    scorer = make_scorer(new_title_columns=0)
+    history = random_history(6)
+    register(scorer, [play("released-before", int(history["ts"][-1]) - HOUR)])
+    (scores,) = scorer.predict([history]).item_scores
+    assert scores.shape == (scorer.config.n_outputs,) == (scorer.config.n_items + scorer.config.unknown_slots,)
+    assert scorer.new_titles.names == [] and scorer.new_titles.unregistered == 0  # nothing to warn of
