@@ -348,26 +348,33 @@ class Intent:
 @dataclass
 class NewTitles:
     """Titles the vocabulary lacks that the stream has seen played (model.serving.new_titles), C
-    columns after the catalogue and the users' slots, scored by the catalogue softmax as items are:
-    an embedding derived from their kind and genres, and IntentMatch's bonus where Z feeds the item
-    encoder. A query ranks only the titles first seen at or before its own time; unused columns
-    were never seen (first_seen_days +inf)."""
+    columns after the catalogue and the users' slots, for the newest position of each row. They take
+    `share` of the explore distribution (the part of the last week's plays that were of new
+    titles), divided among them by their plays that week times how well each fits the query: the
+    logit of an embedding derived from its kind and genres, plus IntentMatch's bonus where Z feeds
+    the item encoder. A title with no play that week (and an unused column) gets nothing."""
 
     embeddings: torch.Tensor  # (C, d_item)
     kinds: torch.Tensor  # (C,) kind indices
     genres: torch.Tensor  # (C, GENRE_SLOTS) genre indices
     release_days: torch.Tensor  # (C,) days since the origin, +inf where unknown
-    first_seen_days: torch.Tensor  # (C,) days since the origin
+    log_recent_plays: torch.Tensor  # (B, C) log of each title's plays in the week up to each row's query
+    share: torch.Tensor  # (B,) the part of that week's plays that were of new titles
 
-    def logits(self, queries: torch.Tensor, days: torch.Tensor, intent_match: "IntentMatch | None",
-               intent: Intent | None) -> torch.Tensor:  # fmt: skip
-        """(B, T, C) explore logits of the titles for queries in item space (B, T, d_item) at times
-        `days` (B, T); -inf for a title not yet seen at a query's time."""
-        logits = queries @ self.embeddings.T
+    def distribution(self, queries: torch.Tensor, intent_match: "IntentMatch | None",
+                     intent: Intent | None) -> torch.Tensor:  # fmt: skip
+        """(B, 1, C): p(new title | explore) for queries in item space (B, 1, d_item), summing to
+        `share` (0 where no title was played that week)."""
+        logits = queries @ self.embeddings.T + self.log_recent_plays.unsqueeze(1)
+        if not logits.shape[-1]:  # a closed catalogue
+            return logits
         if intent_match is not None:
             attributes = intent_match.attribute_rows(self.kinds, self.genres)
             logits = logits + intent_match(intent.probs, intent.days, attributes, self.release_days)
-        return logits.masked_fill(self.first_seen_days > days.unsqueeze(-1), float("-inf"))
+        # A softmax that gives 0, not NaN, where every title is -inf.
+        top = logits.amax(-1, keepdim=True)
+        weights = torch.exp(logits - torch.where(torch.isfinite(top), top, 0.0))
+        return weights / weights.sum(-1, keepdim=True).clamp(min=1e-30) * self.share.view(-1, 1, 1)
 
 
 class ItemEncoder(nn.Module):
@@ -406,14 +413,14 @@ class ItemEncoder(nn.Module):
 
     def forward(
         self, x, time_code, mask, items, item_embeddings, intent: Intent | None = None, targets=None,
-        newest: bool = False, cache: Cache | None = None, new_titles: NewTitles | None = None, days=None,
+        newest: bool = False, cache: Cache | None = None, new_titles: NewTitles | None = None,
     ) -> torch.Tensor:
         """p(next item) after each position (B, T, n_outputs); with `targets` (B, T) only p(target)
         (B, T), which spares training a (B, T, n_outputs) mixture; with `newest`, only the
         distribution after each row's last position (B, n_outputs), which is all serving needs.
         `intent`: the positions' predicted intent where Z feeds the item encoder, else None.
-        `new_titles`: titles first seen in the stream, ranked by queries at times `days` (B, T);
-        without them their columns are zero."""
+        `new_titles` (with `newest` only): titles first seen in the stream, ranked beside the
+        catalogue; without them their columns are zero."""
         inputs = self.transformer.embed(x, time_code)
         h = self.transformer.encode(inputs, mask, cache)
         pointer_keys, key_items = self.repeat_key(inputs), items
@@ -422,13 +429,14 @@ class ItemEncoder(nn.Module):
         if newest:
             h, mask = h[:, -1:], mask[:, :, -1:]
             intent = intent.newest() if intent is not None else None
-            days = days[:, -1:] if days is not None else None
             return self.next_item_probs(h, pointer_keys, key_items, mask, item_embeddings, intent,
-                                        new_titles=new_titles, days=days)[:, 0]  # fmt: skip
-        return self.next_item_probs(h, pointer_keys, key_items, mask, item_embeddings, intent, targets, new_titles, days)
+                                        new_titles=new_titles)[:, 0]  # fmt: skip
+        if new_titles is not None:
+            raise ValueError("new titles are ranked at each row's newest position only (newest=True)")
+        return self.next_item_probs(h, pointer_keys, key_items, mask, item_embeddings, intent, targets)
 
     def next_item_probs(self, h, pointer_keys, key_items, mask, item_embeddings, intent=None, targets=None,
-                        new_titles: NewTitles | None = None, days=None):  # fmt: skip
+                        new_titles: NewTitles | None = None):  # fmt: skip
         """The mixture p = (1 - g) p_explore + g p_repeat for queries h (B, T, D), over the whole
         catalogue or only for `targets`. The pointer reads the positions whose pointer keys
         (`repeat_key` of their inputs) and items are given (B, P, D) / (B, P), as mask (B, 1, T, P)
@@ -440,16 +448,15 @@ class ItemEncoder(nn.Module):
             explore = torch.softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1))
             repeat = (pointer * (key_items.unsqueeze(1) == targets.unsqueeze(-1))).sum(-1, keepdim=True)
             return ((1 - gate) * explore + gate * repeat).squeeze(-1)
-        n_items = logits.shape[-1]
-        if new_titles is not None:
-            logits = torch.cat([logits, new_titles.logits(queries, days, self.intent_match, intent)], dim=-1)
-        explore = torch.softmax(logits, dim=-1).mul_(1 - gate)
+        explore = torch.softmax(logits, dim=-1)
         # The users' unknown-title slots sit between the catalogue and the new titles: only the pointer reaches them.
         slots = explore.new_zeros(*explore.shape[:-1], self.unknown_slots)
-        explore = torch.cat([explore[..., :n_items], slots, explore[..., n_items:]], dim=-1)
         if new_titles is None:
-            explore = torch.nn.functional.pad(explore, (0, self.new_title_columns))
-        return explore.scatter_add_(-1, pointer_slots(key_items, pointer), pointer * gate)
+            explore = torch.cat([explore, slots, explore.new_zeros(*explore.shape[:-1], self.new_title_columns)], -1)
+        else:
+            new = new_titles.distribution(queries, self.intent_match, intent)
+            explore = torch.cat([explore * (1 - new_titles.share.view(-1, 1, 1)), slots, new], dim=-1)
+        return explore.mul_(1 - gate).scatter_add_(-1, pointer_slots(key_items, pointer), pointer * gate)
 
     def catalogue_logits(self, queries, item_embeddings, intent=None) -> torch.Tensor:
         """Explore logits of the catalogue's items for queries in item space (B, T, d_item)."""
@@ -538,6 +545,6 @@ class IntentRec(nn.Module):
             intent = Intent(intent_probs, x["days"])
         item_probs = self.item_encoder(
             item_input, time_code, mask, x["item"], self.features.item.weight, intent, targets, newest, cache,
-            new_titles, x["days"],
+            new_titles,
         )
         return IntentRecOutput(item_probs, intent_logits, intent_probs, z, weights)

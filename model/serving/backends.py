@@ -34,7 +34,7 @@ from model.config import IntentRecConfig
 from model.features import ROW_DTYPE
 from model.inputs import MODEL_INPUTS
 from model.intentrec import IntentRec
-from model.serving.graphs import NEW_TITLE_INPUTS, StepGraph, WindowGraph
+from model.serving.graphs import NEW_TITLE_INPUTS, NEW_TITLE_TABLES, StepGraph, WindowGraph
 from model.serving.host_inputs import step_batch, window_batch
 from model.serving.kv_cache import Ring, keys_values_shape
 from model.serving.new_titles import NewTitleRegistry
@@ -169,10 +169,11 @@ def compile_artifact(
     out.mkdir(parents=True, exist_ok=True)
     compile_graph = compile_aoti if backend == "aoti" else compile_tensorrt
     window_file, step_file = GRAPH_FILES[backend]
-    tables = NewTitleRegistry(model).tables()
+    new_titles = NewTitleRegistry(model)
     with torch.inference_mode(False), torch.no_grad():
-        compile_graph(WindowGraph(on_device), window_shapes(on_device.config, limits, device, tables), out / window_file)
-        compile_graph(StepGraph(on_device), step_shapes(on_device.config, limits, device, tables), out / step_file)
+        compile_graph(WindowGraph(on_device), window_shapes(on_device.config, limits, device, new_titles),
+                      out / window_file)  # fmt: skip
+        compile_graph(StepGraph(on_device), step_shapes(on_device.config, limits, device, new_titles), out / step_file)
     manifest = {
         "backend": backend,
         "device": device,
@@ -238,19 +239,27 @@ def example_rows(config: IntentRecConfig, users: int, rows: int, seed: int = 0) 
     return history
 
 
+def example_ts(histories: list[np.ndarray]) -> np.ndarray:
+    return np.array([history["ts"][-1] for history in histories])
+
+
+def new_title_dims(batch: torch.export.Dim) -> tuple[dict, ...]:
+    """The new-title inputs' dynamic dimensions: the tables' shapes are fixed, the rest are per row."""
+    return tuple({} if n < NEW_TITLE_TABLES else {0: batch} for n in range(len(NEW_TITLE_INPUTS)))
+
+
 def as_tensor(array: np.ndarray, device: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
 
-def window_shapes(config: IntentRecConfig, limits: Limits, device: str, tables: list[np.ndarray]) -> GraphShapes:
-    """`tables`: the new-title tables (NewTitleRegistry.tables), whose shapes are fixed."""
+def window_shapes(config: IntentRecConfig, limits: Limits, device: str, new_titles: NewTitleRegistry) -> GraphShapes:
     batch, rows = min(2, limits.max_batch), min(8, limits.max_rows)
     histories = list(example_rows(config, batch, rows))
-    host = [*window_batch(histories, rows, config).inputs, *tables]
+    host = [*window_batch(histories, rows, config).inputs, *new_titles.inputs(example_ts(histories))]
     B = torch.export.Dim("batch", min=1, max=limits.max_batch)
     T = torch.export.Dim("rows", min=2, max=limits.max_rows)
     dynamic = tuple({0: B, 1: T, 2: T} if name.startswith("attend") else {0: B, 1: T} for name in MODEL_INPUTS)
-    dynamic += tuple({} for _ in NEW_TITLE_INPUTS)
+    dynamic += new_title_dims(B)
     # Opt: half the largest batch, whole windows (what a returning user's rebuild needs).
     sizes = {
         "batch": (1, max(2, limits.max_batch // 2), limits.max_batch),
@@ -259,7 +268,7 @@ def window_shapes(config: IntentRecConfig, limits: Limits, device: str, tables: 
     return GraphShapes(tuple(as_tensor(a, device) for a in host), dynamic, sizes)
 
 
-def step_shapes(config: IntentRecConfig, limits: Limits, device: str, tables: list[np.ndarray]) -> GraphShapes:
+def step_shapes(config: IntentRecConfig, limits: Limits, device: str, new_titles: NewTitleRegistry) -> GraphShapes:
     batch, window = min(2, limits.max_batch), config.attention_window - 1
     rows = example_rows(config, batch, window + 1)
     slots = np.arange(batch)
@@ -268,9 +277,9 @@ def step_shapes(config: IntentRecConfig, limits: Limits, device: str, tables: li
     host = step_batch(rows[:, -1], rows["ts"][:, -2], ring, config).inputs
     keys_values = torch.randn(keys_values_shape(config, batch, window), device=device)
     pointer_keys = torch.randn((batch, window, config.d_model), device=device)
-    example = (*(as_tensor(a, device) for a in [*host, *tables]), keys_values, pointer_keys)
+    example = (*(as_tensor(a, device) for a in [*host, *new_titles.inputs(rows["ts"][:, -1])]), keys_values, pointer_keys)
     B = torch.export.Dim("batch", min=1, max=limits.max_batch)
-    dynamic = tuple({0: B} for _ in host) + tuple({} for _ in tables) + ({2: B}, {0: B})  # keys/values: layer-major
+    dynamic = tuple({0: B} for _ in host) + new_title_dims(B) + ({2: B}, {0: B})  # keys/values: layer-major
     sizes = {"batch": (1, max(2, limits.max_batch // 2), limits.max_batch)}
     return GraphShapes(example, dynamic, sizes)
 

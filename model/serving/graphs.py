@@ -23,8 +23,10 @@ from model.config import IntentRecConfig
 from model.inputs import MODEL_INPUTS
 from model.intentrec import Cache, IntentRec, NewTitles
 
+# The titles' tables (the first four: shaped by the registry's capacity), then each row's (batch-major).
 NEW_TITLE_INPUTS = ("new_title_embeddings", "new_title_kinds", "new_title_genres", "new_title_release_days",
-                    "new_title_first_seen_days")  # fmt: skip
+                    "new_title_log_recent_plays", "new_title_share")  # fmt: skip
+NEW_TITLE_TABLES = 4
 
 
 def graph_outputs(model: IntentRec, inputs: Sequence[torch.Tensor], new_titles: NewTitles,
@@ -49,11 +51,12 @@ class WindowGraph(nn.Module):
 
     def forward(
         self, item, action, kind, release, device, genres, watch_s, gap_s, time_code, days, attend, attend_short,
-        new_title_embeddings, new_title_kinds, new_title_genres, new_title_release_days, new_title_first_seen_days,
+        new_title_embeddings, new_title_kinds, new_title_genres, new_title_release_days, new_title_log_recent_plays,
+        new_title_share,
     ):  # fmt: skip
         inputs = (item, action, kind, release, device, genres, watch_s, gap_s, time_code, days, attend, attend_short)
         new_titles = NewTitles(new_title_embeddings, new_title_kinds, new_title_genres, new_title_release_days,
-                               new_title_first_seen_days)  # fmt: skip
+                               new_title_log_recent_plays, new_title_share)  # fmt: skip
         return graph_outputs(self.model, inputs, new_titles, Cache())
 
 
@@ -67,12 +70,13 @@ class StepGraph(nn.Module):
     def forward(
         self, item, action, kind, release, device, genres, watch_s, gap_s, time_code, days, attend, attend_short,
         past_items, past_distances,
-        new_title_embeddings, new_title_kinds, new_title_genres, new_title_release_days, new_title_first_seen_days,
+        new_title_embeddings, new_title_kinds, new_title_genres, new_title_release_days, new_title_log_recent_plays,
+        new_title_share,
         past_keys_values, past_pointer_keys,
     ):  # fmt: skip
         inputs = (item, action, kind, release, device, genres, watch_s, gap_s, time_code, days, attend, attend_short)
         new_titles = NewTitles(new_title_embeddings, new_title_kinds, new_title_genres, new_title_release_days,
-                               new_title_first_seen_days)  # fmt: skip
+                               new_title_log_recent_plays, new_title_share)  # fmt: skip
         cache = Cache(past_keys_values, past_pointer_keys, past_items, past_distances)
         return graph_outputs(self.model, inputs, new_titles, cache)
 

@@ -84,8 +84,8 @@ class IncrementalScorer(Scorer):
         results = PredictionArrays(self.config, len(histories))
         with self._lock:
             names, tables = tuple(self.new_titles.names), self.new_titles.tables()
-            slot_columns = self.new_titles.slot_columns(unknown_titles)
-            batch = ScoringBatch(users, histories, tables, slot_columns)
+            recent = self.new_titles.recent_plays(np.array([history["ts"][-1] for history in histories]))
+            batch = ScoringBatch(users, histories, tables, recent, self.new_titles.slot_columns(unknown_titles))
             if self.cache.max_users == 0:
                 self._run_windows(list(range(len(histories))), batch, results, cache=False)
             else:
@@ -117,7 +117,7 @@ class IncrementalScorer(Scorer):
             rows[b] = histories[i][-1]
         previous_ts = np.array([entry.newest_ts for entry in entries], dtype=np.int64)
         host = step_batch(rows, previous_ts, ring, self.config, batch.slot_columns_of(indices))
-        inputs = [*host.inputs, *batch.tables, ring.slots, ring.positions]
+        inputs = [*host.inputs, *batch.new_title_inputs(indices), ring.slots, ring.positions]
         *inputs, slot_index, position_index = self.to_device(inputs)
         outputs = split_outputs(self.config, self.backend.step(*inputs, *self.cache.read(slot_index)))
         results.put(indices, outputs)
@@ -143,7 +143,7 @@ class IncrementalScorer(Scorer):
             claimed = [(b, entry) for b, entry in claimed if entry is not None]
             kept = np.array([b for b, _ in claimed], dtype=np.int64)
             slots = np.array([entry.slot for _, entry in claimed], dtype=np.int64)
-            *inputs, kept_index, slot_index = self.to_device([*host.inputs, *batch.tables, kept, slots])
+            *inputs, kept_index, slot_index = self.to_device([*host.inputs, *batch.new_title_inputs(chunk), kept, slots])
             outputs = split_outputs(self.config, self.backend.window(*inputs))
             results.put(chunk, outputs)
             self.scored_from_history += len(chunk)
@@ -185,13 +185,18 @@ def load_serving_scorer(
 
 @dataclass
 class ScoringBatch:
-    """One predict_users call: the users and histories, the new-title tables the graphs take, and
-    where each history's slots send their pointer weight (NewTitleRegistry.slot_columns)."""
+    """One predict_users call: the users and histories, the new-title tables the graphs take and
+    each history's recent plays of new titles (NewTitleRegistry.tables, recent_plays), and where each
+    history's slots send their pointer weight (NewTitleRegistry.slot_columns)."""
 
     users: Sequence[Hashable]
     histories: list[np.ndarray]
     tables: list[np.ndarray]
+    recent_plays: list[np.ndarray]
     slot_columns: np.ndarray | None
+
+    def new_title_inputs(self, indices: list[int]) -> list[np.ndarray]:
+        return [*self.tables, *(per_history[indices] for per_history in self.recent_plays)]
 
     def slot_columns_of(self, indices: list[int]) -> np.ndarray | None:
         return None if self.slot_columns is None else self.slot_columns[indices]

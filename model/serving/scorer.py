@@ -98,7 +98,8 @@ class Scorer:
         rows = batch_tensors(histories, length, left_pad=True)
         move_slots(rows["item"].numpy(), self.new_titles.slot_columns(unknown_titles), self.config.n_items)
         names = tuple(self.new_titles.names)
-        out = self.model(model_inputs(rows, self.config), newest=True, new_titles=self.new_titles.new_titles())
+        new_titles = self.new_titles.new_titles(np.array([history["ts"][-1] for history in histories]))
+        out = self.model(model_inputs(rows, self.config), newest=True, new_titles=new_titles)
         return Predictions(
             item_scores=out.item_probs.numpy(),
             intent_probs={t: p[:, -1].numpy() for t, p in out.intent_probs.items()},
@@ -136,7 +137,7 @@ class Scorer:
             return self._top(self._item_labels, item_scores[:, :n], k)  # the common case: the catalogue alone
         B, first_new = len(item_scores), n + slots
         new_scores = item_scores[:, first_new : first_new + len(new_titles)]
-        ranked = [item_scores[:, :n], np.where(new_scores > 0, new_scores, -np.inf)]  # 0: not yet seen then
+        ranked = [item_scores[:, :n], np.where(new_scores > 0, new_scores, -np.inf)]  # 0: not played that week
         fewest_named = 0
         if named_slots:
             names = [tuple(titles) + ("",) * (slots - len(titles)) for titles in unknown_titles]  # () for none yet

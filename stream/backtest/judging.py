@@ -105,8 +105,8 @@ def target_column(item: int, item_id: str, unknown_titles: tuple[str, ...], n_it
 
 
 def new_title_column(predictions: Predictions, row: int, item_id: str, first_new: int) -> int | None:
-    """The column of `item_id` among row `row`'s new titles, if that update ranked it (a title first
-    seen after the update's event has score 0 there: it was not ranked)."""
+    """The column of `item_id` among row `row`'s new titles, if that update ranked it (a title not
+    played in the week before the update's event has score 0 there: it was not ranked)."""
     if item_id not in predictions.new_titles:
         return None
     column = first_new + predictions.new_titles.index(item_id)

@@ -11,7 +11,6 @@ from tqdm import tqdm
 
 from model.serving.incremental import load_serving_scorer
 from model.serving.scorer import Scorer
-from model.vocab import UNKNOWN
 from stream.backtest.judging import ModelJudge, judge_baselines
 from stream.backtest.report import Backtest, ReplayStats, SystemResult
 from stream.backtest.sources import DiscardSink, LogReplay, TopicReplay
@@ -59,13 +58,12 @@ def replay(replay_source, timeline: Timeline, scorer: Scorer, judge: ModelJudge,
 
 
 def register_new_titles(serving: Scorer, timeline: Timeline) -> None:
-    """A replay knows its whole input, so every title in it that the model lacks is registered at its
-    first play before the replay starts: an update then ranks the titles first played by its event's
-    time, whatever order the topic's partitions are read in. (Live, a title is ranked once its first
-    play has been read.)"""
-    unknown = sorted((event for event in timeline.events if serving.vocab.items.lookup(event.item_id) == UNKNOWN),
-                     key=lambda event: event.ts)  # fmt: skip
-    serving.new_titles.register_plays(unknown, [serving.featurize(event) for event in unknown])
+    """A replay knows its whole input, so its plays are registered before it starts: an update then
+    counts the plays up to its event's time whatever order the topic's partitions are read in, and
+    ranks the titles played in the week before it. (Live, a title is ranked once plays of it have
+    been read.)"""
+    in_time_order = sorted(timeline.events, key=lambda event: event.ts)
+    serving.new_titles.preload(in_time_order, [serving.featurize(event) for event in in_time_order])
 
 
 def run_backtest(

@@ -39,18 +39,18 @@ def first_new_column(scorer: Scorer) -> int:
     return scorer.config.n_items + scorer.config.unknown_slots
 
 
-def test_titles_the_vocabulary_lacks_get_columns_in_the_order_they_come_and_once_each():
+def test_titles_the_vocabulary_lacks_get_columns_in_the_order_they_come_and_their_plays_are_counted():
     scorer = make_scorer()
-    start = random_history(1)["ts"][0]
+    start = (int(random_history(1)["ts"][0]) // HOUR + 1) * HOUR  # on the hour
     known = scorer.vocab.items.token(FIRST_REAL)
     register(scorer, [play("new-a", start + HOUR), play(known, start), play("new-b", start + 2 * HOUR),
                       play("new-a", start)])  # fmt: skip
     registry = scorer.new_titles
-    assert registry.names == ["new-a", "new-b"]
-    first_seen = registry.first_seen_days[:2] * 86_400_000.0 + scorer.config.time_origin_ms
-    np.testing.assert_allclose(first_seen, [start, start + 2 * HOUR], rtol=1e-6)  # new-a: its earlier play
-    assert np.isinf(registry.first_seen_days[2:]).all()
-    assert registry.kinds[0] == scorer.vocab.kinds.lookup("show")
+    assert registry.names == ["new-a", "new-b"] and registry.kinds[0] == scorer.vocab.kinds.lookup("show")
+    log_plays, share = registry.recent_plays(np.array([start + HOUR // 2, start + 2 * HOUR, start + 8 * 24 * HOUR]))
+    np.testing.assert_allclose(np.exp(log_plays[:, :3]), [[1, 0, 0], [2, 1, 0], [0, 0, 0]])  # exact times
+    # Every play by the hour: half an hour in, the window holds start's hour (new-a and the known title).
+    np.testing.assert_allclose(share, [1 / 2, 3 / 4, 0])
     assert registry.slot_columns([("new-b", "mine"), ()]).tolist() == [
         [first_new_column(scorer) + 1, scorer.config.n_items + 1] + list(range(scorer.config.n_items + 2,
                                                                                  first_new_column(scorer))),
@@ -68,18 +68,30 @@ def test_once_every_column_is_taken_later_titles_are_left_unranked_with_one_warn
     assert len([r for r in caplog.records if "new-title columns are taken" in r.message]) == 1
 
 
-def test_a_new_title_is_ranked_from_the_time_it_was_first_seen():
+def test_new_titles_are_ranked_by_their_plays_in_the_week_before_the_query():
     scorer = make_scorer()
     history = random_history(6)
     now = int(history["ts"][-1])
-    register(scorer, [play("released-before", now - HOUR), play("released-after", now + HOUR)])
+    register(scorer, [*(play("hit", now - HOUR * n) for n in range(1, 6)), play("niche", now - HOUR),
+                      play("played-after", now + HOUR), play("played-long-ago", now - 8 * 24 * HOUR)])  # fmt: skip
     (scores,) = scorer.predict([history]).item_scores
-    first_new = first_new_column(scorer)
-    assert scores[first_new] > 0 and scores[first_new + 1] == 0 and not scores[first_new + 2 :].any()
+    hit, niche, after, long_ago = (first_new_column(scorer) + n for n in range(4))
+    assert scores[hit] == pytest.approx(5 * scores[niche], rel=1e-4)  # alike but for their plays
+    assert scores[niche] > 0 and scores[after] == scores[long_ago] == 0 and not scores[long_ago + 1 :].any()
     assert scores.sum() == pytest.approx(1.0, abs=1e-5)  # one distribution over catalogue and new titles
     (everything,) = scorer.score([history], top_k=scorer.config.n_outputs)
     names = [item.item_id for item in everything.next_items]
-    assert "released-before" in names and "released-after" not in names and "<unknown>" not in names
+    assert {"hit", "niche"} <= set(names) and not {"played-after", "played-long-ago", "<unknown>"} & set(names)
+
+
+def test_a_replay_preloads_its_plays_and_counts_them_once():
+    scorer = make_scorer()
+    now = int(random_history(6)["ts"][-1])
+    plays = [play("hit", now - HOUR), play("hit", now - 2 * HOUR)]
+    scorer.new_titles.preload(plays, [scorer.featurize(event) for event in plays])
+    register(scorer, plays)  # the replay reaching them: already counted
+    log_plays, _ = scorer.new_titles.recent_plays(np.array([now - 90 * 60_000, now]))
+    np.testing.assert_allclose(np.exp(log_plays[:, 0]), [1, 2])  # never a play after the query
 
 
 def test_a_users_slot_for_a_registered_title_sends_its_pointer_weight_to_the_titles_column():
