@@ -164,7 +164,14 @@ class TrainConfig:
     # 0.6700 with "uniform" (seed 0); MovieLens has no watch time (its converter gives every rating the
     # same nominal runtime, so both are the same there).
     loss_weighting: str = "watch"
+    # The checkpoint's weights are an exponential moving average of the weights after each step, each
+    # step's counted ema_decay^(steps after it) (0: the last step's weights alone). MovieLens-100K V0,
+    # seeds 0-2: 0.0747 / 0.0711 / 0.0700 with 0.998, against 0.0709 / 0.0678 / 0.0680 without
+    # (0.99: 0.0692, seed 0).
+    ema_decay: float = 0.998
 
     def __post_init__(self):
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting={self.loss_weighting!r}; choose one of {LOSS_WEIGHTINGS}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay={self.ema_decay!r} must be in [0, 1) (0: no averaging)")

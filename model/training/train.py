@@ -139,6 +139,17 @@ def validation_ndcg(model: IntentRec, vocab: Vocabularies, cases) -> float:
     return summary["overall"]["NDCG@10"]
 
 
+def debiased_ema(decay: float):
+    """AveragedModel's avg_fn for an exponential moving average of the weights that counts step i of n
+    decay^(n - i), normalised: a running mean over the first steps, then the usual EMA, never pulled
+    towards the first step's weights (which a short training would otherwise keep)."""
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        return averaged + (current - averaged) * ((1 - decay) / (1 - decay ** (count + 1)))
+
+    return average
+
+
 def train_model(
     log_path,
     out_dir,
@@ -181,6 +192,10 @@ def train_model(
         optimizer, T_max=train_config.epochs * steps_per_epoch, eta_min=train_config.lr / 20
     )
 
+    averaged = None
+    if train_config.ema_decay:
+        averaged = torch.optim.swa_utils.AveragedModel(model, avg_fn=debiased_ema(train_config.ema_decay),
+                                                       use_buffers=True)  # fmt: skip
     best = (-1.0, 0, None)  # (validation NDCG@10, epoch, weights)
     epoch = 0
     order = np.random.default_rng(train_config.seed)
@@ -199,10 +214,13 @@ def train_model(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             schedule.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             losses.append(loss.item())
-        ndcg = validation_ndcg(model, vocab, validation_cases)
+        judged = model if averaged is None else averaged.module
+        ndcg = validation_ndcg(judged, vocab, validation_cases)
         if ndcg > best[0]:
-            best = (ndcg, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            best = (ndcg, epoch, {k: v.detach().clone() for k, v in judged.state_dict().items()})
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_ndcg10=f"{ndcg:.4f}", best_epoch=best[1])
         if epoch - best[1] >= train_config.patience:

@@ -36,6 +36,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def decay(text: str) -> float:
+    """A decay per step, in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return value
+
+
 def timestamp_ms(text: str) -> int:
     """Epoch milliseconds, or an ISO-8601 date/time (UTC unless it says otherwise)."""
     if text.lstrip("-").isdigit():

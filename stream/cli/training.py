@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from model.config import LOSS_WEIGHTINGS, TrainConfig
-from stream.cli.arguments import positive_int, timestamp_ms
+from stream.cli.arguments import decay, positive_int, timestamp_ms
 from stream.errors import CommandError
 from stream.settings import SMALL_MODEL
 
@@ -37,6 +37,9 @@ def add_training_commands(commands) -> None:
     train.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=TrainConfig.loss_weighting,
                        help="watch: each next play weighted by its watch time, as in the paper (default); uniform: "
                             "every next play alike, for logs whose durations mean nothing")
+    train.add_argument("--ema-decay", type=decay, default=TrainConfig.ema_decay,
+                       help="the checkpoint keeps an exponential moving average of the weights with this decay per "
+                            f"step (default: {TrainConfig.ema_decay}; 0: the last step's weights)")
     train.add_argument("--small", action="store_true", help="a tiny model for smoke tests and demos")
     train.add_argument("--torch-threads", type=positive_int, default=1,
                        help="intra-op threads (default 1: this small model gains little from more, and "
@@ -83,7 +86,7 @@ def train_command(args: argparse.Namespace) -> None:
         variant=args.variant,
         until_ts=args.until,
         train_config=TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed,
-                                 loss_weighting=args.loss_weighting),
+                                 loss_weighting=args.loss_weighting, ema_decay=args.ema_decay),
         model_overrides=SMALL_MODEL if args.small else None,
     )
     print(

@@ -22,7 +22,7 @@ from model.features import batch_tensors
 from model.inputs import model_inputs
 from model.intentrec import IntentRec
 from model.config import variant_overrides
-from model.training.train import WATCH_FLOOR_S, chunk_spans, load_rows, loss_of_batch, train_model
+from model.training.train import WATCH_FLOOR_S, chunk_spans, debiased_ema, load_rows, loss_of_batch, train_model
 from tests.model.test_intentrec import random_history, tiny_config
 from stream.cli import main
 from stream.settings import SMALL_MODEL
@@ -109,8 +109,9 @@ def test_train_until_keeps_only_the_past(world_log, tmp_path):
 def test_cli_train_and_evaluate(world_log, tmp_path, capsys):
     model_dir = tmp_path / "m"
     assert main(["train", str(world_log), "--out", str(model_dir), "--epochs", "1", "--small", "--variant", "V1",
-                 "--loss-weighting", "uniform"]) == 0
-    assert json.loads((model_dir / "config.json").read_text())["train"]["loss_weighting"] == "uniform"
+                 "--loss-weighting", "uniform", "--ema-decay", "0.9"]) == 0
+    trained = json.loads((model_dir / "config.json").read_text())["train"]
+    assert (trained["loss_weighting"], trained["ema_decay"]) == ("uniform", 0.9)
     assert main(["evaluate", str(model_dir), str(world_log)]) == 0
     printed = capsys.readouterr().out
     assert "NDCG@10" in printed and "overall" in printed
@@ -176,9 +177,25 @@ def test_evaluation_splits_targets_by_whether_training_had_their_title():
     assert summary["overall"]["HR@10"] == pytest.approx(2 / 3)
 
 
-def test_an_unknown_loss_weighting_is_refused():
+def test_an_unknown_loss_weighting_or_a_decay_outside_0_1_is_refused(world_log, tmp_path, capsys):
     with pytest.raises(ValueError, match="loss_weighting='minutes'; choose one of"):
         TrainConfig(loss_weighting="minutes")
+    with pytest.raises(ValueError, match=r"ema_decay=1.0 must be in \[0, 1\)"):
+        TrainConfig(ema_decay=1.0)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(world_log), "--out", str(tmp_path / "m"), "--ema-decay", "1"])
+    assert exit_info.value.code == 2 and "expected a number in [0, 1), got 1" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_weights_kept_are_a_moving_average_that_is_not_pulled_to_the_first_steps():
+    decay, steps = 0.9, [torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([6.0])]
+    average = debiased_ema(decay)
+    averaged = steps[0].clone()
+    for count, current in enumerate(steps[1:], start=1):
+        averaged = average(averaged, current, torch.tensor(count))
+    weights = torch.tensor([decay**2, decay, 1.0])
+    assert averaged.item() == pytest.approx(float((weights * torch.cat(steps)).sum() / weights.sum()), rel=1e-6)
 
 
 def test_the_next_item_loss_weights_targets_by_watch_time_only_when_asked():
