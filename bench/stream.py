@@ -108,7 +108,7 @@ class CannedScorer:
         one, count = self._answers[top_k], len(predictions.item_scores)
 
         def top(labels):
-            return TopLabels(labels.table, repeated(labels.indices, count), repeated(labels.values, count))
+            return TopLabels(labels.table, repeated(labels.indices, count), repeated(labels.values, count), labels.extra)
 
         return ScoreColumns(repeated(one.intent_embedding, count), {task: top(t) for task, t in one.intents.items()},
                             {task: repeated(w, count) for task, w in one.intent_weights.items()}, top(one.next_items))  # fmt: skip
