@@ -60,10 +60,9 @@ def step_batch(rows: np.ndarray, previous_ts: np.ndarray, cached: Ring, config: 
     inputs = [*fields, rows["watch_s"], gap_s, time_code, days, attend, attend_short]
     window = cached.items.shape[1]
     distances = (cached.positions[:, None] - 1 - np.arange(window)) % window + 1
-    past_items = cached.items.copy()
     move_slots(fields[0], slot_columns, config.n_items)
-    move_slots(past_items, slot_columns, config.n_items)
-    return HostBatch([*inputs, past_items, distances.astype(np.int32)], inputs[0], ts, itself)
+    move_slots(cached.items, slot_columns, config.n_items)  # the ring's own copy (KVCache.ring)
+    return HostBatch([*inputs, cached.items, distances.astype(np.int32)], inputs[0], ts, itself)
 
 
 TORCH_DTYPES = {np.dtype(t): getattr(torch, str(np.dtype(t))) for t in (np.int32, np.int64, np.float32, np.bool_)}

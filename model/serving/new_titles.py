@@ -72,6 +72,7 @@ class NewTitleRegistry:
         self.play_times: list[PlayTimes] = []  # per column
         self.plays_by_hour: dict[int, int] = {}  # every play registered, by hour since the epoch
         self.preloaded = False
+        self._tables: list[np.ndarray] | None = None  # tables(), until a title joins
         self._embedding = ColdStartEmbedding(model)
         self._lock = threading.Lock()
 
@@ -111,14 +112,18 @@ class NewTitleRegistry:
                 release = torch.tensor([event.release_ts])
                 self.release_days[column] = days_since_origin(release, self.config.time_origin_ms)[0]
             self.play_times.append(PlayTimes())
+            self._tables = None
             self.columns[event.item_id] = column
             self.names.append(event.item_id)
         self.play_times[column].add(event.ts)
 
     def tables(self) -> list[np.ndarray]:
-        """Copies of the titles' tables, as the graphs take them (graphs.NEW_TITLE_INPUTS, first four)."""
+        """The titles' tables, as the graphs take them (graphs.NEW_TITLE_INPUTS, first four): a copy
+        made when a title joins, so that a call never sees one half written."""
         with self._lock:
-            return [a.copy() for a in (self.embeddings, self.kinds, self.genres, self.release_days)]
+            if self._tables is None:
+                self._tables = [a.copy() for a in (self.embeddings, self.kinds, self.genres, self.release_days)]
+            return self._tables
 
     def recent_plays(self, ts: np.ndarray) -> list[np.ndarray]:
         """For queries at times ts (B,): the log of each title's plays in the WINDOW_MS up to and
