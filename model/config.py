@@ -93,8 +93,9 @@ class IntentRecConfig:
 
     @property
     def n_outputs(self) -> int:
-        """Columns of the next-item distribution: the catalogue, the users' unknown-title slots, then
-        the titles first seen in the stream."""
+        """Columns of the next-item distribution at most: the catalogue, the users' unknown-title
+        slots, then the titles first seen in the stream (a call carries as many of those columns as
+        model.serving.new_titles.NewTitleRegistry.width says)."""
         return self.n_items + self.unknown_slots + self.new_title_columns
 
     @property

@@ -403,7 +403,6 @@ class ItemEncoder(nn.Module):
         self.repeat_key = nn.Linear(config.d_model, config.d_model)
         self.repeat_gate = nn.Linear(config.d_model, 1)
         self.unknown_slots = config.unknown_slots
-        self.new_title_columns = config.new_title_columns
         self.intent_match = IntentMatch(config) if config.feeds_intent else None
         self.intent_gate = (
             nn.Linear(config.n_actions, 1, bias=False) if config.feeds_intent and "action" in config.intent_tasks else None
@@ -415,12 +414,13 @@ class ItemEncoder(nn.Module):
         self, x, time_code, mask, items, item_embeddings, intent: Intent | None = None, targets=None,
         newest: bool = False, cache: Cache | None = None, new_titles: NewTitles | None = None,
     ) -> torch.Tensor:
-        """p(next item) after each position (B, T, n_outputs); with `targets` (B, T) only p(target)
-        (B, T), which spares training a (B, T, n_outputs) mixture; with `newest`, only the
-        distribution after each row's last position (B, n_outputs), which is all serving needs.
+        """p(next item) after each position (B, T, n_items + unknown_slots); with `targets` (B, T) only
+        p(target) (B, T), which spares training a (B, T, n_items) mixture; with `newest`, only the
+        distribution after each row's last position (B, n_items + unknown_slots + C), which is all
+        serving needs.
         `intent`: the positions' predicted intent where Z feeds the item encoder, else None.
         `new_titles` (with `newest` only): titles first seen in the stream, ranked beside the
-        catalogue; without them their columns are zero."""
+        catalogue in columns after the slots; without them there are no such columns."""
         inputs = self.transformer.embed(x, time_code)
         h = self.transformer.encode(inputs, mask, cache)
         pointer_keys, key_items = self.repeat_key(inputs), items
@@ -452,7 +452,7 @@ class ItemEncoder(nn.Module):
         # The users' unknown-title slots sit between the catalogue and the new titles: only the pointer reaches them.
         slots = explore.new_zeros(*explore.shape[:-1], self.unknown_slots)
         if new_titles is None:
-            explore = torch.cat([explore, slots, explore.new_zeros(*explore.shape[:-1], self.new_title_columns)], -1)
+            explore = torch.cat([explore, slots], dim=-1)
         else:
             new = new_titles.distribution(queries, self.intent_match, intent)
             explore = torch.cat([explore * (1 - new_titles.share.view(-1, 1, 1)), slots, new], dim=-1)
@@ -487,7 +487,7 @@ def pointer_slots(key_items: torch.Tensor, pointer: torch.Tensor) -> torch.Tenso
 
 @dataclass
 class IntentRecOutput:
-    item_probs: torch.Tensor  # p(next item): (B, T, n_outputs); (B, T) for targets; (B, n_outputs) newest
+    item_probs: torch.Tensor  # p(next item): (B, T, n_items + slots); (B, T) for targets; (B, n_items + slots + C) newest
     intent_logits: dict[str, torch.Tensor]  # task -> (B, T, n_labels)
     intent_probs: dict[str, torch.Tensor]
     intent_embedding: torch.Tensor | None  # Z: (B, T, d_proj), None without intent tasks
@@ -519,8 +519,9 @@ class IntentRec(nn.Module):
         cache: Cache | None = None, new_titles: NewTitles | None = None,
     ) -> IntentRecOutput:
         """x: model.inputs.model_inputs of a batch of rows. item_probs is p(next item) after every
-        position (B, T, n_outputs); with `targets` (B, T) item indices only p(target) (B, T); with
-        `newest`, only the distribution after the last position (B, n_outputs): rows are then padded
+        position (B, T, n_items + unknown_slots); with `targets` (B, T) item indices only p(target)
+        (B, T); with `newest`, only the distribution after the last position (B, n_items +
+        unknown_slots + C, C the new titles' columns given): rows are then padded
         on the left. With a `cache`, the rows follow the cached positions (incremental inference).
         `new_titles`: the titles first seen in the stream, ranked beside the catalogue (serving)."""
         c = self.config

@@ -11,9 +11,10 @@ A backend is named by a spec string (`intentstream run --backend`, `load_backend
 An artifact is a directory written by `compile_artifact` (`intentstream compile`): manifest.json
 (backend, device, batch and row limits, and a fingerprint of the weights, so that an artifact is
 never run for another checkpoint) and the two compiled graphs, window and step. Graphs take plain
-tensors and return tuples. Batch size and window length are dynamic dimensions (min/opt/max for
-TensorRT), so one artifact serves every micro-batch; window lengths come in padding buckets
-(model.serving.scorer.padded_length). Compiled artifacts embed the weights.
+tensors and return tuples. Batch size, window length and the number of new-title columns are dynamic
+dimensions (min/opt/max for TensorRT), so one artifact serves every micro-batch; window lengths and
+new-title columns come in power-of-two buckets (model.serving.scorer.padded_length,
+NewTitleRegistry.width). Compiled artifacts embed the weights.
 
 Tolerances against eager, asserted by tests/test_backends.py: AOTInductor (float32) within 1e-4
 relative, 1e-6 absolute, on every output; TensorRT (fp16) within 2e-2 absolute on probabilities
@@ -34,10 +35,10 @@ from model.config import IntentRecConfig
 from model.features import ROW_DTYPE
 from model.inputs import MODEL_INPUTS
 from model.intentrec import IntentRec
-from model.serving.graphs import NEW_TITLE_INPUTS, NEW_TITLE_TABLES, StepGraph, WindowGraph
+from model.serving.graphs import NEW_TITLE_TABLES, StepGraph, WindowGraph
 from model.serving.host_inputs import step_batch, window_batch
 from model.serving.kv_cache import Ring, keys_values_shape
-from model.serving.new_titles import NewTitleRegistry
+from model.serving.new_titles import MIN_WIDTH, NewTitleRegistry
 
 BACKENDS = ("eager", "aoti", "tensorrt")
 MANIFEST = "manifest.json"
@@ -243,9 +244,20 @@ def example_ts(histories: list[np.ndarray]) -> np.ndarray:
     return np.array([history["ts"][-1] for history in histories])
 
 
-def new_title_dims(batch: torch.export.Dim) -> tuple[dict, ...]:
-    """The new-title inputs' dynamic dimensions: the tables' shapes are fixed, the rest are per row."""
-    return tuple({} if n < NEW_TITLE_TABLES else {0: batch} for n in range(len(NEW_TITLE_INPUTS)))
+def new_title_dims(batch: torch.export.Dim, config: IntentRecConfig) -> tuple[tuple[dict, ...], dict]:
+    """The new-title inputs' dynamic dimensions, and the sizes of their number of columns: the
+    tables are a row per column, the recent plays a row per query and a column per column, the
+    share a row per query. The columns are dynamic (NewTitleRegistry.width grows from MIN_WIDTH to
+    the capacity) unless the capacity leaves one width."""
+    capacity = config.new_title_columns
+    if capacity <= MIN_WIDTH:
+        titles, sizes = None, {}
+    else:
+        titles = torch.export.Dim("new_titles", min=MIN_WIDTH, max=capacity)
+        sizes = {"new_titles": (MIN_WIDTH, capacity, capacity)}
+    tables = tuple({} if titles is None else {0: titles} for _ in range(NEW_TITLE_TABLES))
+    recent_plays = {0: batch} if titles is None else {0: batch, 1: titles}
+    return (*tables, recent_plays, {0: batch}), sizes
 
 
 def as_tensor(array: np.ndarray, device: str) -> torch.Tensor:
@@ -259,11 +271,13 @@ def window_shapes(config: IntentRecConfig, limits: Limits, device: str, new_titl
     B = torch.export.Dim("batch", min=1, max=limits.max_batch)
     T = torch.export.Dim("rows", min=2, max=limits.max_rows)
     dynamic = tuple({0: B, 1: T, 2: T} if name.startswith("attend") else {0: B, 1: T} for name in MODEL_INPUTS)
-    dynamic += new_title_dims(B)
-    # Opt: half the largest batch, whole windows (what a returning user's rebuild needs).
+    title_dims, title_sizes = new_title_dims(B, config)
+    dynamic += title_dims
+    # Opt: half the largest batch, whole windows (what a returning user's rebuild needs), every new-title column.
     sizes = {
         "batch": (1, max(2, limits.max_batch // 2), limits.max_batch),
         "rows": (2, limits.max_rows, limits.max_rows),
+        **title_sizes,
     }
     return GraphShapes(tuple(as_tensor(a, device) for a in host), dynamic, sizes)
 
@@ -279,8 +293,9 @@ def step_shapes(config: IntentRecConfig, limits: Limits, device: str, new_titles
     pointer_keys = torch.randn((batch, window, config.d_model), device=device)
     example = (*(as_tensor(a, device) for a in [*host, *new_titles.inputs(rows["ts"][:, -1])]), keys_values, pointer_keys)
     B = torch.export.Dim("batch", min=1, max=limits.max_batch)
-    dynamic = tuple({0: B} for _ in host) + new_title_dims(B) + ({2: B}, {0: B})  # keys/values: layer-major
-    sizes = {"batch": (1, max(2, limits.max_batch // 2), limits.max_batch)}
+    title_dims, title_sizes = new_title_dims(B, config)
+    dynamic = tuple({0: B} for _ in host) + title_dims + ({2: B}, {0: B})  # keys/values: layer-major
+    sizes = {"batch": (1, max(2, limits.max_batch // 2), limits.max_batch), **title_sizes}
     return GraphShapes(example, dynamic, sizes)
 
 

@@ -23,7 +23,7 @@ from model.config import IntentRecConfig
 from model.inputs import MODEL_INPUTS
 from model.intentrec import Cache, IntentRec, NewTitles
 
-# The titles' tables (the first four: shaped by the registry's capacity), then each row's (batch-major).
+# The titles' tables (the first four: NewTitleRegistry.width rows), then each row's (batch-major).
 NEW_TITLE_INPUTS = ("new_title_embeddings", "new_title_kinds", "new_title_genres", "new_title_release_days",
                     "new_title_log_recent_plays", "new_title_share")  # fmt: skip
 NEW_TITLE_TABLES = 4

@@ -81,9 +81,9 @@ class IncrementalScorer(Scorer):
         histories = [np.asarray(h, dtype=ROW_DTYPE)[-self.history_len :] for h in histories]
         if not histories or min(len(h) for h in histories) == 0:
             raise ValueError("every history must hold at least the interaction being scored")
-        results = PredictionArrays(self.config, len(histories))
         with self._lock:
             names, tables = tuple(self.new_titles.names), self.new_titles.tables()
+            results = PredictionArrays(self.config, len(histories), new_title_width=len(tables[0]))
             recent = self.new_titles.recent_plays(np.array([history["ts"][-1] for history in histories]))
             batch = ScoringBatch(users, histories, tables, recent, self.new_titles.slot_columns(unknown_titles))
             if self.cache.max_users == 0:
@@ -219,8 +219,8 @@ def rounds(users: Sequence[Hashable]) -> list[list[int]]:
 class PredictionArrays:
     """Predictions filled in request order from several graph calls."""
 
-    def __init__(self, config: IntentRecConfig, n: int):
-        self.item_scores = np.empty((n, config.n_outputs), dtype=np.float32)
+    def __init__(self, config: IntentRecConfig, n: int, new_title_width: int):
+        self.item_scores = np.empty((n, config.n_items + config.unknown_slots + new_title_width), dtype=np.float32)
         self.intent_probs = {task: np.empty((n, size), dtype=np.float32) for task, size in task_sizes(config).items()}
         tasks = len(config.intent_tasks)
         self.intent_embedding = np.empty((n, config.d_proj), dtype=np.float32) if tasks else None

@@ -47,6 +47,7 @@ from schemas import PlayEvent
 
 log = logging.getLogger(__name__)
 
+MIN_WIDTH = 8  # the fewest new-title columns a call carries (see NewTitleRegistry.width)
 RIDGE = 1.0  # the regression's L2 penalty: enough to keep rare attribute combinations near the mean
 WINDOW_MS = 7 * 86_400_000  # the plays that make a new title's popularity: the week before the query
 HOUR_MS = 3_600_000
@@ -55,7 +56,10 @@ HOUR_MS = 3_600_000
 class NewTitleRegistry:
     """The titles first seen in the stream and their columns (config.n_items + unknown_slots + j for
     the j-th): the tables the serving graphs take (`tables`, in graphs.NEW_TITLE_INPUTS order) and,
-    for each query time, the titles' recent plays (`recent_plays`)."""
+    for each query time, the titles' recent plays (`recent_plays`). Both are `width` columns wide:
+    the registered titles rounded up to a power of two (at least MIN_WIDTH, at most the capacity),
+    so that a stream without new titles pays for 8 columns, not for all of them, and compiled graphs
+    see few shapes."""
 
     def __init__(self, model: IntentRec):
         config = model.config
@@ -117,21 +121,30 @@ class NewTitleRegistry:
             self.names.append(event.item_id)
         self.play_times[column].add(event.ts)
 
+    @property
+    def width(self) -> int:
+        """The new-title columns a call carries now (unused ones score 0)."""
+        width = MIN_WIDTH
+        while width < len(self.names):
+            width *= 2
+        return min(width, self.capacity)
+
     def tables(self) -> list[np.ndarray]:
-        """The titles' tables, as the graphs take them (graphs.NEW_TITLE_INPUTS, first four): a copy
-        made when a title joins, so that a call never sees one half written."""
+        """The titles' tables, as the graphs take them (graphs.NEW_TITLE_INPUTS, first four), `width`
+        rows each: a copy made when a title joins, so that a call never sees one half written."""
         with self._lock:
             if self._tables is None:
-                self._tables = [a.copy() for a in (self.embeddings, self.kinds, self.genres, self.release_days)]
+                width = self.width
+                self._tables = [a[:width].copy() for a in (self.embeddings, self.kinds, self.genres, self.release_days)]
             return self._tables
 
     def recent_plays(self, ts: np.ndarray) -> list[np.ndarray]:
         """For queries at times ts (B,): the log of each title's plays in the WINDOW_MS up to and
-        including ts (B, C; -inf: none, or an unused column) and the share of all plays in that
+        including ts (B, width; -inf: none, or an unused column) and the share of all plays in that
         window that were of new titles (B,), as the graphs take them (graphs.NEW_TITLE_INPUTS, last two)."""
         ts = np.asarray(ts, dtype=np.int64)
-        counts = np.zeros((len(ts), self.capacity), dtype=np.float64)
         with self._lock:
+            counts = np.zeros((len(ts), self.width), dtype=np.float64)
             for column, times in enumerate(self.play_times):
                 counts[:, column] = times.count_between(ts - WINDOW_MS, ts)
             hours = sorted(self.plays_by_hour)

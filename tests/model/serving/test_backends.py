@@ -43,16 +43,22 @@ def stream_of_batches(scorer: Scorer, n_users: int = 12, n_events: int = 24):
 
 def assert_close_to_eager(backend, scorer: Scorer, atol: float, rtol: float):
     """Also over titles first seen in the stream: two registered, one seen before the batches' events
-    and one in their midst."""
+    and one in their midst; after the second batch, ten more, so that the calls' new-title columns
+    grow from 8 to 16 (NewTitleRegistry.width) between batches."""
     compiled = IncrementalScorer(scorer, backend)
     recomputed = IncrementalScorer(scorer, backend, cache_bytes=0)
     seen_at = random_history(20, seed=0)["ts"][[0, 19]]
     plays = [play("new-show", seen_at[0]), play("new-film", seen_at[1], kind="movie", release_ts=seen_at[0])]
     for owner in (scorer, compiled, recomputed):
         register(owner, plays)
-    new_film = []
-    for users, histories in stream_of_batches(scorer):  # 12 users: more than max_batch (8)
+    more = [play(f"trending-{n}", seen_at[0] + n) for n in range(10)]
+    new_film, widths = [], []
+    for batch, (users, histories) in enumerate(stream_of_batches(scorer)):  # 12 users: more than max_batch (8)
+        if batch == 2:
+            for owner in (scorer, compiled, recomputed):
+                register(owner, more)
         expected = scorer.predict(histories)
+        widths.append(expected.item_scores.shape[1] - scorer.config.n_items - scorer.config.unknown_slots)
         for incremental in (compiled, recomputed):
             got = incremental.predict_users(users, histories)
             np.testing.assert_allclose(got.item_scores, expected.item_scores, atol=atol, rtol=rtol)
@@ -61,6 +67,7 @@ def assert_close_to_eager(backend, scorer: Scorer, atol: float, rtol: float):
                 np.testing.assert_allclose(got.intent_probs[task], probs, atol=atol, rtol=rtol)
         new_film.extend(expected.item_scores[:, scorer.config.n_items + scorer.config.unknown_slots + 1])
     assert min(new_film) == 0 < max(new_film)  # ranked where seen by then, and only there
+    assert widths == [8, 8] + [16] * 5
     assert compiled.scored_from_cache == 6 * 12 and recomputed.scored_from_cache == 0
 
 

@@ -157,6 +157,21 @@ def test_a_new_titles_embedding_starts_where_the_trained_titles_like_it_are():
         assert int(distances.argmin()) + FIRST_REAL == kind
 
 
+def test_calls_carry_the_registered_titles_columns_in_power_of_two_buckets():
+    scorer = make_scorer(new_title_columns=20)
+    history = random_history(6)
+    now = int(history["ts"][-1])
+    widths = []
+    for registered in (0, 8, 9, 17, 25):
+        register(scorer, [play(f"new-{n}", now - HOUR) for n in range(registered)])
+        scores = scorer.predict([history]).item_scores
+        widths.append((len(scorer.new_titles.names), scores.shape[1] - first_new_column(scorer)))
+        assert scores.sum() == pytest.approx(1.0, abs=1e-5)
+    # 8 columns before any title, then doubling up to the capacity (20), where registering stops.
+    assert widths == [(0, 8), (8, 8), (9, 16), (17, 20), (20, 20)]
+    assert [len(table) for table in scorer.new_titles.tables()] == [20] * 4
+
+
 def test_a_model_that_keeps_no_attributes_starts_new_titles_at_the_catalogues_mean():
     scorer = make_scorer(intent_tasks=())  # V0: no IntentMatch, no attributes
     mean = scorer.model.features.item.weight.detach()[FIRST_REAL:].mean(0).numpy()
