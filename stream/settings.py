@@ -25,7 +25,8 @@ class StreamSettings:
     max_clock_skew_s: float = 300.0  # an event further ahead of the wall clock than this is a dead letter
     max_broker_outage_s: float = 60.0  # no broker answering for longer stops the flow (exit 75), to be restarted
     top_k: int = 10
-    backend: str = "eager"  # who runs the model: eager | eager:cuda | aoti:PATH | tensorrt:PATH (model.serving.backends)
+    # who runs the model: auto | eager | eager:cuda | aoti:PATH | tensorrt:PATH (model.serving.backends)
+    backend: str = "auto"
     kv_cache_mb: int = 1024  # memory for cached users' rows (incremental scoring); 0: recompute every event
     # Columns for titles first seen in the stream (model.serving.new_titles); None: the model's own
     # (256 by default); 0: a closed catalogue, whose updates are the same after a restart and at any

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Hashable, Sequence
 
 import numpy as np
@@ -172,15 +173,19 @@ class IncrementalScorer(Scorer):
 
 
 def load_serving_scorer(
-    model: str | os.PathLike | Scorer, backend: str = "eager", cache_bytes: int = DEFAULT_CACHE_BYTES,
+    model: str | os.PathLike | Scorer, backend: str = "auto", cache_bytes: int = DEFAULT_CACHE_BYTES,
     new_title_columns: int | None = None,
 ) -> IncrementalScorer:
     """The scorer a stream serves with: the checkpoint `model` (a directory, or a loaded Scorer),
     its graphs run by `backend` (a spec of model.serving.backends.load_backend, which raises
-    BackendError), `cache_bytes` of cached users, `new_title_columns` for titles first seen in the
-    stream (None: the checkpoint's). Live runs, demos and backtests all build theirs here."""
-    scorer = model if isinstance(model, Scorer) else Scorer.load(model, new_title_columns)
-    return IncrementalScorer(scorer, load_backend(backend, scorer.model), cache_bytes)
+    BackendError; `auto` looks beside a directory for a compiled artifact), `cache_bytes` of cached
+    users, `new_title_columns` for titles first seen in the stream (None: the checkpoint's). Live
+    runs, demos and backtests all build theirs here."""
+    if isinstance(model, Scorer):
+        scorer, model_dir = model, None
+    else:
+        scorer, model_dir = Scorer.load(model, new_title_columns), Path(model)
+    return IncrementalScorer(scorer, load_backend(backend, scorer.model, model_dir), cache_bytes)
 
 
 @dataclass

@@ -55,8 +55,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             f"(default: {format_duration(default_of('lateness_s'))})", metavar="DURATION")
     service_option(scoring, "--max-clock-skew", "an event further ahead of this process's clock than this is a dead "
             f"letter from_future (default: {format_duration(default_of('max_clock_skew_s'))})", metavar="DURATION")
-    service_option(scoring, "--backend", "what runs the model: eager, eager:cuda, aoti:PATH or tensorrt:PATH (an "
-            f"artifact of `intentstream compile`) (default: {default_of('backend')})", metavar="BACKEND")
+    service_option(scoring, "--backend", "what runs the model: auto (the artifact `intentstream compile MODEL_DIR` "
+            "wrote beside the model, where it fits, else eager), eager, eager:cuda, aoti:PATH or tensorrt:PATH "
+            f"(default: {default_of('backend')})", metavar="BACKEND")
     service_option(scoring, "--kv-cache-mb", "memory for cached users' rows, from which a new event is scored "
             f"incrementally; 0 recomputes every event from its history (default: {default_of('kv_cache_mb')})",
             metavar="MB")

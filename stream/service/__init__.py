@@ -5,8 +5,9 @@ topics and model before it runs the dataflow.
 
 Scoring is incremental: each user's new event is scored from the rows cached for the user's earlier
 ones (model.serving.incremental; `--kv-cache-mb` of memory for them, 0 to recompute every event from
-the history), run by `--backend`: eager PyTorch on the CPU by default, or eager:cuda, or an artifact
-of `intentstream compile` (aoti:PATH, tensorrt:PATH).
+the history), run by `--backend`: by default (auto) the artifact `intentstream compile MODEL_DIR`
+wrote beside the model where it fits this model and torch, else eager PyTorch on the CPU; or
+eager:cuda, or an artifact named by its path (aoti:PATH, tensorrt:PATH).
 
 Monitoring: `--metrics-port PORT` serves Prometheus metrics at http://0.0.0.0:PORT/metrics (see
 stream/metrics.py). SIGTERM (docker stop, Kubernetes) stops the run like Ctrl-C: the dataflow stops,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -73,14 +75,18 @@ def assert_close_to_eager(backend, scorer: Scorer, atol: float, rtol: float):
 
 def test_specs_are_checked_before_anything_loads():
     assert check_backend_spec("aoti:models/v3.aoti") == "aoti:models/v3.aoti"
-    for bad in ("onnx", "aoti", "tensorrt:", "eagre"):
-        with pytest.raises(ValueError, match="expected eager, eager:cuda, aoti:PATH or tensorrt:PATH"):
+    assert check_backend_spec("auto") == "auto"
+    for bad in ("onnx", "aoti", "tensorrt:", "eagre", "auto:x"):
+        with pytest.raises(ValueError, match="expected auto, eager, eager:cuda, aoti:PATH or tensorrt:PATH"):
             check_backend_spec(bad)
 
 
 def test_eager_backend_and_its_refusals(model_dir, tmp_path):
     scorer = Scorer.load(model_dir)
     assert isinstance(load_backend("eager", scorer.model), EagerBackend)
+    # auto without an artifact beside the model (or without a directory to look in): eager.
+    assert isinstance(load_backend("auto", scorer.model, model_dir), EagerBackend)
+    assert isinstance(load_backend("auto", scorer.model), EagerBackend)
     assert_close_to_eager(load_backend("eager", scorer.model), scorer, atol=1e-6, rtol=1e-4)
     with pytest.raises(BackendError, match="unknown backend"):
         load_backend("onnx", scorer.model)
@@ -92,20 +98,28 @@ def test_eager_backend_and_its_refusals(model_dir, tmp_path):
 
 
 @pytest.mark.slow  # compiling both graphs with AOTInductor takes 1-2 minutes on two shared cores
-def test_aoti_artifact_matches_eager_and_refuses_another_model(model_dir, tmp_path, capsys):
-    out = tmp_path / "tiny.aoti"
-    assert compile_through_cli(model_dir, out, "aoti") == 0
-    assert "run it with --backend aoti:" in capsys.readouterr().out
-    scorer = Scorer.load(model_dir)
+def test_aoti_artifact_matches_eager_and_refuses_another_model(model_dir, tmp_path, capsys, caplog):
+    own_dir = tmp_path / "model"
+    shutil.copytree(model_dir, own_dir)
+    assert main(["compile", str(own_dir), "--max-batch", "8"]) == 0  # aoti, beside the model
+    out = own_dir / "aoti"
+    assert f"run it with --backend aoti:{out} (or the default, auto)" in capsys.readouterr().out
+    scorer = Scorer.load(own_dir)
     backend = load_backend(f"aoti:{out}", scorer.model)
     assert (backend.name, backend.device.type, backend.max_batch) == ("aoti", "cpu", 8)
     assert_close_to_eager(backend, scorer, atol=1e-6, rtol=1e-4)
+    assert load_backend("auto", scorer.model, own_dir).name == "aoti"
 
     torch.manual_seed(1)
+    another = IntentRec(tiny_config())
     with pytest.raises(BackendError, match="compiled from another model"):
-        load_backend(f"aoti:{out}", IntentRec(tiny_config()))
+        load_backend(f"aoti:{out}", another)
     with pytest.raises(BackendError, match="holds an artifact for aoti, not tensorrt"):
         load_backend(f"tensorrt:{out}", scorer.model)
+    # auto passes over an artifact that does not fit, and says so.
+    with caplog.at_level(logging.WARNING, logger="model.serving.backends"):
+        assert isinstance(load_backend("auto", another, own_dir), EagerBackend)
+    assert "compiled from another model; compile it again" in caplog.text
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="torch_tensorrt is installed: the TensorRT test below runs instead")
