@@ -59,6 +59,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 import numpy as np  # noqa: E402
 
+from bench.compiled import compile_beside  # noqa: E402
 from schemas import IntentUpdate, decode_intent_update, encode_play_event  # noqa: E402
 from stream.demo import DemoOptions, demo_world, train_or_reuse  # noqa: E402
 from stream.harness import DataflowProcess, FlowCounts, StreamTopics  # noqa: E402
@@ -411,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-up-events", type=int, default=20_000, help="a first, unrecorded run (the broker's "
                         "JIT compiler warms up)")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a run may take")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="first compile the model beside itself where no fitting artifact is there, so that the "
+                        "flows' default backend (auto) runs it (--no-compile: auto runs what it finds there, else eager)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -423,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.users} users have {len(streamed)} events; ask for at most that many")
     model_dir = args.model or train_or_reuse(world, training, say, model_overrides={}, variant="default",
                                              progress=False)  # fmt: skip
+    backend_line = compile_beside(model_dir, args.batch_size, say) if args.compile else "auto, not compiled by this run"
     events = streamed[: args.events]
     messages = [(event.user_id.encode(), encode_play_event(event, FORMAT)) for event in events]
     users = len({event.user_id for event in events})
@@ -467,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- Machine: {os.cpu_count()} logical CPUs, load average {load} at the start; the broker, the flow's "
         "process(es) and this bench all on it",
         f"- Broker: {broker_line}",
-        f"- Model: {model_dir.name} (IntentRec's default V3), torch threads 1 per process, batch cap {args.batch_size}",
+        f"- Model: {model_dir.name} (IntentRec's default V3), backend {backend_line}, torch threads 1 per process, "
+        f"batch cap {args.batch_size}",
         f"- Workload: the first {len(events):,} events of the synthetic world's {users:,} streamed users (seed 0), "
         f"keyed by user into {PARTITIONS} partitions, {FORMAT}; the flow writes each update and the latest topic",
     ]

@@ -10,7 +10,7 @@ from pathlib import Path
 SOURCE_BATCH = 1000  # messages per batch, as bytewax's KafkaSource reads them by default
 
 
-def score_requests(model_dir: Path, events, batch_size: int, backend: str = "eager"):
+def score_requests(model_dir: Path, events, batch_size: int, backend: str = "auto"):
     """(the serving scorer, the score requests the remember step makes of `events`)."""
     from model.serving.incremental import load_serving_scorer
     from stream.dataflow import Origin, Play, Remembering, RememberUser, ScoreRequest, StreamCounters, state_config

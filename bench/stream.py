@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # then hide the `stream` package: look in the project instead.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+from bench.compiled import compile_beside  # noqa: E402
 from stream.kafka.broker import EmbeddedBroker, fetch_metadata, produce_messages, read_topic  # noqa: E402
 from stream.demo import DemoOptions, demo_world, train_or_reuse  # noqa: E402
 from stream.harness import (  # noqa: E402
@@ -269,7 +270,8 @@ class Results:
     half_rate: LiveResult  # intentrec at half its saturation rate
 
 
-def report(args, command: str, machine_line: str, broker: str, model_line: str, workload: str, results: Results) -> str:
+def report(args, command: str, machine_line: str, broker: str, model_line: str, backend_line: str, workload: str,
+           results: Results) -> str:  # fmt: skip
     lines = [
         "# Stream benchmark: events/s and event-to-update latency through Kafka",
         "",
@@ -280,7 +282,7 @@ def report(args, command: str, machine_line: str, broker: str, model_line: str, 
         f"- Broker: {broker}",
         f"- Model: {model_line}",
         f"- Workload: {workload}",
-        f"- Settings: backend {args.backend}, {args.partitions} input partition(s), msgpack, 1 Bytewax worker, "
+        f"- Settings: backend {backend_line}, {args.partitions} input partition(s), msgpack, 1 Bytewax worker, "
         f"torch threads {args.torch_threads}, consumers' fetch.wait.max.ms {args.fetch_wait_ms}, producers' linger.ms "
         "the client default (5 ms)",
         "- Processes, all on this machine: the flow (its own, spawned per measurement), the bench (producer"
@@ -357,7 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--backend", default=StreamSettings.backend, help="what runs the model (intentstream run "
-                        "--backend): eager, or aoti:PATH of an artifact from `intentstream compile`")  # fmt: skip
+                        "--backend, default auto): auto, eager, or aoti:PATH of an artifact from `intentstream compile`")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --backend auto, first compile the model beside itself where no fitting artifact is "
+                        "there, as a deployment does after training (--no-compile: auto runs what it finds there, else eager)")  # fmt: skip
     parser.add_argument("--fetch-wait-ms", type=int, default=FETCH_WAIT_MS)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -388,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     model_line = (f"{scorer.model_ref.name} from {model_dir.name}: d_model {config.d_model}, item layers "
                   f"{config.n_layers_item}, attention window {config.attention_window}, history_len "
                   f"{scorer.history_len}, {len(scorer.vocab.items)} items, {parameters:,} parameters")  # fmt: skip
+    backend_line = args.backend
+    if args.backend == "auto" and args.compile:
+        backend_line = compile_beside(model_dir, args.batch_size, say)
     del scorer
     live_messages = outgoing_messages(streamed[: args.live_events], "msgpack")
     saturation_messages = outgoing_messages(streamed[: args.saturation_events], "msgpack")
@@ -439,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for line in ratios(results):
         say(line)
-    text = report(args, command, machine_line, broker_line, model_line, workload, results)
+    text = report(args, command, machine_line, broker_line, model_line, backend_line, workload, results)
     text += f"\nThe whole run took {time.monotonic() - started:.0f}s.\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
