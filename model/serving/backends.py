@@ -305,7 +305,7 @@ def as_tensor(array: np.ndarray, device: str) -> torch.Tensor:
 def window_shapes(config: IntentRecConfig, limits: Limits, device: str, new_titles: NewTitleRegistry) -> GraphShapes:
     batch, rows = min(2, limits.max_batch), min(8, limits.max_rows)
     histories = list(example_rows(config, batch, rows))
-    host = [*window_batch(histories, rows, config).inputs, *new_titles.inputs(example_ts(histories))]
+    host = [*window_batch(histories, rows, config).inputs, *new_titles.at(example_ts(histories)).inputs()]
     B = torch.export.Dim("batch", min=1, max=limits.max_batch)
     T = torch.export.Dim("rows", min=2, max=limits.max_rows)
     dynamic = tuple({0: B, 1: T, 2: T} if name.startswith("attend") else {0: B, 1: T} for name in MODEL_INPUTS)
@@ -329,7 +329,8 @@ def step_shapes(config: IntentRecConfig, limits: Limits, device: str, new_titles
     host = step_batch(rows[:, -1], rows["ts"][:, -2], ring, config).inputs
     keys_values = torch.randn(keys_values_shape(config, batch, window), device=device)
     pointer_keys = torch.randn((batch, window, config.d_model), device=device)
-    example = (*(as_tensor(a, device) for a in [*host, *new_titles.inputs(rows["ts"][:, -1])]), keys_values, pointer_keys)
+    titles = new_titles.at(rows["ts"][:, -1]).inputs()
+    example = (*(as_tensor(a, device) for a in [*host, *titles]), keys_values, pointer_keys)
     B = torch.export.Dim("batch", min=1, max=limits.max_batch)
     title_dims, title_sizes = new_title_dims(B, config)
     dynamic = tuple({0: B} for _ in host) + title_dims + ({2: B}, {0: B})  # keys/values: layer-major

@@ -83,16 +83,16 @@ class IncrementalScorer(Scorer):
         if not histories or min(len(h) for h in histories) == 0:
             raise ValueError("every history must hold at least the interaction being scored")
         with self._lock:
-            names, tables = tuple(self.new_titles.names), self.new_titles.tables()
-            results = PredictionArrays(self.config, len(histories), new_title_width=len(tables[0]))
-            recent = self.new_titles.recent_plays(np.array([history["ts"][-1] for history in histories]))
-            batch = ScoringBatch(users, histories, tables, recent, self.new_titles.slot_columns(unknown_titles))
+            titles = self.new_titles.at(np.array([history["ts"][-1] for history in histories]))
+            results = PredictionArrays(self.config, len(histories), new_title_width=len(titles.tables[0]))
+            batch = ScoringBatch(users, histories, titles.tables, titles.recent_plays,
+                                 self.new_titles.slot_columns(unknown_titles))  # fmt: skip
             if self.cache.max_users == 0:
                 self._run_windows(list(range(len(histories))), batch, results, cache=False)
             else:
                 for round_indices in rounds(users):
                     self._score_round(round_indices, batch, results)
-        return results.predictions(names)
+        return results.predictions(titles.names)
 
     def _score_round(self, indices: list[int], batch: ScoringBatch, results: PredictionArrays) -> None:
         self._round += 1

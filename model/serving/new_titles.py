@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -78,7 +79,7 @@ class NewTitleRegistry:
         self.preloaded = False
         self._tables: list[np.ndarray] | None = None  # tables(), until a title joins
         self._embedding = ColdStartEmbedding(model)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def register_plays(self, events: Sequence[PlayEvent], rows: Sequence[np.ndarray]) -> None:
         """Counts every one of `events` (featurized as `rows`, a slotted title's row included) and
@@ -158,13 +159,11 @@ class NewTitleRegistry:
         with np.errstate(divide="ignore"):
             return [np.log(counts).astype(np.float32), share.astype(np.float32)]
 
-    def inputs(self, ts: np.ndarray) -> list[np.ndarray]:
-        """Every new-title input of the graphs for queries at times ts (graphs.NEW_TITLE_INPUTS)."""
-        return [*self.tables(), *self.recent_plays(ts)]
-
-    def new_titles(self, ts: np.ndarray) -> NewTitles:
-        """The inputs as the model's forward pass takes them, for queries at times ts (B,)."""
-        return NewTitles(*(torch.from_numpy(array) for array in self.inputs(ts)))
+    def at(self, ts: np.ndarray) -> "RegisteredTitles":
+        """The names, tables and recent plays for queries at times ts (B,), read at one moment: a
+        title that another worker thread registers meanwhile cannot widen one but not the others."""
+        with self._lock:
+            return RegisteredTitles(tuple(self.names), self.tables(), self.recent_plays(ts))
 
     def slot_columns(self, unknown_titles: Sequence[tuple[str, ...]] | None) -> np.ndarray | None:
         """(B, unknown_slots): the column each user's slot k sends its pointer weight to: its title's
@@ -181,6 +180,24 @@ class NewTitleRegistry:
                 if column is not None:
                     columns[b, k], moved = self.first_column + column, True
         return columns if moved else None
+
+
+@dataclass(frozen=True)
+class RegisteredTitles:
+    """NewTitleRegistry.at: the registered titles' names by column, their tables and each query's
+    recent plays and share (graphs.NEW_TITLE_INPUTS, in that order), all as wide."""
+
+    names: tuple[str, ...]
+    tables: list[np.ndarray]
+    recent_plays: list[np.ndarray]
+
+    def inputs(self) -> list[np.ndarray]:
+        """Every new-title input of the graphs (graphs.NEW_TITLE_INPUTS)."""
+        return [*self.tables, *self.recent_plays]
+
+    def new_titles(self) -> NewTitles:
+        """The inputs as the model's forward pass takes them."""
+        return NewTitles(*(torch.from_numpy(array) for array in self.inputs()))
 
 
 class PlayTimes:

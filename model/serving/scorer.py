@@ -97,15 +97,14 @@ class Scorer:
         length = padded_length(max(len(h) for h in histories), self.history_len)
         rows = batch_tensors(histories, length, left_pad=True)
         move_slots(rows["item"].numpy(), self.new_titles.slot_columns(unknown_titles), self.config.n_items)
-        names = tuple(self.new_titles.names)
-        new_titles = self.new_titles.new_titles(np.array([history["ts"][-1] for history in histories]))
-        out = self.model(model_inputs(rows, self.config), newest=True, new_titles=new_titles)
+        titles = self.new_titles.at(np.array([history["ts"][-1] for history in histories]))
+        out = self.model(model_inputs(rows, self.config), newest=True, new_titles=titles.new_titles())
         return Predictions(
             item_scores=out.item_probs.numpy(),
             intent_probs={t: p[:, -1].numpy() for t, p in out.intent_probs.items()},
             intent_embedding=None if out.intent_embedding is None else out.intent_embedding[:, -1].numpy(),
             intent_weights=None if out.intent_weights is None else out.intent_weights[:, -1].numpy(),
-            new_titles=names,
+            new_titles=titles.names,
         )
 
     def score(self, histories: Sequence[np.ndarray], top_k: int = 10,

@@ -3,6 +3,7 @@ from the time they were first seen, one score per title, and the same incrementa
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 import pytest
@@ -170,6 +171,25 @@ def test_calls_carry_the_registered_titles_columns_in_power_of_two_buckets():
     # 8 columns before any title, then doubling up to the capacity (20), where registering stops.
     assert widths == [(0, 8), (8, 8), (9, 16), (17, 20), (20, 20)]
     assert [len(table) for table in scorer.new_titles.tables()] == [20] * 4
+
+
+def test_a_title_registered_by_another_thread_waits_until_a_call_has_read_the_registry():
+    scorer = make_scorer(new_title_columns=20)
+    registry, now = scorer.new_titles, int(random_history(1)["ts"][0])
+    register(scorer, [play(f"new-{n}", now) for n in range(8)])
+    ninth = threading.Thread(target=register, args=(scorer, [play("new-8", now)]))
+    read_recent_plays = registry.recent_plays
+
+    def recent_plays_while_a_title_joins(ts):
+        ninth.start()
+        ninth.join(timeout=0.2)  # it waits for the registry: the call holds it
+        return read_recent_plays(ts)
+
+    registry.recent_plays = recent_plays_while_a_title_joins
+    titles = registry.at(np.array([now]))
+    ninth.join()
+    assert len(titles.names) == len(titles.tables[0]) == titles.recent_plays[0].shape[1] == 8
+    assert registry.width == 16 and registry.names[-1] == "new-8"
 
 
 def test_a_model_that_keeps_no_attributes_starts_new_titles_at_the_catalogues_mean():
