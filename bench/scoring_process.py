@@ -75,16 +75,17 @@ class PendingPlays:
     score step registers until the next model call takes them to the child."""
 
     def __init__(self) -> None:
-        self.plays, self.rows = [], []
+        self._pending: list[tuple] = []  # (play, row)
+        self._lock = threading.Lock()  # worker threads register while another takes
 
     def register_plays(self, plays, rows) -> None:
-        self.plays.extend(plays)
-        self.rows.extend(rows)
+        with self._lock:
+            self._pending.extend(zip(plays, rows))
 
     def take(self) -> tuple[list, list]:
-        taken = self.plays, self.rows
-        self.plays, self.rows = [], []
-        return taken
+        with self._lock:
+            taken, self._pending = self._pending, []
+        return [play for play, _ in taken], [row for _, row in taken]
 
 
 class ScoringProcess:
