@@ -27,16 +27,13 @@ Writes bench/results/scoring-process.md. Run as `--serve MODEL_DIR` it is the ch
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import shlex
 import statistics
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
         "no model": (1, 1, stream_bench.canned_scorer),
     }
     rates = {name: [] for name in flows}
-    plain_settings = stream_bench.settings_for
     broker = EmbeddedBroker()
     broker.start()
     try:
@@ -165,15 +161,14 @@ def main(argv: list[str] | None = None) -> int:
             for name, (workers, partitions, factory) in flows.items():
                 options = argparse.Namespace(partitions=partitions, backend="auto", torch_threads=1,
                                              fetch_wait_ms=FETCH_WAIT_MS, saturation_timeout=240.0, batch_size=256)
-                stream_bench.settings_for = lambda *a, workers=workers, **k: replace(plain_settings(*a, **k), workers=workers)
-                result = stream_bench.measure_saturation(broker.bootstrap, model_dir, stream_bench.Flow(name, 256, factory),
-                                                         messages, options, uuid.uuid4().hex[:6])  # fmt: skip
+                result = stream_bench.measure_saturation(broker.bootstrap, model_dir,
+                                                         stream_bench.Flow(name, 256, factory, workers), messages,
+                                                         options, uuid.uuid4().hex[:6])  # fmt: skip
                 if result.updates != result.events or result.events_per_s is None:
                     raise SystemExit(f"[{name}] {result.updates}/{result.events} updates: the run is not valid")
                 rates[name].append(result.events_per_s)
                 say(f"round {round_} [{name}] {result.events_per_s:.0f} events/s")
     finally:
-        stream_bench.settings_for = plain_settings
         broker.stop()
 
     baseline = statistics.median(rates["in process"])

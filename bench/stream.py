@@ -131,6 +131,7 @@ class Flow:
     name: str
     batch_size: int
     scorer_factory: object = None  # None: DataflowProcess's (the serving scorer of the model)
+    workers: int = 1  # Bytewax worker threads of the flow's process
 
 
 @dataclass
@@ -178,7 +179,7 @@ def settings_for(bootstrap: str, model_dir: Path, topics: StreamTopics, flow: Fl
     return StreamSettings(
         brokers=bootstrap, model_dir=model_dir, input_topic=topics.input, output_topic=topics.output,
         dlq_topic=topics.dlq, latest_topic=topics.latest, batch_size=flow.batch_size, stop_at_end=stop_at_end,
-        backend=backend,
+        backend=backend, workers=flow.workers,
     )  # fmt: skip
 
 
