@@ -39,7 +39,7 @@ from schemas import decode_intent_update, encode_play_event  # noqa: E402
 from stream.demo import DemoOptions, demo_world, train_or_reuse  # noqa: E402
 from stream.harness import StreamTopics  # noqa: E402
 from stream.kafka.apache_broker import ApacheKafkaBroker  # noqa: E402
-from stream.kafka.broker import produce_messages, read_topic  # noqa: E402
+from stream.kafka.broker import read_topic  # noqa: E402
 
 FORMAT = "msgpack"
 PARTITIONS = 2

@@ -64,7 +64,7 @@ import numpy as np  # noqa: E402
 
 from bench.compiled import compile_beside  # noqa: E402
 from schemas import IntentUpdate, decode_intent_update, encode_play_event  # noqa: E402
-from stream.demo import DemoOptions, demo_world, train_or_reuse  # noqa: E402
+from bench.world import BenchWorld  # noqa: E402
 from stream.harness import DataflowProcess, FlowCounts, StreamTopics  # noqa: E402
 from stream.kafka.apache_broker import JVM_OPTIONS, ApacheKafkaBroker  # noqa: E402
 from stream.kafka.broker import free_loopback_ports, produce_messages, read_topic  # noqa: E402
@@ -427,12 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/scale_out.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     say = lambda text: print(text, flush=True)  # noqa: E731
 
-    world = DemoOptions(seed=0, train_users=400, stream_users=args.users, titles=400, days=30, epochs=1)
-    training, streamed = demo_world(world)
+    world = BenchWorld(stream_users=args.users)
+    streamed = world.streamed
     if len(streamed) < args.events:
         parser.error(f"{args.users} users have {len(streamed)} events; ask for at most that many")
-    model_dir = args.model or train_or_reuse(world, training, say, model_overrides={}, variant="default",
-                                             progress=False)  # fmt: skip
+    model_dir = args.model or world.model(say)
     backend_line = compile_beside(model_dir, args.batch_size, say) if args.compile else "auto, not compiled by this run"
     events = streamed[: args.events]
     messages = [(event.user_id.encode(), encode_play_event(event, FORMAT)) for event in events]

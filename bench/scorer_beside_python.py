@@ -101,12 +101,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     from bench.compiled import compile_beside
-    from stream.demo import DemoOptions, demo_world, train_or_reuse
+    from bench.world import BenchWorld
 
     say = lambda text: print(text, flush=True)  # noqa: E731
-    world = DemoOptions(seed=0, train_users=400, stream_users=600, titles=400, days=30, epochs=1, torch_threads=1)
-    training, streamed = demo_world(world)
-    model_dir = train_or_reuse(world, training, say, model_overrides={}, variant="default", progress=False)
+    world = BenchWorld()
+    streamed, model_dir = world.streamed, world.model(say)
     say(compile_beside(model_dir, 256, say))
     events = streamed[: args.events]
     rows, default_interval = [], sys.getswitchinterval()

@@ -135,14 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/scoring_process.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     import bench.stream as stream_bench
     from bench.compiled import compile_beside
-    from stream.demo import DemoOptions, demo_world, train_or_reuse
+    from bench.world import BenchWorld
     from stream.harness import FETCH_WAIT_MS, outgoing_messages
     from stream.kafka.broker import EmbeddedBroker
 
     say = lambda text: print(text, flush=True)  # noqa: E731
-    world = DemoOptions(seed=0, train_users=400, stream_users=600, titles=400, days=30, epochs=1, torch_threads=1)
-    training, streamed = demo_world(world)
-    model_dir = train_or_reuse(world, training, say, model_overrides={}, variant="default", progress=False)
+    world = BenchWorld()
+    streamed, model_dir = world.streamed, world.model(say)
     backend_line = compile_beside(model_dir, 256, say)
     messages = outgoing_messages(streamed[: args.events], "msgpack")
     machine_line = stream_bench.machine()

@@ -32,7 +32,7 @@ from confluent_kafka import Producer  # noqa: E402
 
 from bench.process_memory import resident_mb  # noqa: E402
 from schemas import decode_intent_update, encode_play_event  # noqa: E402
-from stream.demo import DemoOptions, demo_world, train_or_reuse  # noqa: E402
+from bench.world import BenchWorld  # noqa: E402
 from stream.harness import DataflowProcess, StreamTopics  # noqa: E402
 from stream.kafka.apache_broker import ApacheKafkaBroker  # noqa: E402
 from stream.kafka.broker import TopicReader, client_config, produce_messages  # noqa: E402
@@ -188,9 +188,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/soak.md")
     args = parser.parse_args()
 
-    world = DemoOptions(seed=0, train_users=400, stream_users=600, titles=400, days=30, epochs=1, torch_threads=1)
-    training, streamed = demo_world(world)
-    model_dir = train_or_reuse(world, training, print, model_overrides={}, variant="default", progress=False)
+    world = BenchWorld()
+    streamed, model_dir = world.streamed, world.model(print)
     with ApacheKafkaBroker(Path(tempfile.mkdtemp(prefix="bench-soak-")) / "kafka") as broker:
         events_per_s = capacity(broker.bootstrap, model_dir, streamed, args.capacity_events)
         rate = args.load * events_per_s

@@ -55,12 +55,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # Run as a script, this file's directory comes first on sys.path; look in the project instead.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+from bench.scorer_alone import SOURCE_BATCH  # noqa: E402
+from bench.world import BenchWorld  # noqa: E402
 from stream.demo import DemoOptions, demo_world, train_or_reuse  # noqa: E402
 from stream.settings import SMALL_MODEL, StreamSettings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "state-scale.md"
 FORMAT = "msgpack"
-from bench.scorer_alone import SOURCE_BATCH  # noqa: E402
 WARM_UP_USERS = 2000
 DRAIN_S = 0.2  # a measurement's wait for the flow to finish what it was given
 NEW_PASS_AFTER_S = 0.5  # snapshot calls further apart than this belong to different epochs
@@ -487,9 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(n) for n in args.users.split(",")]
 
     if args.model == "default":
-        world = DemoOptions(seed=0, train_users=400, stream_users=600, titles=400, days=30, epochs=1)
-        training, streamed = demo_world(world)
-        model_dir = train_or_reuse(world, training, say, model_overrides={}, variant="default", progress=False)
+        world = BenchWorld()
+        streamed, model_dir = world.streamed, world.model(say)
     else:
         world = DemoOptions(seed=0, train_users=400, stream_users=600, titles=400, days=30, epochs=8)
         training, streamed = demo_world(world)

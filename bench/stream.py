@@ -60,7 +60,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 from bench.compiled import compile_beside  # noqa: E402
 from stream.kafka.broker import EmbeddedBroker, fetch_metadata, produce_messages, read_topic  # noqa: E402
-from stream.demo import DemoOptions, demo_world, train_or_reuse  # noqa: E402
+from bench.world import BenchWorld  # noqa: E402
 from stream.harness import (  # noqa: E402
     FETCH_WAIT_MS,
     DataflowProcess,
@@ -376,16 +376,12 @@ def main(argv: list[str] | None = None) -> int:
         say(f"[{name}]   {_num(live.events_per_s)} events/s, p50 {_num(live.p50_ms, '.1f')} ms, "
             f"p99 {_num(live.p99_ms, '.1f')} ms, max {_num(live.max_ms, '.1f')} ms; {live.updates}/{live.events} updates")
 
-    world = DemoOptions(seed=0, train_users=400, stream_users=600, titles=400, days=30, epochs=1,
-                        torch_threads=args.torch_threads)  # fmt: skip
-    training, streamed = demo_world(world)
+    world = BenchWorld(torch_threads=args.torch_threads)
+    streamed = world.streamed
     needed = max(args.live_events, args.saturation_events)
     if len(streamed) < needed:
         parser.error(f"the bench world has {len(streamed)} events to stream; ask for at most that many")
-    if args.model is not None:
-        model_dir = args.model
-    else:
-        model_dir = train_or_reuse(world, training, say, model_overrides={}, variant="default", progress=False)
+    model_dir = args.model or world.model(say)
     from model.serving.scorer import Scorer
 
     scorer = Scorer.load(model_dir)
