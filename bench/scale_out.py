@@ -63,8 +63,8 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 import numpy as np  # noqa: E402
 
 from bench.compiled import compile_beside  # noqa: E402
-from schemas import IntentUpdate, decode_intent_update, encode_play_event  # noqa: E402
 from bench.world import BenchWorld  # noqa: E402
+from schemas import IntentUpdate, decode_intent_update, encode_play_event  # noqa: E402
 from stream.harness import DataflowProcess, FlowCounts, StreamTopics  # noqa: E402
 from stream.kafka.apache_broker import JVM_OPTIONS, ApacheKafkaBroker  # noqa: E402
 from stream.kafka.broker import free_loopback_ports, produce_messages, read_topic  # noqa: E402

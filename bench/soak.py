@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 
 from bench.process_memory import resident_mb  # noqa: E402
-from schemas import decode_intent_update, encode_play_event  # noqa: E402
 from bench.world import BenchWorld  # noqa: E402
+from schemas import decode_intent_update, encode_play_event  # noqa: E402
 from stream.harness import DataflowProcess, StreamTopics  # noqa: E402
 from stream.kafka.apache_broker import ApacheKafkaBroker  # noqa: E402
 from stream.kafka.broker import TopicReader, client_config, produce_messages  # noqa: E402

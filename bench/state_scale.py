@@ -57,8 +57,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 from bench.scorer_alone import SOURCE_BATCH  # noqa: E402
 from bench.world import BenchWorld  # noqa: E402
-from stream.demo import DemoOptions, demo_world, train_or_reuse  # noqa: E402
-from stream.settings import SMALL_MODEL, StreamSettings  # noqa: E402
+from stream.settings import StreamSettings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "state-scale.md"
 FORMAT = "msgpack"
@@ -487,13 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda text: print(text, flush=True)  # noqa: E731
     sizes = [int(n) for n in args.users.split(",")]
 
-    if args.model == "default":
-        world = BenchWorld()
-        streamed, model_dir = world.streamed, world.model(say)
-    else:
-        world = DemoOptions(seed=0, train_users=400, stream_users=600, titles=400, days=30, epochs=8)
-        training, streamed = demo_world(world)
-        model_dir = train_or_reuse(world, training, say, model_overrides=SMALL_MODEL, progress=False)
+    world = BenchWorld(small_model=args.model == "small")
+    streamed, model_dir = world.streamed, world.model(say)
     by_user: dict[str, list] = {}
     for event in streamed:
         by_user.setdefault(event.user_id, []).append(event)

@@ -59,8 +59,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from bench.compiled import compile_beside  # noqa: E402
-from stream.kafka.broker import EmbeddedBroker, fetch_metadata, produce_messages, read_topic  # noqa: E402
 from bench.world import BenchWorld  # noqa: E402
+from stream.kafka.broker import EmbeddedBroker, fetch_metadata, produce_messages, read_topic  # noqa: E402
 from stream.harness import (  # noqa: E402
     FETCH_WAIT_MS,
     DataflowProcess,
