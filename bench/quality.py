@@ -45,6 +45,7 @@ from model.playlogs.movielens import read_movielens  # noqa: E402
 from model.serving.scorer import Scorer  # noqa: E402
 from model.playlogs.synth import generate_world  # noqa: E402
 from model.training.train import load_rows, train_model  # noqa: E402
+from model.training.validation import held_out  # noqa: E402
 
 METRICS = ("NDCG@10", "HR@10", "MRR@10")
 UNSEEN_METRICS = ("NDCG@10", "HR@10")
@@ -64,7 +65,7 @@ def make_log(dataset: str, directory: Path, synth_users: int) -> Path:
 def judge_test(ranker, rows_by_user: dict, vocab) -> dict:
     """Test metrics overall (and over unseen items only), and each test user's rank of the target
     for the paired comparisons."""
-    cases = leave_one_out(rows_by_user, vocab, holdout=1)
+    cases = leave_one_out(rows_by_user, vocab)
     judgments = judge(ranker, cases)
     overall = judgments.summary()["overall"]
     users = [case.user for case in cases]
@@ -127,7 +128,8 @@ def ranks_summary(ranks: list[int]) -> dict:
 
 def floor_baselines(log: Path) -> dict[str, dict]:
     rows_by_user, vocab = load_rows(log)
-    training_histories = [rows[:-2] for rows in rows_by_user.values()]
+    share = TrainConfig.validation_share
+    training_histories = [rows[: held_out(len(rows), share).validation_from] for rows in rows_by_user.values()]
     popularity = Popularity(training_histories, len(vocab.items))
     recency = Recency(popularity)
     return {

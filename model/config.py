@@ -170,8 +170,13 @@ class TrainConfig:
     # seeds 0-2: 0.0747 / 0.0711 / 0.0700 with 0.998, against 0.0709 / 0.0678 / 0.0680 without
     # (0.99: 0.0692, seed 0).
     ema_decay: float = 0.998
+    # Each user's last interaction is the test target; this share of the ones before it (at least one)
+    # are validation targets, which choose the epoch kept (model.training.validation).
+    validation_share: float = 0.05
 
     def __post_init__(self):
+        if not 0 < self.validation_share < 1:
+            raise ValueError(f"validation_share={self.validation_share!r} must be in (0, 1)")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting={self.loss_weighting!r}; choose one of {LOSS_WEIGHTINGS}")
         if not 0 <= self.ema_decay < 1:

@@ -1,7 +1,7 @@
 """Offline evaluation: leave-one-out over each user's time-ordered history, full-catalogue ranking.
 
-Per user, the last interaction is the test target and the one before it the validation target (the
-protocol of published SASRec / BERT4Rec results on MovieLens). The candidates are the whole
+Per user, the last interaction is the test target (the protocol of published SASRec / BERT4Rec
+results on MovieLens; training holds out more before it for validation: model.training.validation). The candidates are the whole
 catalogue, already-seen items included (rewatching and continuing are real intents here); every
 metric is also reported over unseen items only, the protocol of catalogues without re-consumption
 and of most recent papers: the history's items are left out of the ranking and only targets the
@@ -37,14 +37,13 @@ class Case:
     action: str  # the target's action, for the breakdown
 
 
-def leave_one_out(rows_by_user: dict[str, np.ndarray], vocab: Vocabularies, holdout: int) -> list[Case]:
-    """holdout=1: test cases (target = last interaction); holdout=2: validation (the one before)."""
+def leave_one_out(rows_by_user: dict[str, np.ndarray], vocab: Vocabularies) -> list[Case]:
+    """The test cases: each user's last interaction, after the ones before it."""
     cases = []
     for user, rows in rows_by_user.items():
-        n = len(rows) - holdout + 1  # history length + 1
-        if n >= 2:
-            target = rows[n - 1]
-            cases.append(Case(user, rows[: n - 1], target, vocab.actions.token(int(target["action"]))))
+        if len(rows) >= 2:
+            target = rows[-1]
+            cases.append(Case(user, rows[:-1], target, vocab.actions.token(int(target["action"]))))
     return cases
 
 
@@ -182,10 +181,7 @@ def judge(ranker: Ranker, cases: list[Case], batch: int = BATCH, progress=None) 
 
 
 def evaluate(ranker: Ranker, rows_by_user: dict[str, np.ndarray], vocab: Vocabularies, k: int = K) -> dict:
-    return {
-        split: judge(ranker, leave_one_out(rows_by_user, vocab, holdout)).summary(k)
-        for split, holdout in (("test", 1), ("validation", 2))
-    }
+    return {"test": judge(ranker, leave_one_out(rows_by_user, vocab)).summary(k)}
 
 
 def format_report(report: dict, k: int = K) -> str:

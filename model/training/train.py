@@ -1,8 +1,10 @@
 """Training: next-item cross-entropy (each target alike, or weighted by watch time as in the paper:
 TrainConfig.loss_weighting), plus lambda x the intent-task losses.
 
-Split per user, in time order: the last interaction is held out for testing and the one before it
-for validation (early stopping); everything earlier is training data.
+Split per user, in time order (model.training.validation): the last interaction is held out for
+testing, the last 5% before it (TrainConfig.validation_share, at least one) for validation (early
+stopping, the epoch kept); everything earlier is training data, and only it makes the vocabularies
+and what IntentMatch learns of the catalogue.
 """
 from __future__ import annotations
 
@@ -18,14 +20,12 @@ from tqdm import tqdm
 
 from model.checkpoint import save_checkpoint
 from model.config import IntentRecConfig, TrainConfig, variant_overrides
-from model.training.evaluate import judge, leave_one_out
+from model.training.validation import Validation, held_out
 from model.features import CATALOGUE_DTYPE, ROW_DTYPE, batch_tensors, catalogue_entries, featurize_all
 from model.inputs import model_inputs
 from model.intentrec import IntentRec
 from model.playlogs.files import LogError, read_user_sequences
-from model.serving.scorer import Scorer
 from model.vocab import FIRST_REAL, PAD, UNKNOWN, Vocabularies
-from schemas import ModelRef
 
 WATCH_FLOOR_S = 60.0  # d_k = watch time + one minute, so a zero-length play still counts a little
 
@@ -38,6 +38,7 @@ class TrainResult:
     best_validation_ndcg: float
     wall_s: float
     train_events: int
+    validation_targets: int
 
 
 def seed_everything(seed: int) -> None:
@@ -75,10 +76,10 @@ def chunk_spans(n: int, chunk_len: int, warmup: int) -> list[tuple[int, int, int
 
 
 def training_windows(rows_by_user: dict[str, np.ndarray], chunk_len: int, warmup: int):
-    """(rows, loss_from, targets) windows; targets[p] is the row after position p (padding at the end)."""
+    """(rows, loss_from, targets) windows of each user's training rows; targets[p] is the row after
+    position p (padding at the end)."""
     windows = []
-    for rows in rows_by_user.values():
-        train = rows[:-2]  # the last two interactions are the validation and test targets
+    for train in rows_by_user.values():
         if len(train) < 2:
             continue
         following = np.zeros(len(train), dtype=ROW_DTYPE)
@@ -123,20 +124,14 @@ def loss_of_batch(model: IntentRec, batch, loss_weighting: str = TrainConfig.los
         chosen = in_loss & has_label
         if not chosen.any():
             continue
-        if task == "genre":
-            task_loss = F.binary_cross_entropy_with_logits(logits[chosen], labels[chosen])
+        if task == "genre":  # multi-label: the paper's sum of a binary cross-entropy per genre
+            real = slice(FIRST_REAL, None)
+            bce = F.binary_cross_entropy_with_logits(logits[chosen][:, real], labels[chosen][:, real], reduction="none")
+            task_loss = bce.sum(-1).mean()
         else:
             task_loss = F.cross_entropy(logits[chosen], labels[chosen])
         loss = loss + model.config.intent_loss_weight * task_loss
     return loss
-
-
-def validation_ndcg(model: IntentRec, vocab: Vocabularies, cases) -> float:
-    model.eval()
-    scorer = Scorer(model, vocab, ModelRef("validation", "0"))
-    summary = judge(scorer, cases).summary()
-    model.train()
-    return summary["overall"]["NDCG@10"]
 
 
 def debiased_ema(decay: float):
@@ -163,11 +158,14 @@ def train_model(
     started = time.perf_counter()
     seed_everything(train_config.seed)
     sequences = read_user_sequences(log_path, until_ts=until_ts)
-    rows_by_user, vocab = featurize_sequences(sequences)
-    n_train = sum(max(0, len(r) - 2) for r in rows_by_user.values())
+    splits = {user: held_out(len(events), train_config.validation_share) for user, events in sequences.items()}
+    training_events = {user: events[: splits[user].validation_from] for user, events in sequences.items()}
+    n_train = sum(len(events) for events in training_events.values())
     if n_train < 2:
-        raise LogError(f"{log_path}: too few events to train on (each user's last two are held out)")
-    all_ts = np.concatenate([r["ts"] for r in rows_by_user.values()])
+        raise LogError(f"{log_path}: too few events to train on (each user's last ones are held out)")
+    vocab = Vocabularies.fit(e for events in training_events.values() for e in events)
+    rows_by_user, _ = featurize_sequences(sequences, vocab)
+    training_rows = {user: rows[: splits[user].validation_from] for user, rows in rows_by_user.items()}
     config = IntentRecConfig(
         n_items=len(vocab.items),
         n_actions=len(vocab.actions),
@@ -175,17 +173,17 @@ def train_model(
         n_release_buckets=len(vocab.release),
         n_devices=len(vocab.devices),
         n_genres=len(vocab.genres),
-        time_origin_ms=int(all_ts.min()),
+        time_origin_ms=min(int(rows["ts"][0]) for rows in rows_by_user.values()),
         **variant_overrides(variant),
     )
     if model_overrides:
         config = replace(config, **model_overrides)
     model = IntentRec(config)
-    model.learn_catalogue(learnt_catalogue(sequences, rows_by_user))
+    model.learn_catalogue(learnt_catalogue(training_events, training_rows))
 
     warmup = min(config.history_len - 1, train_config.chunk_len // 2)
-    windows = training_windows(rows_by_user, train_config.chunk_len, warmup)
-    validation_cases = leave_one_out(rows_by_user, vocab, holdout=2)
+    windows = training_windows(training_rows, train_config.chunk_len, warmup)
+    validation = Validation(rows_by_user, splits, config.history_len)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
     steps_per_epoch = -(-len(windows) // train_config.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -194,8 +192,8 @@ def train_model(
 
     averaged = None
     if train_config.ema_decay:
-        averaged = torch.optim.swa_utils.AveragedModel(model, avg_fn=debiased_ema(train_config.ema_decay),
-                                                       use_buffers=True)  # fmt: skip
+        # Parameters only: the buffers are what learn_catalogue wrote (an average of +inf release days is NaN).
+        averaged = torch.optim.swa_utils.AveragedModel(model, avg_fn=debiased_ema(train_config.ema_decay))
     best = (-1.0, 0, None)  # (validation NDCG@10, epoch, weights)
     epoch = 0
     order = np.random.default_rng(train_config.seed)
@@ -218,7 +216,7 @@ def train_model(
                 averaged.update_parameters(model)
             losses.append(loss.item())
         judged = model if averaged is None else averaged.module
-        ndcg = validation_ndcg(judged, vocab, validation_cases)
+        ndcg = validation.ndcg(judged)
         if ndcg > best[0]:
             best = (ndcg, epoch, {k: v.detach().clone() for k, v in judged.state_dict().items()})
         bar.update(1)
@@ -234,7 +232,9 @@ def train_model(
         "version": time.strftime("%Y%m%dT%H%M%S"),
         "trained_on": str(log_path),
         "until_ts": until_ts,
-        "train": {**train_config.__dict__, "best_epoch": best[1], "validation_ndcg10": best[0]},
+        "train": {**train_config.__dict__, "best_epoch": best[1], "validation_ndcg10": best[0],
+                  "validation_targets": validation.targets},
     }
     save_checkpoint(Path(out_dir), model, vocab, metadata)
-    return TrainResult(Path(out_dir), epoch, best[1], best[0], time.perf_counter() - started, n_train)
+    return TrainResult(Path(out_dir), epoch, best[1], best[0], time.perf_counter() - started, n_train,
+                       validation.targets)

@@ -91,7 +91,8 @@ def train_command(args: argparse.Namespace) -> None:
     )
     print(
         f"trained {args.variant} on {result.train_events} events in {result.wall_s:.0f}s: best validation "
-        f"NDCG@10 {result.best_validation_ndcg:.4f} at epoch {result.best_epoch}/{result.epochs}; saved to {result.model_dir}"
+        f"NDCG@10 {result.best_validation_ndcg:.4f} over {result.validation_targets} targets at epoch "
+        f"{result.best_epoch}/{result.epochs}; saved to {result.model_dir}"
     )
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,13 +16,14 @@ from model.training.evaluate import (
 )
 from model.features import ROW_DTYPE
 from model.vocab import UNKNOWN
-from model.playlogs.files import LogError, read_log, write_log
+from model.playlogs.files import LogError, read_log, read_user_sequences, write_log
 from model.serving.scorer import Scorer
 from model.playlogs.synth import generate_world
 from model.features import batch_tensors
 from model.inputs import model_inputs
 from model.intentrec import IntentRec
 from model.config import variant_overrides
+from model.training.validation import held_out
 from model.training.train import WATCH_FLOOR_S, chunk_spans, debiased_ema, load_rows, loss_of_batch, train_model
 from tests.model.test_intentrec import random_history, tiny_config
 from stream.cli import main
@@ -91,7 +93,7 @@ def test_evaluation_uses_the_scorer_of_the_stream(trained, world_log):
     out, _ = trained
     scorer = Scorer.load(out)
     rows_by_user, _ = load_rows(world_log, vocab=scorer.vocab)
-    case = leave_one_out(rows_by_user, scorer.vocab, holdout=1)[0]
+    case = leave_one_out(rows_by_user, scorer.vocab)[0]
     (scores,) = scorer.score([case.history], top_k=10)
     predicted = scorer.predict([case.history]).item_scores[0]
     assert [scorer.vocab.items.lookup(s.item_id) for s in scores.next_items] == list(np.argsort(-predicted)[:10])
@@ -111,6 +113,7 @@ def test_cli_train_and_evaluate(world_log, tmp_path, capsys):
     assert main(["train", str(world_log), "--out", str(model_dir), "--epochs", "1", "--small", "--variant", "V1",
                  "--loss-weighting", "uniform", "--ema-decay", "0.9"]) == 0
     trained = json.loads((model_dir / "config.json").read_text())["train"]
+    assert f"over {trained['validation_targets']} targets" in capsys.readouterr().out
     assert (trained["loss_weighting"], trained["ema_decay"]) == ("uniform", 0.9)
     assert main(["evaluate", str(model_dir), str(world_log)]) == 0
     printed = capsys.readouterr().out
@@ -214,3 +217,61 @@ def test_the_next_item_loss_weights_targets_by_watch_time_only_when_asked():
     torch.testing.assert_close(uniform, ce.mean())
     torch.testing.assert_close(watch, (d * ce).sum() / d.sum())
     assert not torch.isclose(uniform, watch)
+
+
+def test_the_genre_loss_sums_a_binary_cross_entropy_over_the_genre_labels():
+    """The paper's multi-label loss: a sum over labels, not a mean that weighs the task 1/n_genres."""
+    torch.manual_seed(0)
+    model = IntentRec(tiny_config(intent_tasks=("genre",), intent_loss_weight=1.0)).eval()
+    rows = random_history(12, seed=5)
+    following = np.zeros_like(rows)
+    following[:-1] = rows[1:]
+    batch = ([rows], [0], [following])
+    x = model_inputs(batch_tensors([rows], len(rows)), model.config)
+    targets = batch_tensors([following], len(rows))
+    with torch.no_grad():
+        out = model(x, targets=targets["item"].long())
+        item_ce = -torch.log(out.item_probs[0, :-1]).mean()
+        logits = out.intent_logits["genre"][0, :-1, 2:]
+        labels = torch.zeros_like(logits)
+        for position, genres in enumerate(following["genres"][:-1]):
+            labels[position, [g - 2 for g in genres if g >= 2]] = 1.0
+        per_label = -(labels * torch.nn.functional.logsigmoid(logits) + (1 - labels) * torch.nn.functional.logsigmoid(-logits))
+        torch.testing.assert_close(loss_of_batch(model, batch, "uniform"), item_ce + per_label.sum(-1).mean())
+
+
+@pytest.fixture(scope="module")
+def held_out_log(tmp_path_factory):
+    """A world whose users' last plays include titles nobody played before, and titles with no release date."""
+    events = generate_world(seed=5, n_users=30, n_titles=80, days=20)
+    by_user = {}
+    for event in events:
+        by_user.setdefault(event.user_id, []).append(event)
+    late = {user: plays[-1] for user, plays in by_user.items() if len(plays) >= 20}
+    changed = []
+    for event in events:
+        if late.get(event.user_id) is event:
+            event = replace(event, item_id=f"only-held-out-{event.user_id}")
+        elif event.item_id.startswith("movie"):
+            event = replace(event, release_ts=None)
+        changed.append(event)
+    path = tmp_path_factory.mktemp("held-out") / "log.msgpack"
+    write_log(path, changed)
+    return path, sorted(f"only-held-out-{user}" for user in late)
+
+
+def test_training_learns_nothing_from_its_held_out_events_and_keeps_finite_buffers(held_out_log, tmp_path):
+    log, held_out_titles = held_out_log
+    result = train_model(log, tmp_path / "m", train_config=TrainConfig(epochs=2), model_overrides=SMALL_MODEL,
+                         progress=False)  # fmt: skip
+    model, vocab, meta = load_checkpoint(tmp_path / "m")
+    assert not set(held_out_titles) & set(vocab.items.tokens)  # vocabularies from the training part only
+    sequences = read_user_sequences(log)
+    splits = [held_out(len(events), 0.05) for events in sequences.values()]
+    expected_targets = sum(max(0, split.test - max(1, split.validation_from)) for split in splits)
+    assert result.validation_targets == meta["train"]["validation_targets"] == expected_targets
+    assert expected_targets > sum(split.test >= 2 for split in splits)  # long histories give several
+    release_days = model.item_encoder.intent_match.item_release_day
+    assert not torch.isnan(release_days).any() and torch.isinf(release_days).any()  # movies have no release date
+    report = evaluate(Scorer.load(tmp_path / "m"), load_rows(log, vocab=vocab)[0], vocab)
+    assert report["test"]["by_training"]["new since training"]["users"] == len(held_out_titles)
