@@ -141,9 +141,14 @@ def floor_baselines(log: Path) -> dict[str, dict]:
 def train_and_judge(
     log: Path, variant: str, seed: int, train_config: TrainConfig, model_overrides: dict, workdir: Path
 ) -> dict:
+    """`variant`: V0-V3, or V0-paper .. V3-paper for the paper's own item layer (no repeat pointer, no
+    IntentMatch: IntentRecConfig.repeat_and_match off)."""
     model_dir = workdir / f"{log.stem}-{variant}-{seed}"
+    ablation, _, paper = variant.partition("-")
+    if paper:
+        model_overrides = {**model_overrides, "repeat_and_match": False}
     result = train_model(
-        log, model_dir, variant=variant, train_config=replace(train_config, seed=seed),
+        log, model_dir, variant=ablation, train_config=replace(train_config, seed=seed),
         model_overrides=model_overrides, progress=False,
     )
     scorer = Scorer.load(model_dir)
@@ -191,12 +196,14 @@ def comparisons(rows: dict) -> list[str]:
                 f"[{low:+.4f}, {high:+.4f}]); unseen only {mean(name, unseen=True) / mean(PEER, unseen=True):.2f}× "
                 f"([{low_u:+.4f}, {high_u:+.4f}])"
             )
-    if "V3" in rows:
-        for name in [*models, *FLOORS]:
-            if name == "V3" or name not in rows:
-                continue
-            difference, low, high = paired_interval(rows["V3"], as_runs(name))
-            lines.append(f"- V3 − {name}: {difference:+.4f} NDCG@10, paired 95% interval [{low:+.4f}, {high:+.4f}]")
+    pairs = [("V3", name) for name in [*models, *FLOORS] if name != "V3"]
+    pairs += [(f"{variant}-paper", "V0-paper") for variant in VARIANTS[1:]]  # the hierarchy without our additions
+    pairs += [(variant, f"{variant}-paper") for variant in VARIANTS]  # our item layer against the paper's
+    for name, reference in pairs:
+        if name in rows and reference in rows:
+            difference, low, high = paired_interval(as_runs(name), as_runs(reference))
+            lines.append(f"- {name} − {reference}: {difference:+.4f} NDCG@10, paired 95% interval "
+                         f"[{low:+.4f}, {high:+.4f}]")
     return lines
 
 
@@ -234,7 +241,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", default="synth,movielens")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="V0-V3, and V0-paper .. V3-paper for the paper's item layer (no pointer, no IntentMatch)")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--patience", type=int, default=TrainConfig.patience)
     parser.add_argument("--peer-seeds", type=int, default=1,

@@ -64,6 +64,10 @@ class IntentRecConfig:
     hierarchical: bool = True  # feed Z to the item encoder (H-MTL); False = heads in parallel
     intent_loss_weight: float = 0.5  # lambda
     variant: str = "V3"
+    # Our additions to the paper's item layer (model.intentrec.ItemEncoder): the repeat pointer and its
+    # gate, and IntentMatch where Z feeds the item encoder. False: the paper's own, a softmax over the
+    # catalogue only (bench/results/quality-paper-arch.md compares the two).
+    repeat_and_match: bool = True
 
     def __post_init__(self):
         unknown = set(self.intent_tasks) - set(INTENT_TASKS)
@@ -101,6 +105,11 @@ class IntentRecConfig:
     @property
     def feeds_intent(self) -> bool:
         return bool(self.intent_tasks) and self.hierarchical
+
+    @property
+    def pointer_key_size(self) -> int:
+        """Width of the repeat pointer's key per interaction (what a serving cache keeps of it)."""
+        return self.d_model if self.repeat_and_match else 0
 
     @property
     def receptive_field(self) -> int:

@@ -393,21 +393,25 @@ class ItemEncoder(nn.Module):
     fits the predicted kind, genres and release recency, and the predicted next action shifts the
     gate (w . p_action: "continue" and "rewatch" mean repeat, "discover" means explore). Both start
     at zero weight, so training decides how much they count.
+
+    With config.repeat_and_match off, the paper's own item layer: the explore softmax alone.
     """
 
     def __init__(self, d_in: int, config: IntentRecConfig):
         super().__init__()
         self.transformer = CausalTransformer(d_in, config, config.n_layers_item)
         self.to_item_space = nn.Linear(config.d_model, config.d_item)
+        self.unknown_slots = config.unknown_slots
+        self.repeats = config.repeat_and_match
+        self.intent_match = self.intent_gate = None
+        if not self.repeats:  # the paper's item layer: the catalogue softmax alone
+            return
         self.repeat_query = nn.Linear(config.d_model, config.d_model)
         self.repeat_key = nn.Linear(config.d_model, config.d_model)
         self.repeat_gate = nn.Linear(config.d_model, 1)
-        self.unknown_slots = config.unknown_slots
         self.intent_match = IntentMatch(config) if config.feeds_intent else None
-        self.intent_gate = (
-            nn.Linear(config.n_actions, 1, bias=False) if config.feeds_intent and "action" in config.intent_tasks else None
-        )
-        if self.intent_gate is not None:
+        if config.feeds_intent and "action" in config.intent_tasks:
+            self.intent_gate = nn.Linear(config.n_actions, 1, bias=False)
             nn.init.zeros_(self.intent_gate.weight)
 
     def forward(
@@ -423,7 +427,8 @@ class ItemEncoder(nn.Module):
         catalogue in columns after the slots; without them there are no such columns."""
         inputs = self.transformer.embed(x, time_code)
         h = self.transformer.encode(inputs, mask, cache)
-        pointer_keys, key_items = self.repeat_key(inputs), items
+        pointer_keys = self.repeat_key(inputs) if self.repeats else inputs[..., :0]
+        key_items = items
         if cache is not None:
             pointer_keys, key_items = cache.pointer_positions(pointer_keys, items)
         if newest:
@@ -443,11 +448,13 @@ class ItemEncoder(nn.Module):
         allows. The catalogue distribution is computed in place, for inference."""
         queries = self.to_item_space(h)
         logits = self.catalogue_logits(queries, item_embeddings, intent)
-        pointer, gate = self.repeat_pointer(h, pointer_keys, mask, intent)
         if targets is not None:
-            explore = torch.softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1))
-            repeat = (pointer * (key_items.unsqueeze(1) == targets.unsqueeze(-1))).sum(-1, keepdim=True)
-            return ((1 - gate) * explore + gate * repeat).squeeze(-1)
+            explore = torch.softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            if not self.repeats:
+                return explore
+            pointer, gate = self.repeat_pointer(h, pointer_keys, mask, intent)
+            repeat = (pointer * (key_items.unsqueeze(1) == targets.unsqueeze(-1))).sum(-1)
+            return (1 - gate[..., 0]) * explore + gate[..., 0] * repeat
         explore = torch.softmax(logits, dim=-1)
         # The users' unknown-title slots sit between the catalogue and the new titles: only the pointer reaches them.
         slots = explore.new_zeros(*explore.shape[:-1], self.unknown_slots)
@@ -456,6 +463,9 @@ class ItemEncoder(nn.Module):
         else:
             new = new_titles.distribution(queries, self.intent_match, intent)
             explore = torch.cat([explore * (1 - new_titles.share.view(-1, 1, 1)), slots, new], dim=-1)
+        if not self.repeats:
+            return explore
+        pointer, gate = self.repeat_pointer(h, pointer_keys, mask, intent)
         return explore.mul_(1 - gate).scatter_add_(-1, pointer_slots(key_items, pointer), pointer * gate)
 
     def catalogue_logits(self, queries, item_embeddings, intent=None) -> torch.Tensor:

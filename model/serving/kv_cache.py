@@ -69,7 +69,7 @@ class KVCache:
         slots = max_users if torch.device(device).type == "cpu" else 0
         try:
             self.keys_values = zeros(keys_values_shape(config, slots, self.window), device)
-            self.pointer_keys = zeros((slots, self.window, config.d_model), device)
+            self.pointer_keys = zeros((slots, self.window, config.pointer_key_size), device)
         except MemoryError:
             size_mb = max_users * self.bytes_per_user(config) >> 20
             raise CacheSizeError(f"a KV cache of {size_mb:,} MiB ({max_users:,} users) cannot be allocated on "
@@ -82,7 +82,7 @@ class KVCache:
         self.used_slots = 0  # slots 0 .. used_slots - 1 have held a user
         self._read_buffers: dict[str, torch.Tensor] = {}  # see read()
         # What a step reads per user: keys/values and pointer keys (float32).
-        floats = int(np.prod(keys_values_shape(config, 1, self.window))) + self.window * config.d_model
+        floats = int(np.prod(keys_values_shape(config, 1, self.window))) + self.window * config.pointer_key_size
         self.read_bytes_per_user = 4 * floats
 
     @staticmethod
@@ -90,7 +90,7 @@ class KVCache:
         """Keys/values and pointer keys (float32), items, times, validity, and the rows they came
         from (kept to recognise them)."""
         window = config.attention_window - 1
-        floats = int(np.prod(keys_values_shape(config, 1, window))) + window * config.d_model
+        floats = int(np.prod(keys_values_shape(config, 1, window))) + window * config.pointer_key_size
         return 4 * floats + window * (4 + 8 + 1) + (config.history_len - 1) * ROW_DTYPE.itemsize
 
     def __len__(self) -> int:

@@ -36,6 +36,16 @@ def tiny_config(**overrides) -> IntentRecConfig:
     return replace(base, **overrides)
 
 
+# Every ablation, and the paper's own item layer (no repeat pointer, no IntentMatch) under V0 and V3.
+ARCHITECTURES = ["V0", "V1", "V2", "V3", "V0-paper", "V3-paper"]
+
+
+def architecture(name: str) -> dict:
+    """Config overrides of one of ARCHITECTURES."""
+    variant, _, paper = name.partition("-")
+    return {**variant_overrides(variant), **({"repeat_and_match": False} if paper else {})}
+
+
 def random_history(n: int, seed: int = 0, max_gap_ms: int = 20 * HOUR) -> np.ndarray:
     rng = np.random.default_rng(seed)
     rows = np.zeros(n, dtype=ROW_DTYPE)
@@ -104,9 +114,9 @@ def test_attention_mask_is_causal_windowed_time_limited_and_padded():
     assert not mask[:, 5][:5].any()  # nobody attends to padding
 
 
-@pytest.mark.parametrize("variant", ["V0", "V1", "V2", "V3"])
+@pytest.mark.parametrize("variant", ARCHITECTURES)
 def test_past_outputs_do_not_change_when_an_event_arrives(variant):
-    model = IntentRec(tiny_config(**variant_overrides(variant))).eval()
+    model = IntentRec(tiny_config(**architecture(variant))).eval()
     history = random_history(12)
     with torch.no_grad():
         full = run(model, [history])
@@ -116,9 +126,9 @@ def test_past_outputs_do_not_change_when_an_event_arrives(variant):
         torch.testing.assert_close(full.intent_embedding[0, :7], prefix.intent_embedding[0, :7])
 
 
-@pytest.mark.parametrize("variant", ["V0", "V1", "V2", "V3"])
+@pytest.mark.parametrize("variant", ARCHITECTURES)
 def test_the_last_history_len_interactions_decide_the_prediction(variant):
-    config = tiny_config(**variant_overrides(variant))
+    config = tiny_config(**architecture(variant))
     torch.manual_seed(0)
     model = IntentRec(config).eval()
     history = random_history(config.history_len + 9, max_gap_ms=HOUR)  # all within the short-term window
@@ -339,3 +349,22 @@ def test_only_a_model_that_feeds_intent_to_the_item_encoder_matches_items_to_it(
         encoder = IntentRec(tiny_config(**variant_overrides(variant))).item_encoder
         assert (encoder.intent_match is not None) == matches
         assert (encoder.intent_gate is not None) == matches
+
+
+def test_the_papers_item_layer_is_the_catalogue_softmax_alone():
+    """repeat_and_match off: no pointer, gate or IntentMatch; p(next item) is the softmax of the item
+    encoder's query against the item embeddings, and training's p(target) is read off it."""
+    torch.manual_seed(0)
+    model = IntentRec(tiny_config(repeat_and_match=False)).eval()
+    encoder = model.item_encoder
+    assert encoder.intent_match is None and encoder.intent_gate is None and not hasattr(encoder, "repeat_gate")
+    history = random_history(9)
+    with torch.no_grad():
+        out = run(model, [history])
+        probs = out.item_probs[0]
+        catalogue, slots = probs[:, : model.config.n_items], probs[:, model.config.n_items :]
+        torch.testing.assert_close(catalogue.sum(-1), torch.ones(9))
+        assert (slots == 0).all()  # only a pointer reaches a user's unknown-title slots
+        targets = torch.from_numpy(np.roll(history["item"], -1).astype(np.int64)).unsqueeze(0)
+        x = model_inputs(batch_tensors([history], 9), model.config)
+        torch.testing.assert_close(model(x, targets=targets).item_probs[0], probs.gather(-1, targets[0, :, None])[:, 0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.model.test_intentrec import HOUR, random_history, random_model, tiny_config, tiny_vocab
+from tests.model.test_intentrec import ARCHITECTURES, HOUR, architecture, random_history, random_model, tiny_config, tiny_vocab
 
 from model.config import variant_overrides
 from model.serving.host_inputs import HostToDevice
@@ -55,9 +55,9 @@ def replay(incremental: IncrementalScorer, scorer: Scorer, histories, events, ba
         assert_same_predictions(incremental.predict_users(users, rows), scorer.predict(rows))
 
 
-@pytest.mark.parametrize("variant", ["V0", "V1", "V2", "V3"])
+@pytest.mark.parametrize("variant", ARCHITECTURES)
 def test_many_users_with_long_histories_match_full_recomputation(variant):
-    scorer = make_scorer(**variant_overrides(variant))
+    scorer = make_scorer(**architecture(variant))
     histories = {f"u{u}": random_history(40 + 5 * u, seed=u) for u in range(10)}  # history_len <= 14
     events = interleaved_stream(histories, seed=1)
     incremental = IncrementalScorer(scorer)
