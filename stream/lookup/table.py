@@ -13,6 +13,7 @@ counts them), "refuse" raises TableFull, which stops the service with a message 
 """
 from __future__ import annotations
 
+import itertools
 import struct
 import sys
 import threading
@@ -127,14 +128,10 @@ class LatestTable:
         return entry.recent if entry is not None else None
 
     def user_ids(self, limit: int) -> list[str]:
-        """Up to `limit` users, most recently updated first (the page's picker)."""
+        """Up to `limit` users, most recently updated first (the page's picker). A negative limit
+        is a ValueError, not every user."""
         with self._lock:
-            ids = []
-            for user_id in reversed(self._entries):
-                if len(ids) == limit:
-                    break
-                ids.append(user_id)
-            return ids
+            return list(itertools.islice(reversed(self._entries), limit))
 
     def _make_room(self) -> None:
         if self.on_full == "refuse":

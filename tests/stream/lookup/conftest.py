@@ -17,11 +17,11 @@ from stream.lookup.table import LatestTable
 class ServedTable:
     """The lookup app over a table the test fills, on a real uvicorn server in a thread (no Kafka)."""
 
-    def __init__(self, max_batch_get: int = 5):
+    def __init__(self, max_batch_get: int = 5, token: str | None = None):
         self.table = LatestTable(max_users=1000, history=4)
         self.follower = types.SimpleNamespace(ready=threading.Event(), failure=None)  # what the app reads of one
         self.metrics = LookupMetrics(CollectorRegistry())
-        app = lookup_app(self.table, self.follower, self.metrics, max_batch_get)
+        app = lookup_app(self.table, self.follower, self.metrics, max_batch_get, token)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -96,3 +96,12 @@ def test_a_user_costs_a_few_kilobytes():
     finally:
         tracemalloc.stop()
     assert per_user < 3_000, f"{per_user:.0f} bytes per user"
+
+
+def test_user_ids_gives_at_most_the_limit_and_never_everyone_for_a_negative_one():
+    table = LatestTable(max_users=10)
+    for n in range(5):
+        table.apply(update(f"u{n}", ts=1_000 + n))
+    assert table.user_ids(2) == ["u4", "u3"] and table.user_ids(0) == []
+    with pytest.raises(ValueError):
+        table.user_ids(-1)
