@@ -75,6 +75,11 @@ class LookupSettings:
     connect_timeout_s: float = 10.0
     max_broker_outage_s: float = 60.0  # no broker answering for longer stops the service (exit 75)
     kafka_config: dict[str, str] = field(default_factory=dict, repr=False)
+    # Access: requests for users' intents must carry this bearer token (None: no token); never logged.
+    token: str | None = field(default=None, repr=False)
+    tls_cert: Path | None = None  # HTTPS with this certificate chain (PEM) and tls_key
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # mTLS: every client presents a certificate this CA signed
 
 
 # IntentRecConfig overrides for a model small enough to train in seconds: `intentstream train --small`

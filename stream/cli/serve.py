@@ -50,3 +50,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
            f"{format_duration(default('connect_timeout_s'))})", metavar="DURATION")
     option("--max-broker-outage", "no broker answering for longer than this stops the service with exit status "
            f"75 (default: {format_duration(default('max_broker_outage_s'))})", metavar="DURATION")
+    option("--token-file", "a file holding the bearer token that requests for users' intents must carry "
+           "(Authorization: Bearer TOKEN); or give the token itself in INTENTSTREAM_TOKEN (default: no token)",
+           metavar="FILE")
+    option("--tls-cert", "serve HTTPS with this PEM certificate chain (default: plain HTTP)", metavar="FILE")
+    option("--tls-key", "the certificate's PEM key, unencrypted (default: in the --tls-cert file)", metavar="FILE")
+    option("--tls-client-ca", "mTLS: only clients presenting a certificate signed by a CA in this PEM file may "
+           "connect (default: any client)", metavar="FILE")

@@ -1,6 +1,7 @@
 """`intentstream serve`: the lookup service. It checks the brokers and the topic and binds its port
 before serving anything (a problem stops it with a one-line message, exit status 1), then follows the
-topic in a thread (stream.lookup.follower) while uvicorn answers HTTP (stream.lookup.app).
+topic in a thread (stream.lookup.follower) while uvicorn answers HTTP or HTTPS (stream.lookup.app).
+At start it logs who may read users' intents: a warning when anyone who reaches the port may.
 
 SIGTERM and Ctrl-C stop it as uvicorn does: requests in flight are answered, then it exits (143 or
 130). Losing the brokers for longer than --max-broker-outage exits 75, for a supervisor to restart
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import sys
 
 import uvicorn
@@ -43,12 +45,14 @@ def serve_lookup(settings: LookupSettings) -> int:
     table = LatestTable(settings.max_users, settings.on_full, settings.page_history)
     follower = TopicFollower(health, settings.topic, partitions, settings.format, table, metrics)
     server = uvicorn.Server(uvicorn.Config(
-        lookup_app(table, follower, metrics, settings.max_batch_get), log_level="warning", access_log=False,
-        lifespan="off",
+        lookup_app(table, follower, metrics, settings.max_batch_get, settings.token), log_level="warning",
+        access_log=False, lifespan="off", **_tls_options(settings),
     ))  # fmt: skip
     follower.on_failure = lambda: setattr(server, "should_exit", True)
-    log.info("serving the latest intent of each user on %s (%d partition(s), %s) at http://%s:%d/", settings.topic,
-             len(partitions), settings.format, settings.host, settings.port)  # fmt: skip
+    log.info("serving the latest intent of each user on %s (%d partition(s), %s) at %s://%s:%d/", settings.topic,
+             len(partitions), settings.format, "https" if settings.tls_cert else "http", settings.host,
+             settings.port)  # fmt: skip
+    _log_access(settings)
     follower.start()
     try:
         server.run(sockets=[listening])
@@ -57,6 +61,34 @@ def serve_lookup(settings: LookupSettings) -> int:
         follower.join(timeout=5)
     return _exit_status(follower.failure, settings.topic)
 
+
+def _tls_options(settings: LookupSettings) -> dict:
+    """uvicorn's TLS options for the settings (stream.lookup.options has checked the files)."""
+    if settings.tls_cert is None:
+        return {}
+    return {
+        "ssl_certfile": settings.tls_cert,
+        "ssl_keyfile": settings.tls_key,
+        "ssl_ca_certs": settings.tls_client_ca,
+        "ssl_cert_reqs": ssl.CERT_REQUIRED if settings.tls_client_ca else ssl.CERT_NONE,
+    }
+
+
+def _log_access(settings: LookupSettings) -> None:
+    """One line on who may read users' intents: a warning when anyone who reaches the port may."""
+    if settings.token is None and settings.tls_client_ca is None:
+        log.warning("open: anyone who reaches %s:%d reads every user's intent (no token, no client certificates); "
+                    "set INTENTSTREAM_TOKEN or --token-file, or --tls-client-ca (README, Operate)", settings.host,
+                    settings.port)  # fmt: skip
+    elif settings.token is not None and settings.tls_cert is None:
+        log.warning("requests for users' intents need the bearer token, and it travels over plain HTTP: pass "
+                    "--tls-cert, or terminate TLS in front of the service")  # fmt: skip
+    else:
+        needs = [what for what, wanted in (
+            ("requests for users' intents need the bearer token", settings.token is not None),
+            ("every connection needs a client certificate signed by --tls-client-ca", settings.tls_client_ca),
+        ) if wanted]  # fmt: skip
+        log.info("access: %s", "; ".join(needs))
 
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from confluent_kafka import Producer
 
 from schemas import PlayEvent, encode_intent_update, encode_play_event
 from stream.kafka.broker import create_topics, free_loopback_port, produce_messages
+from tests.stream.lookup.certificates import make_certificates
 from tests.stream.lookup.updates import get, post, update
 from tests.stream.service.test_processes import REPO_ROOT, outputs_of, start_run, stop, tail
 
@@ -23,9 +27,13 @@ STARTUP_S = 60.0
 
 
 class Serve:
-    def __init__(self, bootstrap: str, topic: str, log_path: Path, *options: str, fmt: str = FORMAT):
+    """`intentstream serve` in a subprocess; `context`: the client's TLS settings, for a serve given --tls-cert."""
+
+    def __init__(self, bootstrap: str, topic: str, log_path: Path, *options: str, fmt: str = FORMAT,
+                 context: ssl.SSLContext | None = None):  # fmt: skip
         self.port = free_loopback_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.context = context
+        self.url = f"{'https' if context else 'http'}://127.0.0.1:{self.port}"
         self.log_path = log_path
         command = [sys.executable, "-m", "stream.cli", "serve", "--brokers", bootstrap, "--topic", topic,
                    "--format", fmt, "--host", "127.0.0.1", "--port", str(self.port), *options]  # fmt: skip
@@ -38,7 +46,7 @@ class Serve:
         while True:
             assert self.process.poll() is None, f"serve exited ({self.process.returncode}):\n{tail(self.log_path)}"
             try:
-                if get(f"{self.url}/healthz")[0] == 200:
+                if get(f"{self.url}/healthz", self.context)[0] == 200:
                     return
             except OSError:
                 pass  # not listening yet
@@ -81,8 +89,9 @@ def write(bootstrap: str, topic: str, updates, partition: int | None = None, fmt
 def serve_process(kafka_bootstrap, tmp_path):
     started: list[Serve] = []
 
-    def start(topic: str, *options: str, fmt: str = FORMAT) -> Serve:
-        started.append(Serve(kafka_bootstrap, topic, tmp_path / f"serve-{len(started)}.log", *options, fmt=fmt))
+    def start(topic: str, *options: str, fmt: str = FORMAT, context: ssl.SSLContext | None = None) -> Serve:
+        started.append(Serve(kafka_bootstrap, topic, tmp_path / f"serve-{len(started)}.log", *options, fmt=fmt,
+                             context=context))  # fmt: skip
         return started[-1]
 
     yield start
@@ -173,6 +182,53 @@ def test_a_topic_with_more_users_than_the_cap_stops_serve_under_refuse(kafka_boo
     assert "more than 3 users, the cap (--max-users); raise the cap" in serve.log_path.read_text()
 
 
+def test_serve_says_when_it_runs_open_and_a_token_is_needed_but_never_logged(kafka_bootstrap, serve_process,
+                                                                              tmp_path):  # fmt: skip
+    topic = compacted_topic(kafka_bootstrap, f"latest-access-{time.time_ns()}", partitions=1)
+    write(kafka_bootstrap, topic, [update("u1", ts=1_000)])
+    open_serve = serve_process(topic)
+    open_serve.wait_until_ready()
+    assert f"WARNING stream.lookup.service: open: anyone who reaches 127.0.0.1:{open_serve.port} reads every user's " \
+           "intent" in open_serve.log_path.read_text()  # fmt: skip
+
+    token = "token-0123456789abcdef-serve"
+    (tmp_path / "token").write_text(token)
+    guarded = serve_process(topic, "--token-file", str(tmp_path / "token"))
+    guarded.wait_until_ready()
+    assert get(f"{guarded.url}/users/u1/intent")[0] == 401
+    request = urllib.request.Request(f"{guarded.url}/users/u1/intent", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert json.loads(answer.read())["user_id"] == "u1"
+    assert guarded.stop() in (0, -15, 143)
+    log = guarded.log_path.read_text()
+    assert "need the bearer token, and it travels over plain HTTP" in log and "open:" not in log
+    assert token not in log
+
+
+def test_serve_with_mtls_answers_only_clients_with_a_certificate_from_its_ca(kafka_bootstrap, serve_process,
+                                                                               tmp_path):  # fmt: skip
+    certificates = make_certificates(tmp_path)
+    topic = compacted_topic(kafka_bootstrap, f"latest-mtls-{time.time_ns()}", partitions=1)
+    write(kafka_bootstrap, topic, [update("u1", ts=1_000)])
+
+    def client(certificate: Path | None, key: Path | None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=certificates.ca)
+        if certificate is not None:
+            context.load_cert_chain(certificate, key)
+        return context
+
+    serve = serve_process(topic, "--tls-cert", str(certificates.server), "--tls-key", str(certificates.server_key),
+                          "--tls-client-ca", str(certificates.ca),
+                          context=client(certificates.client, certificates.client_key))  # fmt: skip
+    serve.wait_until_ready()
+    assert get(f"{serve.url}/users/u1/intent", serve.context)[1]["user_id"] == "u1"
+    for stranger in (client(None, None), client(certificates.stranger, certificates.stranger_key)):
+        with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
+            get(f"{serve.url}/users/u1/intent", stranger)
+    assert "access: every connection needs a client certificate signed by --tls-client-ca" in \
+        serve.log_path.read_text()  # fmt: skip
+
+
 def test_a_port_in_use_stops_serve_before_it_serves(kafka_bootstrap, tmp_path):
     existing = compacted_topic(kafka_bootstrap, f"latest-port-{time.time_ns()}", partitions=1)
     with socket.socket() as taken:
@@ -189,6 +245,8 @@ def test_a_port_in_use_stops_serve_before_it_serves(kafka_bootstrap, tmp_path):
     (["--port", "0"], 2, "--port '0': not a TCP port"),
     (["--on-full", "drop"], 2, "--on-full 'drop': use evict or refuse"),
     (["--topic", "no-such-latest"], 1, "topic 'no-such-latest' (--topic) does not exist"),
+    (["--token-file", "/no/such/token"], 2, "cannot read the token from --token-file /no/such/token"),
+    (["--tls-cert", "/no/such/cert.pem"], 2, "cannot serve HTTPS with --tls-cert /no/such/cert.pem"),
 ])  # fmt: skip
 def test_bad_options_stop_serve_before_it_serves(kafka_bootstrap, options, status, message, tmp_path):
     existing = compacted_topic(kafka_bootstrap, f"latest-options-{time.time_ns()}", partitions=1)

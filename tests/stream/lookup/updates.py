@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 
@@ -27,10 +28,10 @@ def update(user_id: str, ts: int, label: str = "drama", *, scored_at: int | None
     )
 
 
-def get(url: str) -> tuple[int, dict | str]:
-    """(status, body as JSON, or text when it is not JSON)."""
+def get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, dict | str]:
+    """(status, body as JSON, or text when it is not JSON); `context`: the client's TLS settings."""
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=10, context=context) as response:
             status, body, kind = response.status, response.read(), response.headers.get_content_type()
     except urllib.error.HTTPError as error:
         status, body, kind = error.code, error.read(), error.headers.get_content_type()
