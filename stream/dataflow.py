@@ -331,6 +331,7 @@ class StreamCounters:
         self.updates_out = 0  # on the updates topic (the latest topic repeats some of them)
         self.duplicates = 0
         self.dead_letters: Counter[str] = Counter()  # by code
+        self.offsets_lost = 0  # input offsets deleted by the broker's retention before they were read
         self.model_calls = 0  # chunks scored together
         self.scoring_s = 0.0  # their time: the model and its outputs to arrays
         self.metrics = metrics
@@ -364,6 +365,13 @@ class StreamCounters:
         if self.metrics is not None:
             self.metrics.duplicates.inc()
 
+    def count_offsets_lost(self, topic: str, partition: int, count: int) -> None:
+        """Offsets of the input that the broker deleted before they were read (stream.kafka.source)."""
+        with self._lock:
+            self.offsets_lost += count
+        if self.metrics is not None:
+            self.metrics.offsets_lost.labels(topic, str(partition)).inc(count)
+
     def count_scored_batch(self, size: int, seconds: float) -> None:
         with self._lock:
             self.model_calls += 1
@@ -374,9 +382,10 @@ class StreamCounters:
     def summary(self) -> str:
         with self._lock:
             dead = ", ".join(f"{code}={n}" for code, n in sorted(self.dead_letters.items())) or "none"
+            lost = f", offsets lost to retention {self.offsets_lost}" if self.offsets_lost else ""
             return (
                 f"events in {self.events_in}, updates out {self.updates_out}, "
-                f"duplicates dropped {self.duplicates}, dead letters {dead}"
+                f"duplicates dropped {self.duplicates}, dead letters {dead}{lost}"
             )
 
     def _maybe_log(self) -> None:
@@ -396,12 +405,15 @@ def broker_health(settings: StreamSettings, counters: "StreamCounters") -> Broke
     return BrokerHealth(settings.brokers, settings.kafka_config, settings.max_broker_outage_s, gauge)
 
 
-def kafka_source(settings: StreamSettings, health: BrokerHealth, stop: Stop | None) -> WatchedKafkaSource:
+def kafka_source(settings: StreamSettings, health: BrokerHealth, counters: "StreamCounters",
+                 stop: Stop | None) -> WatchedKafkaSource:  # fmt: skip
     """The input topic from its beginning on a fresh start (a resumed run continues from the
     offsets in its recovery store); with `stop_at_end`, each partition stops at the end it sees,
-    and every partition ends once `stop` is set."""
+    and every partition ends once `stop` is set. Offsets the broker no longer retains are lost
+    loudly or stop the flow, as `settings.on_offset_gap` says (stream.kafka.source)."""
     return WatchedKafkaSource(health, [settings.input_topic], tail=not settings.stop_at_end,
-                              starting_offset=OFFSET_BEGINNING, stop=stop)
+                              starting_offset=OFFSET_BEGINNING, on_offset_gap=settings.on_offset_gap,
+                              offsets_lost=counters.count_offsets_lost, stop=stop)  # fmt: skip
 
 
 def state_config(settings: StreamSettings, scorer: IncrementalScorer | Scorer) -> StateConfig:
@@ -441,7 +453,8 @@ def build_flow(
     health = broker_health(settings, counters)
 
     flow = Dataflow("intentstream")
-    messages = op.input("plays", flow, source if source is not None else kafka_source(settings, health, stop))
+    source = source if source is not None else kafka_source(settings, health, counters, stop)
+    messages = op.input("plays", flow, source)
     messages = op.inspect("count_events", messages, counters.count_event)
     decoded = op.branch("valid", op.map("decode", messages, partial(decode, fmt=settings.format)), is_play)
     by_user = op.key_on("key_by_user", decoded.trues, key_by_user)

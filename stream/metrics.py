@@ -10,6 +10,7 @@ what it did itself: sum over processes (pods) in queries.
     intentstream_updates_out_total               intent updates written to the updates topic
     intentstream_duplicates_total                events dropped as copies of one already scored
     intentstream_dead_letters_total{code}        messages sent to the dead-letter topic, by error code
+    intentstream_offsets_lost_total{topic, partition}  input offsets the broker deleted before they were read
     intentstream_score_batch_size                users scored together in one model call (histogram)
     intentstream_score_batch_seconds             wall time of one model call (histogram)
     intentstream_event_to_update_seconds         scored_at - the event's ts (histogram)
@@ -47,6 +48,9 @@ class StreamMetrics:
                                     "error code.", ["code"], registry=registry)  # fmt: skip
         for code in ERROR_CODES:  # every code shows from the start (as 0), so rate() has a series
             self.dead_letters.labels(code)
+        self.offsets_lost = Counter("intentstream_offsets_lost", "Input offsets the broker's retention deleted "
+                                    "before they were read (see --on-offset-gap).", ["topic", "partition"],
+                                    registry=registry)  # fmt: skip
         self.batch_size = Histogram("intentstream_score_batch_size", "Users scored together in one model call.",
                                     buckets=BATCH_SIZE_BUCKETS, registry=registry)  # fmt: skip
         self.batch_seconds = Histogram("intentstream_score_batch_seconds", "Wall time of one model call, in "

@@ -24,6 +24,8 @@ class StreamSettings:
     lateness_s: float = 3_600.0  # an event older than a user's newest by more than this is a dead letter
     max_clock_skew_s: float = 300.0  # an event further ahead of the wall clock than this is a dead letter
     max_broker_outage_s: float = 60.0  # no broker answering for longer stops the flow (exit 75), to be restarted
+    # Input offsets deleted by retention before they were read: resume (log, count, read on) | fail (exit 65)
+    on_offset_gap: str = "resume"
     top_k: int = 10
     # who runs the model: auto | eager | eager:cuda | aoti:PATH | tensorrt:PATH (model.serving.backends)
     backend: str = "auto"

@@ -41,6 +41,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     service_option(kafka, "--max-broker-outage", "no broker answering for longer than this stops the process with exit "
             f"status 75, for its supervisor to restart it (default: {format_duration(default_of('max_broker_outage_s'))})",
             metavar="DURATION")
+    service_option(kafka, "--on-offset-gap", "when input offsets were deleted by the broker's retention before they "
+            "were read: resume (log and count them, read on from the oldest retained) or fail (exit status 65, "
+            f"nothing read past them) (default: {default_of('on_offset_gap')})", metavar="POLICY")
     service_option(kafka, "--shutdown-timeout", "after SIGTERM or Ctrl-C, exit within this whatever the dataflow is doing "
             f"(default: {format_duration(default_of('shutdown_timeout_s', ServiceSettings))})", metavar="DURATION")
 

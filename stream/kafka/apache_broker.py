@@ -46,6 +46,19 @@ FETCH_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "fetch
 # costs peak throughput: a long soak may pass jvm_options without -XX:TieredStopAtLevel=1.
 JVM_OPTIONS = ("-Xms64m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
 
+# Server properties under which retention acts within a second: the broker looks for segments to
+# delete every 200 ms from its start (by default every 5 minutes, the first time 30 s after start).
+QUICK_RETENTION = {"log.retention.check.interval.ms": 200, "log.initial.task.delay.ms": 0}
+
+
+def retained_bytes(segment_bytes: int, retention_bytes: int) -> dict[str, str]:
+    """Topic configuration that keeps about `retention_bytes` per partition in segments of
+    `segment_bytes`, so that old segments go while a test watches (with QUICK_RETENTION). Kafka 4
+    refuses a `segment.bytes` under 1 MiB; `internal.segment.bytes` is its override for tests. A
+    producer must then send record batches no larger than a segment (`batch.size`)."""
+    return {"internal.segment.bytes": str(segment_bytes), "retention.bytes": str(retention_bytes)}
+
+
 LOG4J2_PROPERTIES = """\
 appender.out.type = Console
 appender.out.name = out

@@ -302,6 +302,16 @@ def read_topic(
     return records
 
 
+def watermarks(bootstrap: str, topic: str, partition: int = 0, *, client: Mapping[str, str] | None = None,
+               timeout: float = 10.0) -> tuple[int, int]:  # fmt: skip
+    """(oldest offset the broker retains, offset of the next message) of one partition."""
+    consumer = Consumer({**client_config(bootstrap, client), "group.id": "intentstream-watermarks"})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout, cached=False)
+    finally:
+        consumer.close()
+
+
 def free_loopback_ports(count: int) -> list[int]:
     """Distinct free loopback ports (held open together while probing, so none repeats)."""
     with ExitStack() as stack:

@@ -18,8 +18,9 @@ ENV_PREFIX = "INTENTSTREAM_KAFKA_"
 CONFIG_FILE_ENV = "INTENTSTREAM_KAFKA_CONFIG"  # the properties file's path, not a client setting
 
 # Settings the Kafka connectors manage themselves: overriding them would silently break reading
-# (end-of-partition detection for replays, offsets kept in Bytewax's recovery store, not in Kafka).
-MANAGED_SETTINGS = frozenset({"enable.partition.eof", "enable.auto.commit"})
+# (end-of-partition detection for replays, offsets kept in Bytewax's recovery store, not in Kafka,
+# never jumping past offsets that are no longer retained: `run --on-offset-gap` says what happens).
+MANAGED_SETTINGS = frozenset({"enable.partition.eof", "enable.auto.commit", "auto.offset.reset"})
 
 # Values shown in logs: only settings known to hold no secret, and numeric tuning settings. Every
 # other value is masked, so a mistyped secret's name (sasl.passwd) is masked too.

@@ -14,6 +14,7 @@ from typing import Callable, Mapping, TypeVar
 from stream import parsing
 from stream.errors import CommandError
 from stream.kafka.config import KafkaConfigError, kafka_client
+from stream.kafka.source import OFFSET_GAP_POLICIES
 from stream.service.recovery import check_recovery_dir
 from stream.settings import ServiceSettings, StreamSettings
 
@@ -75,6 +76,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         lateness_s=option("lateness", parsing.non_negative_duration, "lateness_s"),
         max_clock_skew_s=option("max_clock_skew", parsing.non_negative_duration, "max_clock_skew_s"),
         max_broker_outage_s=option("max_broker_outage", parsing.positive_duration, "max_broker_outage_s"),
+        on_offset_gap=option("on_offset_gap", parsing.one_of(*OFFSET_GAP_POLICIES)),
         top_k=option("top_k", parsing.positive_int),
         backend=option("backend", parsing.backend),
         kv_cache_mb=option("kv_cache_mb", parsing.non_negative_int),

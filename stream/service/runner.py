@@ -18,12 +18,13 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from stream.errors import (
-    EXIT_FAILED, EXIT_KAFKA_UNAVAILABLE, EXIT_OK, EXIT_TERMINATED, CommandError,
+    EXIT_FAILED, EXIT_KAFKA_UNAVAILABLE, EXIT_OFFSET_GAP, EXIT_OK, EXIT_TERMINATED, CommandError,
 )
 from stream.kafka.checks import BrokerCheck, KafkaCheckError, check_brokers, create_output_topics
 from stream.kafka.config import redacted
 from stream.kafka.health import BrokerLost
 from stream.kafka.sink import DeliveryFailed
+from stream.kafka.source import OffsetGap
 from stream.metrics import StreamMetrics, default_metrics, serving_metrics
 from stream.service.recovery import ModelFingerprint, RecoveryModelError, bind_recovery_dir
 from stream.service.signals import cause_of, stop_on_signals
@@ -115,7 +116,8 @@ def run_dataflow(
 ) -> int:
     """Run the checked settings' dataflow until it ends (0), Ctrl-C (130), SIGTERM (143), or Kafka
     is lost or refuses output (75: a supervisor restarts it, and the restart resumes from the
-    recovery directory, so nothing is lost)."""
+    recovery directory, so nothing is lost). Input deleted before it was read, with
+    `on_offset_gap` fail, raises CommandError (65)."""
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
@@ -139,6 +141,10 @@ def run_dataflow(
         if kafka is not None:
             log.error("stopped: %s; %s", kafka, counters.summary())
             return EXIT_KAFKA_UNAVAILABLE
+        gap = cause_of(error, (OffsetGap,))
+        if gap is not None:
+            log.info("stopped: %s", counters.summary())
+            raise CommandError(str(gap), EXIT_OFFSET_GAP) from None
         if cause_of(error, (Stopping,)) is None:
             raise
     if stop.is_set():
