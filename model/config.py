@@ -47,14 +47,20 @@ class IntentRecConfig:
     # SelfAttention): the order of interactions that share a timestamp, which the time encoding cannot
     # tell apart (half of MovieLens-100K's consecutive ratings share their second).
     relative_positions: bool = True
-    # Titles the vocabulary lacks (released after training): each user's first `unknown_slots` of them
-    # get item indices n_items.. of their own (model.features.UnknownTitles), so that the repeat
+    # Titles the vocabulary lacks (released after training): each user's titles get item indices
+    # n_items.. of their own, `unknown_slots` at most (model.features.slot_title), so that the repeat
     # pointer can point at them: they are continued and returned to as any other title. No weights.
-    unknown_slots: int = 8
+    # Once all are taken, a new title takes the slot of the one played least recently; 50, the default
+    # attention_window, means every title within the pointer's reach has one.
+    unknown_slots: int = 50
     # Titles the vocabulary lacks, first seen in the stream (any user's play): up to this many get a
     # column each after the slots, scored from what their plays say of them (kind, genres, release
     # date; model.serving.new_titles), so that a new release can be discovered. No weights.
     new_title_columns: int = 256
+    # ... and a title gets one only once this many distinct users have played it, so that a stray or
+    # made-up item id does not reach other users' recommendations (a user's own slot needs no such
+    # proof: it only ever ranks for that user).
+    new_title_min_users: int = 3
     short_term_window_ms: int = 7 * DAY_MS  # H: the short-term encoder sees only the last week
     time_origin_ms: int = 0  # absolute time encodings count hours from here
     # Intent
@@ -77,7 +83,7 @@ class IntentRecConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 2:
                 raise ValueError(f"{name}={getattr(self, name)!r}: a vocabulary size counts padding and unknown, so "
                                  "it is a whole number of at least 2")
-        for name in ("d_item", "d_small", "d_model", "n_heads", "d_proj", "n_layers_item"):
+        for name in ("d_item", "d_small", "d_model", "n_heads", "d_proj", "n_layers_item", "new_title_min_users"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a whole number of at least 1")
         for name in ("n_layers_short", "n_layers_intent", "unknown_slots", "new_title_columns"):

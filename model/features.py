@@ -132,30 +132,36 @@ def known_items(items: torch.Tensor, n_items: int) -> torch.Tensor:
 
 
 def slot_title(row: np.ndarray, item_id: str, titles: tuple[str, ...], held_items: np.ndarray, n_items: int,
-               slots: int) -> tuple[str, ...]:  # fmt: skip
+               slots: int) -> tuple[tuple[str, ...], int | None]:  # fmt: skip
     """A user's titles the vocabulary lacks get item indices of their own after the catalogue,
-    n_items + k for the user's k-th (`titles[k]`), in the order they come; a slot is given again once
-    no held row plays its title. Gives `row` (featurized from a play of `item_id`) its title's slot if
-    it is unknown and a slot is free, and returns the user's titles (the same tuple unless one was
-    added). `held_items`: the items of the user's rows before this one that the model reads with it
-    (its window). A title that finds no free slot stays the unknown item. The stream keeps the titles beside each user's rows
-    (stream.dataflow.RememberUser); `slot_history` slots an offline history the same way."""
+    n_items + k for the user's k-th (`titles[k]`), so that the repeat pointer can point at them. Gives
+    `row` (featurized from a play of `item_id`) its title's slot if the title is unknown, and returns
+    the user's titles (the same tuple unless one was added) and the index of a slot taken from another
+    title, whose rows must from now on read as the unknown item (None when none was).
+
+    `held_items`: the items of the user's rows before this one that the model reads with it (its
+    window), oldest first. A new title takes a free slot, else the slot of the title played least
+    recently among them: so the title a user played last always has a slot, however many new titles
+    the user has started since the model was trained. The stream keeps the titles beside each user's
+    rows (stream.dataflow.RememberUser); `slot_history` slots an offline history the same way."""
     if row["item"] != UNKNOWN or not slots:
-        return titles
+        return titles, None
     if item_id in titles:
         row["item"] = n_items + titles.index(item_id)
-        return titles
+        return titles, None
+    taken = None
     if len(titles) < slots:
         k, titles = len(titles), titles + (item_id,)
     else:
-        in_use = set(held_items[held_items >= n_items].tolist())
-        free = [k for k in range(slots) if n_items + k not in in_use]
-        if not free:
-            return titles
-        k = free[0]
+        last_played = np.full(slots, -1)
+        held_slots = held_items.astype(np.int64) - n_items
+        in_slot = (held_slots >= 0) & (held_slots < slots)
+        last_played[held_slots[in_slot]] = np.flatnonzero(in_slot)  # later positions overwrite earlier ones
+        k = int(last_played.argmin())
         titles = titles[:k] + (item_id,) + titles[k + 1 :]
+        taken = n_items + k if last_played[k] >= 0 else None
     row["item"] = n_items + k
-    return titles
+    return titles, taken
 
 
 def slot_history(rows: np.ndarray, item_ids, n_items: int, slots: int,
@@ -166,7 +172,10 @@ def slot_history(rows: np.ndarray, item_ids, n_items: int, slots: int,
     rows, titles = rows.copy(), ()
     for n, item_id in enumerate(item_ids):
         before = rows["item"][: n] if window is None else rows["item"][max(0, n - window) : n]
-        titles = slot_title(rows[n], item_id, titles, before, n_items, slots)
+        titles, taken = slot_title(rows[n], item_id, titles, before, n_items, slots)
+        if taken is not None:
+            earlier = rows["item"][:n]
+            earlier[earlier == taken] = UNKNOWN
     return rows, titles
 
 

@@ -204,11 +204,11 @@ class RememberUser(StatefulLogic):
             detail = (f"field 'ts': {event.ts} is {ahead_ms / 1000:.0f} s ahead of this process's clock "
                       f"(allowed clock skew {max_clock_skew_ms / 1000:g} s)")
             return [dead_letter(play.origin, FROM_FUTURE, detail)], StatefulLogic.RETAIN
-        row, titles = shared.featurize(event), self.titles
+        row, titles, taken = shared.featurize(event), self.titles, None
         if row["item"] == UNKNOWN:  # a title released after training: the pointer reaches it through a slot
             in_window = self.state.rows()["item"][-shared.config.context :]
-            titles = slot_title(row, event.item_id, titles, in_window, shared.n_items, shared.unknown_slots)
-        outcome = self.state.add(row, event.event_id, event.ts)
+            titles, taken = slot_title(row, event.item_id, titles, in_window, shared.n_items, shared.unknown_slots)
+        outcome = self.state.add(row, event.event_id, event.ts, None if taken is None else (taken, UNKNOWN))
         self.forget_at = time.time() + shared.keep_for_s
         if outcome.verdict is Verdict.ADDED:
             self.titles = titles

@@ -142,7 +142,10 @@ class UserState:
         """All held rows, oldest first (a copy)."""
         return self._entries["row"][: self._size].copy()
 
-    def add(self, row: np.ndarray, event_id: str, ts: int) -> Outcome:
+    def add(self, row: np.ndarray, event_id: str, ts: int, relabel: tuple[int, int] | None = None) -> Outcome:
+        """Adds the event (`row`) by the rules of the module docstring. `relabel` (old, new): once the
+        event is accepted, the held rows whose item is `old` read `new` (model.features.slot_title:
+        a slot given to another title) before the event joins them."""
         config = self.config
         newest_ts = self.newest_ts
         if newest_ts is not None and ts - newest_ts > config.ttl_ms:
@@ -168,6 +171,9 @@ class UserState:
                 reason=f"older than the interactions kept for this user: its history would need "
                 f"some of the older ones already dropped (keeping {config.capacity})",
             )
+        if relabel is not None:
+            items = self._entries["row"]["item"][: self._size]
+            items[items == relabel[0]] = relabel[1]
         self._insert(position, row, ts, key)
         history = self._entries["row"][max(0, position + 1 - config.context) : position + 1].copy()
         newest = position == self._size - 1

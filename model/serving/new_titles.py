@@ -6,10 +6,12 @@ vocabulary maps a new title to "unknown". Two things keep such a title rankable:
 
 - a user's own unknown titles get slots (model.features.slot_title), so that the repeat pointer
   continues them and returns to them;
-- every title the vocabulary lacks that a play scored by this process has named is registered here,
-  in the order they come, up to `new_title_columns` of them, with its kind, genres and release date
-  (from its play), an embedding derived from its kind and genres, and the times of its plays. Every
-  update then ranks the new titles played in the week before its event (model.intentrec.NewTitles):
+- every title the vocabulary lacks that plays scored by this process name is registered here once
+  `new_title_min_users` distinct users have played it (so that a stray or made-up id does not reach
+  other users' recommendations), in the order they earn it, in one of `new_title_columns` columns,
+  with its kind, genres and release date (from its play), an embedding derived from its kind and
+  genres, and the times of its plays. Every update then ranks the new titles played in the week
+  before its event (model.intentrec.NewTitles):
   they share the part of the explore distribution that the week's plays give to new titles, each by
   its plays that week times how well it fits the user (the catalogue softmax's logit of its derived
   embedding, plus IntentMatch's bonus where Z feeds the item encoder). So a new release can be
@@ -24,17 +26,26 @@ median rank 670 of 1,684 for new titles' plays). How often the stream plays it i
 wanted. A model whose item encoder is not fed Z (V0, V1) keeps no attributes: its new titles all
 start at the catalogue's mean embedding, and their plays alone rank them.
 
-An update counts the plays at or before its own event time (exact times, not buckets), and the
-week's plays of all titles by the hour; the score step registers a whole batch's plays before
-scoring it, so batching does not change an update. The registry lives in the scoring process and is
-not snapshotted: after a restart it learns the titles again from the plays it reads, and each
-process of a cluster from its own users' plays.
+An update counts the plays at or before its own event time (exact times, not buckets) of the titles
+that had earned their column by then, and the week's plays of all titles by the hour; the score step
+registers a whole batch's plays before scoring it, so batching does not change an update. The
+registry lives in the scoring process and is not snapshotted: after a restart it learns the titles
+again from the plays it reads, and each process of a cluster from its own users' plays.
+
+Nothing in it grows without bound, however long the stream runs or whatever its producers send: a
+column is given again once its title has not been played for HORIZON_MS (the week its popularity is
+counted over, plus a day for late events), so the titles being played keep theirs after any number
+of releases; play times older than that are dropped, as are plays that old when they arrive (a
+backdated event counts for nothing); titles still short of their users wait in a list of at most
+PENDING_LIMIT, the least recently played forgotten first. A replay (`preload`) knows its whole input
+and keeps every title that earns a column, each from the time it earned it.
 """
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -52,6 +63,8 @@ MIN_WIDTH = 8  # the fewest new-title columns a call carries (see NewTitleRegist
 RIDGE = 1.0  # the regression's L2 penalty: enough to keep rare attribute combinations near the mean
 WINDOW_MS = 7 * 86_400_000  # the plays that make a new title's popularity: the week before the query
 HOUR_MS = 3_600_000
+HORIZON_MS = WINDOW_MS + 86_400_000  # plays older than this behind the newest are no longer needed
+PENDING_LIMIT = 4096  # titles short of new_title_min_users kept at most
 
 
 class NewTitleRegistry:
@@ -66,17 +79,23 @@ class NewTitleRegistry:
         config = model.config
         self.config = config
         self.capacity = config.new_title_columns
+        self.min_users = config.new_title_min_users
         self.first_column = config.n_items + config.unknown_slots
-        self.names: list[str] = []
+        self.names: list[str] = []  # by column
         self.columns: dict[str, int] = {}
-        self.unregistered = 0  # plays of titles that found every column taken
+        self.unregistered = 0  # plays of titles that had earned a column but found every one in use
+        self.too_old = 0  # plays more than HORIZON_MS older than the newest: not counted
+        self.reclaimed = 0  # columns given again after their title went unplayed
         self.embeddings = np.zeros((self.capacity, config.d_item), dtype=np.float32)
         self.kinds = np.zeros(self.capacity, dtype=np.int32)
         self.genres = np.zeros((self.capacity, GENRE_SLOTS), dtype=np.int32)
         self.release_days = np.full(self.capacity, np.inf, dtype=np.float32)
-        self.play_times: list[PlayTimes] = []  # per column
-        self.plays_by_hour: dict[int, int] = {}  # every play registered, by hour since the epoch
+        self.plays: list[TitlePlays] = []  # per column
+        self.pending: OrderedDict[str, TitlePlays] = OrderedDict()  # least recently played first
+        self.plays_by_hour: dict[int, int] = {}  # every play of the last HORIZON_MS, by hour since the epoch
+        self.newest_ts: int | None = None
         self.preloaded = False
+        self._keep_everything = False  # a replay's preload: every title and play stays
         self._tables: list[np.ndarray] | None = None  # tables(), until a title joins
         self._embedding = ColdStartEmbedding(model)
         self._lock = threading.RLock()
@@ -89,38 +108,90 @@ class NewTitleRegistry:
             return
         with self._lock:
             for event, row in zip(events, rows):
-                hour = event.ts // HOUR_MS
-                self.plays_by_hour[hour] = self.plays_by_hour.get(hour, 0) + 1
+                if self.newest_ts is not None and event.ts < self.newest_ts - HORIZON_MS and not self._keep_everything:
+                    self.too_old += 1
+                    continue
+                self._count(event.ts)
                 if row["item"] == UNKNOWN or row["item"] >= n_items:
-                    self._register(event, row)
+                    self._play_of_new_title(event, row)
 
     def preload(self, events: Sequence[PlayEvent], rows: Sequence[np.ndarray]) -> None:
         """A replay's whole input, registered before it starts (in time order, so that columns are
-        given in the order titles were first played); register_plays then ignores the replayed
-        plays, which are these. A query still counts only the plays up to its own time."""
+        given in the order titles earned them); register_plays then ignores the replayed plays,
+        which are these. Every title that earns a column keeps it (the capacity grows as needed) and
+        every play is kept: a query still counts only the plays up to its own time, of the titles
+        that had earned their column by then."""
+        self._keep_everything = True
         self.register_plays(events, rows)
         self.preloaded = True
 
-    def _register(self, event: PlayEvent, row: np.ndarray) -> None:
+    def _count(self, ts: int) -> None:
+        hour = ts // HOUR_MS
+        self.plays_by_hour[hour] = self.plays_by_hour.get(hour, 0) + 1
+        if self.newest_ts is None or ts > self.newest_ts:
+            newest_hour = None if self.newest_ts is None else self.newest_ts // HOUR_MS
+            self.newest_ts = ts
+            if hour != newest_hour and not self._keep_everything:
+                first_kept = (ts - HORIZON_MS) // HOUR_MS
+                for old in [h for h in self.plays_by_hour if h < first_kept]:
+                    del self.plays_by_hour[old]
+
+    def _play_of_new_title(self, event: PlayEvent, row: np.ndarray) -> None:
+        forget_before = None if self._keep_everything else self.newest_ts - HORIZON_MS
         column = self.columns.get(event.item_id)
-        if column is None:
-            if len(self.names) == self.capacity:
-                if not self.unregistered:
-                    log.warning("all %d new-title columns are taken: titles first seen from now on rank last until "
-                                "the model is retrained (raise new_title_columns in its config)", self.capacity)
-                self.unregistered += 1
+        if column is not None:
+            self.plays[column].add(event.user_id, event.ts, self.min_users, forget_before)
+            return
+        pending = self.pending.pop(event.item_id, None) or TitlePlays()
+        pending.add(event.user_id, event.ts, self.min_users, forget_before)
+        if len(pending.first_plays) >= self.min_users:
+            column = self._free_column()
+            if column is not None:
+                self._give(column, event, row, pending)
                 return
-            column = len(self.names)
-            self.kinds[column], self.genres[column] = row["kind"], row["genres"]
-            self.embeddings[column] = self._embedding(row["kind"], row["genres"])
-            if event.release_ts is not None:
-                release = torch.tensor([event.release_ts])
-                self.release_days[column] = days_since_origin(release, self.config.time_origin_ms)[0]
-            self.play_times.append(PlayTimes())
-            self._tables = None
-            self.columns[event.item_id] = column
-            self.names.append(event.item_id)
-        self.play_times[column].add(event.ts)
+            if not self.unregistered:
+                log.warning("all %d new-title columns are held by titles played in the last %d days: titles that "
+                            "earn one from now on rank last until a column is free (raise --new-titles)",
+                            self.capacity, HORIZON_MS // 86_400_000)  # fmt: skip
+            self.unregistered += 1
+        self.pending[event.item_id] = pending
+        if len(self.pending) > PENDING_LIMIT:
+            self.pending.popitem(last=False)
+
+    def _free_column(self) -> int | None:
+        """A column never used, else the one whose title was played least recently if that was
+        more than HORIZON_MS before the newest play; None if every title is still being played."""
+        if len(self.names) == self.capacity and self._keep_everything:
+            self._grow()
+        if len(self.names) < self.capacity:
+            self.names.append("")
+            self.plays.append(TitlePlays())
+            return len(self.names) - 1
+        last_played = np.array([plays.times.newest for plays in self.plays])
+        column = int(last_played.argmin())
+        if last_played[column] >= self.newest_ts - HORIZON_MS:
+            return None
+        del self.columns[self.names[column]]
+        self.reclaimed += 1
+        return column
+
+    def _grow(self) -> None:
+        self.capacity *= 2
+        for name in ("embeddings", "kinds", "genres", "release_days"):
+            table = getattr(self, name)
+            grown = np.resize(table, (self.capacity, *table.shape[1:]))
+            grown[len(table) :] = np.inf if name == "release_days" else 0
+            setattr(self, name, grown)
+
+    def _give(self, column: int, event: PlayEvent, row: np.ndarray, plays: "TitlePlays") -> None:
+        self.kinds[column], self.genres[column] = row["kind"], row["genres"]
+        self.embeddings[column] = self._embedding(row["kind"], row["genres"])
+        release = torch.tensor([event.release_ts]) if event.release_ts is not None else None
+        self.release_days[column] = np.inf if release is None else days_since_origin(release, self.config.time_origin_ms)[0]
+        self.plays[column] = plays
+        self.names[column] = event.item_id
+        self.columns[event.item_id] = column
+        self._tables = None
 
     @property
     def width(self) -> int:
@@ -141,13 +212,14 @@ class NewTitleRegistry:
 
     def recent_plays(self, ts: np.ndarray) -> list[np.ndarray]:
         """For queries at times ts (B,): the log of each title's plays in the WINDOW_MS up to and
-        including ts (B, width; -inf: none, or an unused column) and the share of all plays in that
-        window that were of new titles (B,), as the graphs take them (graphs.NEW_TITLE_INPUTS, last two)."""
+        including ts (B, width; -inf: none, a title that had not earned its column by ts, or an
+        unused column) and the share of all plays in that window that were of new titles (B,), as
+        the graphs take them (graphs.NEW_TITLE_INPUTS, last two)."""
         ts = np.asarray(ts, dtype=np.int64)
         with self._lock:
             counts = np.zeros((len(ts), self.width), dtype=np.float64)
-            for column, times in enumerate(self.play_times):
-                counts[:, column] = times.count_between(ts - WINDOW_MS, ts)
+            for column, plays in enumerate(self.plays):
+                counts[:, column] = np.where(plays.earned_at <= ts, plays.times.count_between(ts - WINDOW_MS, ts), 0)
             hours = sorted(self.plays_by_hour)
             per_hour = np.cumsum([0] + [self.plays_by_hour[hour] for hour in hours])
         # Plays of every title by the hour (their times are not kept): the window's first and last
@@ -200,18 +272,47 @@ class RegisteredTitles:
         return NewTitles(*(torch.from_numpy(array) for array in self.inputs()))
 
 
+@dataclass
+class TitlePlays:
+    """A new title's plays: their times, and the first play of each of the first distinct users (as
+    many as a column needs), which says when the title earned its column."""
+
+    first_plays: dict[str, int] = field(default_factory=dict)  # user -> their first play's time
+    times: "PlayTimes" = field(default_factory=lambda: PlayTimes())
+
+    def add(self, user: str, ts: int, needed: int, forget_before: int | None) -> None:
+        first = self.first_plays.get(user)
+        if first is not None or len(self.first_plays) < needed:
+            self.first_plays[user] = ts if first is None else min(first, ts)
+        self.times.add(ts, forget_before)
+
+    @property
+    def earned_at(self) -> int:
+        """When the last of the users it needed had played it (a late play moves this earlier)."""
+        return max(self.first_plays.values())
+
+
 class PlayTimes:
     """A title's play times, sorted, in a numpy array that grows by doubling (plays come nearly in
-    time order: a late one is inserted at its place). Kept until the registry goes: they are the
-    plays of titles first seen since training, 8 bytes each."""
+    time order: a late one is inserted at its place); when it is full, the times at or before
+    `forget_before` make room first."""
 
     def __init__(self):
         self._times = np.zeros(4, dtype=np.int64)
         self._n = 0
 
-    def add(self, ts: int) -> None:
+    @property
+    def newest(self) -> int:
+        return int(self._times[self._n - 1]) if self._n else np.iinfo(np.int64).min
+
+    def add(self, ts: int, forget_before: int | None = None) -> None:
         if self._n == len(self._times):
-            self._times = np.concatenate([self._times, np.zeros_like(self._times)])
+            kept = 0 if forget_before is None else int(np.searchsorted(self._times, forget_before, "right"))
+            if kept > self._n // 2:  # forgetting frees at least half: no need to grow
+                self._times[: self._n - kept] = self._times[kept : self._n].copy()
+                self._n -= kept
+            else:
+                self._times = np.concatenate([self._times, np.zeros_like(self._times)])
         times = self._times[: self._n + 1]
         at = self._n if not self._n or ts >= times[self._n - 1] else int(np.searchsorted(times[: self._n], ts, "right"))
         times[at + 1 :] = times[at:-1].copy()

@@ -133,11 +133,14 @@ def judge_baselines(timeline: Timeline, vocab: Vocabularies, history_len: int, s
         popularity.add([vocab.items.lookup(event.item_id) for event in same_time])
         for event in same_time:
             played = np.array(vocab.items.lookup(event.item_id), dtype=[("item", np.int64)])
+            recent = recent_items[event.user_id]
             if played["item"] == UNKNOWN:  # a title the vocabulary lacks: its slot, as the stream gives it
-                titles[event.user_id] = slot_title(played, event.item_id, titles[event.user_id],
-                                                   np.array(recent_items[event.user_id], dtype=np.int64), n_items,
-                                                   unknown_slots)  # fmt: skip
-            recent_items[event.user_id].append(int(played["item"]))
+                titles[event.user_id], taken = slot_title(played, event.item_id, titles[event.user_id],
+                                                          np.array(recent, dtype=np.int64), n_items, unknown_slots)
+                if taken is not None:
+                    recent_items[event.user_id] = recent = deque((UNKNOWN if item == taken else item for item in recent),
+                                                                 maxlen=history_len)  # fmt: skip
+            recent.append(int(played["item"]))
             after = timeline.next_event(event)
             if after is None or (score_from is not None and after.ts < score_from):
                 continue

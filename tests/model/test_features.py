@@ -22,21 +22,27 @@ def test_unknown_titles_get_slots_in_the_order_they_come_and_keep_them():
     assert names == ("new-1", "new-2")
 
 
-def test_a_title_finds_no_slot_when_all_are_in_use_and_stays_unknown():
-    rows, names = slot_history(rows_of([UNKNOWN] * 3), ["x", "y", "z"], N_ITEMS, slots=2)
-    assert rows["item"].tolist() == [10, 11, UNKNOWN] and names == ("x", "y")
+def test_a_new_title_takes_the_slot_of_the_title_played_least_recently_whose_rows_then_read_unknown():
+    """More new titles than slots: the title played last always has a slot (the one it was played in
+    least recently), and the older plays of the title that lost it can no longer be pointed at."""
+    rows, names = slot_history(rows_of([UNKNOWN] * 5), ["x", "y", "x", "z", "w"], N_ITEMS, slots=2)
+    # z takes y's slot (x was played after y), then w takes x's (z was played after x)
+    assert rows["item"].tolist() == [UNKNOWN, UNKNOWN, UNKNOWN, 11, 10] and names == ("w", "z")
 
 
-def test_a_slot_is_given_again_once_no_held_row_plays_its_title():
+def test_a_slot_no_held_row_plays_is_given_again_first_and_nothing_is_relabelled():
     first = rows_of([UNKNOWN])[0]
-    titles = slot_title(first, "old-show", (), np.array([2, 3]), N_ITEMS, slots=1)
-    assert first["item"] == 10 and titles == ("old-show",)
-    still_held = rows_of([UNKNOWN])[0]
-    assert slot_title(still_held, "new-show", titles, np.array([2, 10]), N_ITEMS, 1) == titles  # slot 10 in use
-    assert still_held["item"] == UNKNOWN
-    later = rows_of([UNKNOWN])[0]
-    titles = slot_title(later, "new-show", titles, np.array([2, 3]), N_ITEMS, slots=1)  # the rows of slot 10 are gone
-    assert later["item"] == 10 and titles == ("new-show",)
+    titles, taken = slot_title(first, "old-show", (), np.array([2, 3]), N_ITEMS, slots=2)
+    assert first["item"] == 10 and titles == ("old-show",) and taken is None
+    second = rows_of([UNKNOWN])[0]
+    titles, taken = slot_title(second, "mid-show", titles, np.array([2, 10]), N_ITEMS, slots=2)
+    assert second["item"] == 11 and taken is None
+    third = rows_of([UNKNOWN])[0]  # old-show's rows have left the window, mid-show's have not
+    titles, taken = slot_title(third, "new-show", titles, np.array([11, 3]), N_ITEMS, slots=2)
+    assert third["item"] == 10 and titles == ("new-show", "mid-show") and taken is None
+    fourth = rows_of([UNKNOWN])[0]  # both held: mid-show (position 0) was played before new-show (1)
+    titles, taken = slot_title(fourth, "last-show", titles, np.array([11, 10, 2]), N_ITEMS, slots=2)
+    assert fourth["item"] == 11 and titles == ("new-show", "last-show") and taken == 11
 
 
 def test_known_items_and_no_slots_leave_rows_alone():

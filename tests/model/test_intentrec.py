@@ -32,6 +32,7 @@ def tiny_config(**overrides) -> IntentRecConfig:
         d_item=16, d_small=4, d_model=16, d_proj=8, n_heads=2, attention_window=4,
         n_layers_short=1, n_layers_intent=1, n_layers_item=2, dropout=0.0,
         short_term_window_ms=10 * HOUR, time_origin_ms=1_600_000_000_000,
+        new_title_min_users=1,  # the open-catalogue tests register titles from one user's plays
     )
     return replace(base, **overrides)
 

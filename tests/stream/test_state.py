@@ -244,3 +244,16 @@ def test_a_user_of_two_events_is_held_in_a_few_hundred_bytes():
         tracemalloc.stop()
     assert all(len(state) == 2 for state in states)
     assert per_user < 400, f"{per_user:.0f} bytes per user"  # 1,000 with a dtype per state and 8 rows
+
+
+def test_rows_are_relabelled_only_when_the_event_is_accepted_and_before_it_joins():
+    """A slot given to another title (model.features.slot_title): the held rows of the title that
+    lost it read as another item, in the history scored with the event, but the event keeps its own."""
+    state = UserState(config(context=4, capacity=6))
+    add(state, 10, 1 * MINUTE, "a")
+    add(state, 2, 2 * MINUTE, "b")
+    add(state, 10, 3 * MINUTE, "c")
+    assert state.add(row(10, 4 * MINUTE), "c", 4 * MINUTE, relabel=(10, 1)).verdict is Verdict.DUPLICATE
+    assert items(state.rows()) == [10, 2, 10]  # nothing relabelled for a duplicate
+    outcome = state.add(row(10, 5 * MINUTE), "d", 5 * MINUTE, relabel=(10, 1))
+    assert items(outcome.history) == [1, 2, 1, 10] and items(state.rows()) == [1, 2, 1, 10]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 from tests.model.serving.test_incremental import assert_same_predictions, make_scorer
-from tests.model.test_intentrec import HOUR, random_history
+from tests.model.test_intentrec import DAY, HOUR, random_history
 
 from model.features import slot_history
 from model.serving.incremental import IncrementalScorer
-from model.serving.new_titles import NewTitleRegistry
+from model.serving.new_titles import HORIZON_MS, PENDING_LIMIT, NewTitleRegistry
 from model.serving.scorer import Scorer
 from model.vocab import FIRST_REAL, UNKNOWN
 from schemas import PlayEvent
@@ -60,13 +60,63 @@ def test_titles_the_vocabulary_lacks_get_columns_in_the_order_they_come_and_thei
     assert registry.slot_columns([("mine",)]) is None  # no slot holds a registered title
 
 
-def test_once_every_column_is_taken_later_titles_are_left_unranked_with_one_warning(caplog):
+def test_once_every_column_is_held_by_a_title_still_played_later_titles_are_left_unranked_with_one_warning(caplog):
     scorer = make_scorer(new_title_columns=2)
     start = random_history(1)["ts"][0]
     with caplog.at_level(logging.WARNING, logger="model.serving.new_titles"):
         register(scorer, [play(f"new-{n}", start + n) for n in range(5)])
     assert scorer.new_titles.names == ["new-0", "new-1"] and scorer.new_titles.unregistered == 3
-    assert len([r for r in caplog.records if "new-title columns are taken" in r.message]) == 1
+    assert len([r for r in caplog.records if "new-title columns are held" in r.message]) == 1
+
+
+def test_a_column_is_given_again_once_its_title_has_gone_unplayed_for_the_horizon():
+    """However many titles a stream sees, those being played keep a column: the one played least
+    recently gives its column up once it has not been played for HORIZON_MS."""
+    scorer = make_scorer(new_title_columns=2)
+    registry, start = scorer.new_titles, int(random_history(1)["ts"][0])
+    register(scorer, [play("old", start), play("kept", start), play("kept", start + 6 * DAY)])
+    register(scorer, [play("newer", start + HORIZON_MS - HOUR)])  # "old" was played within the horizon
+    assert registry.names == ["old", "kept"] and registry.unregistered == 1
+    register(scorer, [play("newest", start + HORIZON_MS + HOUR)])
+    assert registry.names == ["newest", "kept"] and registry.reclaimed == 1 and "old" not in registry.columns
+    log_plays, _ = registry.recent_plays(np.array([start + HORIZON_MS + 2 * HOUR]))
+    np.testing.assert_allclose(np.exp(log_plays[0, :2]), [1, 1])  # newest's own play, none of old's
+
+
+def test_a_title_earns_its_column_once_enough_distinct_users_have_played_it_and_counts_from_then():
+    scorer = make_scorer(new_title_min_users=3)
+    registry, start = scorer.new_titles, int(random_history(1)["ts"][0])
+    register(scorer, [play("spam", start + n, user="one-user") for n in range(50)])
+    register(scorer, [play("hit", start + HOUR, user="a"), play("hit", start + 2 * HOUR, user="b"),
+                      play("hit", start + 3 * HOUR, user="b")])  # fmt: skip
+    assert registry.names == [] and set(registry.pending) == {"spam", "hit"}
+    register(scorer, [play("hit", start + 4 * HOUR, user="c")])
+    assert registry.names == ["hit"] and "hit" not in registry.pending
+    log_plays, _ = registry.recent_plays(np.array([start + 3 * HOUR, start + 4 * HOUR]))
+    np.testing.assert_allclose(np.exp(log_plays[:, 0]), [0, 4])  # not ranked before the third user came
+
+
+def test_the_registry_stays_bounded_whatever_the_producers_send():
+    scorer = make_scorer(new_title_min_users=2)
+    registry, start = scorer.new_titles, int(random_history(1)["ts"][0])
+    register(scorer, [play(f"made-up-{n}", start + n * 60_000) for n in range(PENDING_LIMIT + 100)])
+    assert len(registry.pending) == PENDING_LIMIT and "made-up-0" not in registry.pending
+    register(scorer, [play("backdated", 0, user=f"fresh-{n}") for n in range(3)])  # from 1970
+    assert registry.too_old == 3 and "backdated" not in registry.pending and "backdated" not in registry.columns
+    register(scorer, [play(f"t{n}", start + n * DAY, user=f"u{n % 7}") for n in range(60)])  # two months, an hour a day
+    newest_hour = (start + 59 * DAY) // HOUR
+    assert min(registry.plays_by_hour) >= newest_hour - HORIZON_MS // HOUR - 1
+
+
+def test_a_replay_keeps_every_title_that_earns_a_column_each_ranked_from_when_it_earned_it():
+    scorer = make_scorer(new_title_columns=2)
+    start = int(random_history(1)["ts"][0])
+    plays = [play(f"t{n}", start + n * HOUR) for n in range(5)]
+    scorer.new_titles.preload(plays, [scorer.featurize(event) for event in plays])
+    registry = scorer.new_titles
+    assert registry.names == [f"t{n}" for n in range(5)] and registry.width == 8 and registry.unregistered == 0
+    log_plays, _ = registry.recent_plays(np.array([start + 2 * HOUR]))
+    np.testing.assert_allclose(np.exp(log_plays[0, :5]), [1, 1, 1, 0, 0])
 
 
 def test_new_titles_are_ranked_by_their_plays_in_the_week_before_the_query():

@@ -14,7 +14,9 @@ import numpy as np
 import orjson
 import pytest
 from tests.model.serving.test_new_titles import scorer_that_saw
+from tests.model.test_intentrec import HOUR, random_model, tiny_config, tiny_vocab
 
+from model.checkpoint import save_checkpoint
 from model.features import slot_history
 from model.training.evaluate import intent_hits, ranking_metrics, target_ranks
 from model.playlogs.files import write_log
@@ -277,3 +279,31 @@ def test_two_models_give_a_report_whose_judgments_reproduce_its_metrics(
         for metric in comparison["metrics"].values():
             low, high = metric["ci"]
             assert low <= metric["difference"] <= high and low < high
+
+
+def test_a_users_current_title_stays_rankable_however_many_new_titles_the_stream_has_seen(tmp_path):
+    """One user starts more new shows than a user has slots, in a stream of more new titles than the
+    registry has columns: each play of a show is followed by another of the same show, and the
+    replay ranks that show where the pointer and its column put it (a finite rank, not last)."""
+    model = random_model(tiny_config(unknown_slots=2, new_title_columns=2, new_title_min_users=1))
+    save_checkpoint(tmp_path / "m", model, tiny_vocab(), {"name": "tiny-slots", "version": "1"})
+    scorer = Scorer.load(tmp_path / "m")
+    start, events = 1_700_000_000_000, []
+    for show in range(6):
+        for episode in range(3):
+            ts = start + (show * 3 + episode) * HOUR
+            events.append(PlayEvent(event_id=f"binger-{show}-{episode}", user_id="binger", item_id=f"new-show-{show}",
+                                    ts=ts, action="a", genres=("g1",), kind="show", release_ts=None, duration_s=600.0))
+            events.append(PlayEvent(event_id=f"other-{show}-{episode}", user_id=f"other-{episode}",
+                                    item_id=f"other-new-{show}-{episode}", ts=ts + 1, action="a", genres=("g2",),
+                                    kind="movie", release_ts=None, duration_s=600.0))  # fmt: skip
+    log = tmp_path / "binge.jsonl"
+    write_log(log, events)
+    backtest = run_backtest(LogReplay(log), {"tiny": (tmp_path / "m", scorer)}, progress=False)
+    model_log, title_of = backtest.systems[0].log, {event.event_id: event.item_id for event in events}
+    continued = [rank for user, scored, judged, rank in zip(model_log.user_id, model_log.scored_event_id,
+                                                            model_log.event_id, model_log.rank)
+                 if user == "binger" and title_of[scored] == title_of[judged]]  # fmt: skip
+    assert len(continued) == 12  # two continuations of each of six shows
+    n_outputs = scorer.config.n_items + scorer.config.unknown_slots
+    assert all(rank < n_outputs - 2 for rank in continued)  # never the unknown item's last place
