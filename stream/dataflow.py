@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from typing import Callable
@@ -55,6 +55,7 @@ from schemas import (
     encode_dead_letter,
     encode_intent_updates,
 )
+from stream.held_users import HeldUsers
 from stream.kafka.health import BrokerHealth
 from stream.kafka.sink import CheckedKafkaSink
 from stream.kafka.source import WatchedKafkaSource
@@ -159,14 +160,31 @@ class Remembering:
     counters: "StreamCounters"
     n_items: int  # the model's catalogue, after which the users' unknown-title slots come
     unknown_slots: int
+    users_per_worker: int  # the process's --max-users shared among its worker threads
+    _held: threading.local = field(default_factory=threading.local, repr=False, compare=False)
 
     @classmethod
-    def of(cls, config: StateConfig, scorer: Scorer, counters: "StreamCounters") -> "Remembering":
-        return cls(config, scorer.featurize, counters, scorer.config.n_items, scorer.config.unknown_slots)
+    def of(cls, config: StateConfig, scorer: Scorer, counters: "StreamCounters",
+           users_per_worker: int = StreamSettings.max_users) -> "Remembering":  # fmt: skip
+        return cls(config, scorer.featurize, counters, scorer.config.n_items, scorer.config.unknown_slots,
+                   users_per_worker)  # fmt: skip
 
     @property
     def keep_for_s(self) -> float:
         return self.config.ttl_ms / 1000.0
+
+    def held_users(self) -> HeldUsers:
+        """The users held by the calling worker thread (stream.held_users)."""
+        held = getattr(self._held, "users", None)
+        if held is None:
+            held = self._held.users = HeldUsers(self.users_per_worker, self.counters.count_users)
+        return held
+
+
+# What RememberUser snapshots, and resumes from: the user's state (with the titles of its
+# unknown-title slots, when it has any), or EVICTED. Plain data, like the state itself.
+Resume = UserSnapshot | tuple[UserSnapshot, tuple[str, ...]] | tuple[()]
+EVICTED: tuple[()] = ()  # the logic of an evicted user, snapshotted before it discarded itself
 
 
 class RememberUser(StatefulLogic):
@@ -174,12 +192,20 @@ class RememberUser(StatefulLogic):
 
     Emits a ScoreRequest for each accepted event, a `late` dead letter for a late one, a
     `from_future` one for an event further ahead of the wall clock than the allowed skew (it would
-    make every later real event of the user late), and nothing for a duplicate (counted). Users idle longer than the TTL are forgotten in two ways:
+    make every later real event of the user late), and nothing for a duplicate (counted).
+
+    A worker holds at most its share of `--max-users`; beyond it the least recently active user is
+    evicted (stream.held_users): its state is dropped at once (`state` becomes None), and the empty
+    logic discards itself at its next callback, which `notify_at` asks for early while the table is
+    full. A user who comes back after that starts afresh, as after the TTL.
+
+    Users idle longer than the TTL are forgotten in two ways:
 
     - exactly, in event time: `UserState.add` starts afresh when an event comes more than the TTL
       after the user's newest one, so results never depend on when memory was reclaimed;
     - to reclaim memory, in processing time: `notify_at` asks Bytewax to call `on_notify` the TTL
-      after the user's last event was processed, and `on_notify` discards the state. Live, event
+      after the user's last event was processed (or earlier, see above: a user woken early and still
+      held stays), and `on_notify` discards the state. Live, event
       time and processing time advance together, so the two agree unless the flow falls further
       behind its input while the user is idle. A replay runs faster than event time, so it keeps
       idle users longer than the TTL. A restored state gets a whole new TTL, so a process that was
@@ -188,13 +214,17 @@ class RememberUser(StatefulLogic):
       activation that grows with the users held by a worker.)
     """
 
-    def __init__(self, shared: Remembering, resume: UserSnapshot | tuple[UserSnapshot, tuple[str, ...]] | None):
+    def __init__(self, shared: Remembering, resume: Resume | None):
         self.shared = shared
         self.titles: tuple[str, ...] = ()  # the user's titles the vocabulary lacks, by slot
+        self.forget_at = time.time() + shared.keep_for_s  # epoch seconds: a float is half a datetime's size
+        self.state: UserState | None = None  # None: evicted, see the class docstring
+        if resume == EVICTED:
+            return
         if resume is not None and not isinstance(resume[0], bytes):  # a user with unknown titles
             resume, self.titles = resume
         self.state = UserState(shared.config) if resume is None else UserState.restore(shared.config, resume)
-        self.forget_at = time.time() + shared.keep_for_s  # epoch seconds: a float is half a datetime's size
+        shared.held_users().touch(self)
 
     def on_item(self, play: Play) -> tuple[list[ScoreRequest | DeadLetter], bool]:
         event, shared = play.event, self.shared
@@ -204,6 +234,9 @@ class RememberUser(StatefulLogic):
             detail = (f"field 'ts': {event.ts} is {ahead_ms / 1000:.0f} s ahead of this process's clock "
                       f"(allowed clock skew {max_clock_skew_ms / 1000:g} s)")
             return [dead_letter(play.origin, FROM_FUTURE, detail)], StatefulLogic.RETAIN
+        if self.state is None:  # evicted, and back
+            self.state = UserState(shared.config)
+        shared.held_users().touch(self)
         row, titles, taken = shared.featurize(event), self.titles, None
         if row["item"] == UNKNOWN:  # a title released after training: the pointer reaches it through a slot
             in_window = self.state.rows()["item"][-shared.config.context :]
@@ -218,13 +251,33 @@ class RememberUser(StatefulLogic):
         shared.counters.count_duplicate()
         return [], StatefulLogic.RETAIN
 
+    @property
+    def active_at(self) -> float:
+        """When its user's last event (or its restoring) was processed, in epoch seconds."""
+        return self.forget_at - self.shared.keep_for_s
+
+    def evict(self) -> None:
+        self.state, self.titles = None, ()
+
     def on_notify(self) -> tuple[list, bool]:
+        if self.state is None:
+            return [], StatefulLogic.DISCARD
+        if time.time() < self.forget_at:  # woken early to see whether it was evicted: it was not
+            return [], StatefulLogic.RETAIN
+        self.shared.held_users().forget(self)
         return [], StatefulLogic.DISCARD
 
     def notify_at(self) -> datetime:
-        return datetime.fromtimestamp(self.forget_at, timezone.utc)
+        now = time.time()
+        if self.state is None:
+            return datetime.fromtimestamp(now, timezone.utc)
+        evicted_by = self.shared.held_users().eviction_due(now)
+        wake = self.forget_at if evicted_by is None else min(self.forget_at, evicted_by)
+        return datetime.fromtimestamp(wake, timezone.utc)
 
-    def snapshot(self) -> UserSnapshot | tuple[UserSnapshot, tuple[str, ...]]:
+    def snapshot(self) -> Resume:
+        if self.state is None:
+            return EVICTED
         return (self.state.snapshot(), self.titles) if self.titles else self.state.snapshot()
 
 
@@ -332,6 +385,8 @@ class StreamCounters:
         self.duplicates = 0
         self.dead_letters: Counter[str] = Counter()  # by code
         self.offsets_lost = 0  # input offsets deleted by the broker's retention before they were read
+        self.users_held = 0
+        self.users_evicted = 0  # forgotten to stay within --max-users (stream.held_users)
         self.model_calls = 0  # chunks scored together
         self.scoring_s = 0.0  # their time: the model and its outputs to arrays
         self.metrics = metrics
@@ -365,6 +420,14 @@ class StreamCounters:
         if self.metrics is not None:
             self.metrics.duplicates.inc()
 
+    def count_users(self, held_change: int, evicted: int) -> None:
+        with self._lock:
+            self.users_held += held_change
+            self.users_evicted += evicted
+        if self.metrics is not None:
+            self.metrics.users_held.inc(held_change)
+            self.metrics.users_evicted.inc(evicted)
+
     def count_offsets_lost(self, topic: str, partition: int, count: int) -> None:
         """Offsets of the input that the broker deleted before they were read (stream.kafka.source)."""
         with self._lock:
@@ -385,7 +448,8 @@ class StreamCounters:
             lost = f", offsets lost to retention {self.offsets_lost}" if self.offsets_lost else ""
             return (
                 f"events in {self.events_in}, updates out {self.updates_out}, "
-                f"duplicates dropped {self.duplicates}, dead letters {dead}{lost}"
+                f"duplicates dropped {self.duplicates}, dead letters {dead}{lost}, "
+                f"users held {self.users_held}, evicted {self.users_evicted}"
             )
 
     def _maybe_log(self) -> None:
@@ -458,7 +522,7 @@ def build_flow(
     messages = op.inspect("count_events", messages, counters.count_event)
     decoded = op.branch("valid", op.map("decode", messages, partial(decode, fmt=settings.format)), is_play)
     by_user = op.key_on("key_by_user", decoded.trues, key_by_user)
-    remembering = Remembering.of(config, scorer, counters)
+    remembering = Remembering.of(config, scorer, counters, settings.max_users // settings.workers)
     remembered = op.stateful("remember", by_user, partial(RememberUser, remembering))
     in_time = op.branch("in_time", op.key_rm("unkey", remembered), is_score_request)
     score = ScoreBatch(scorer, settings.batch_size, settings.top_k, observe_scores, counters)

@@ -11,6 +11,8 @@ what it did itself: sum over processes (pods) in queries.
     intentstream_duplicates_total                events dropped as copies of one already scored
     intentstream_dead_letters_total{code}        messages sent to the dead-letter topic, by error code
     intentstream_offsets_lost_total{topic, partition}  input offsets the broker deleted before they were read
+    intentstream_users_held                      users whose history this process holds (at most --max-users)
+    intentstream_users_evicted_total             users forgotten, least recently active first, to stay within it
     intentstream_score_batch_size                users scored together in one model call (histogram)
     intentstream_score_batch_seconds             wall time of one model call (histogram)
     intentstream_event_to_update_seconds         scored_at - the event's ts (histogram)
@@ -51,6 +53,10 @@ class StreamMetrics:
         self.offsets_lost = Counter("intentstream_offsets_lost", "Input offsets the broker's retention deleted "
                                     "before they were read (see --on-offset-gap).", ["topic", "partition"],
                                     registry=registry)  # fmt: skip
+        self.users_held = Gauge("intentstream_users_held", "Users whose history this process holds (at most "
+                                "--max-users).", registry=registry)  # fmt: skip
+        self.users_evicted = Counter("intentstream_users_evicted", "Users forgotten, least recently active first, "
+                                     "to stay within --max-users.", registry=registry)  # fmt: skip
         self.batch_size = Histogram("intentstream_score_batch_size", "Users scored together in one model call.",
                                     buckets=BATCH_SIZE_BUCKETS, registry=registry)  # fmt: skip
         self.batch_seconds = Histogram("intentstream_score_batch_seconds", "Wall time of one model call, in "

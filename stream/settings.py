@@ -21,6 +21,8 @@ class StreamSettings:
     batch_size: int = 256  # cap on users scored together
     history: int | None = None  # interactions kept per user; None: what the model's attention reaches
     ttl_s: float = 30 * 86_400.0  # users idle longer than this (event time) are forgotten
+    # Users held per process; beyond it the least recently active one is forgotten (stream.held_users).
+    max_users: int = 1_000_000
     lateness_s: float = 3_600.0  # an event older than a user's newest by more than this is a dead letter
     max_clock_skew_s: float = 300.0  # an event further ahead of the wall clock than this is a dead letter
     max_broker_outage_s: float = 60.0  # no broker answering for longer stops the flow (exit 75), to be restarted

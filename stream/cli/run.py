@@ -54,6 +54,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     service_option(scoring, "--top-k", f"next items per update (default: {default_of('top_k')})", metavar="K")
     service_option(scoring, "--ttl", "forget users idle longer than this, in event time (default: "
             f"{format_duration(default_of('ttl_s'))})", metavar="DURATION")
+    service_option(scoring, "--max-users", f"most users held by this process (default: {default_of('max_users'):,}); "
+            "beyond it the least recently active user is forgotten", metavar="N")
     service_option(scoring, "--lateness", "an event older than its user's newest by more than this is a dead letter "
             f"(default: {format_duration(default_of('lateness_s'))})", metavar="DURATION")
     service_option(scoring, "--max-clock-skew", "an event further ahead of this process's clock than this is a dead "

@@ -73,6 +73,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         batch_size=option("batch_size", parsing.positive_int),
         history=resolve_option(args, environ, "history", parsing.positive_int, None),
         ttl_s=option("ttl", parsing.positive_duration, "ttl_s"),
+        max_users=option("max_users", parsing.positive_int),
         lateness_s=option("lateness", parsing.non_negative_duration, "lateness_s"),
         max_clock_skew_s=option("max_clock_skew", parsing.non_negative_duration, "max_clock_skew_s"),
         max_broker_outage_s=option("max_broker_outage", parsing.positive_duration, "max_broker_outage_s"),
@@ -91,6 +92,9 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     )
     _check_topics_differ(settings)
     _check_cluster(settings)
+    if settings.max_users < settings.workers:
+        raise CommandError(f"--max-users {settings.max_users} is fewer than --workers {settings.workers}: each worker "
+                            "thread holds an equal share of the users; allow at least one user per worker")
     if settings.ttl_s < settings.lateness_s:
         raise CommandError(f"--ttl {parsing.format_duration(settings.ttl_s)} is shorter than --lateness "
                             f"{parsing.format_duration(settings.lateness_s)}: a late copy of a forgotten event would "

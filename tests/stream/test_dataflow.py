@@ -10,12 +10,14 @@ import pickle
 import random
 import time
 import tracemalloc
+import weakref
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulLogic
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from tests.model.serving.test_new_titles import scorer_that_saw
@@ -180,6 +182,7 @@ def test_remember_forgets_an_idle_user_after_the_ttl_and_restores_from_a_snapsho
     logic.on_item(play(event(n=1, ts=event().ts + 1)))
     wake = logic.notify_at()
     assert before + timedelta(hours=2) <= wake <= datetime.now(timezone.utc) + timedelta(hours=2)
+    logic.forget_at = time.time()  # the TTL has passed
     assert logic.on_notify() == ([], StatefulLogic.DISCARD)
 
     snapshot = logic.snapshot()
@@ -188,6 +191,34 @@ def test_remember_forgets_an_idle_user_after_the_ttl_and_restores_from_a_snapsho
     (request,), _ = restored.on_item(play(event(n=2, ts=event().ts + 2)))
     assert len(request.history) == 3
     assert restored.notify_at() > datetime.now(timezone.utc) + timedelta(hours=1)
+
+
+def test_beyond_max_users_the_least_recently_active_user_is_evicted_and_its_logic_then_discarded(scorer, tiny_model_dir):
+    counters = StreamCounters()
+    shared = Remembering.of(state_config(settings_for(tiny_model_dir), scorer), counters=counters, scorer=scorer,
+                            users_per_worker=2)  # fmt: skip
+    alice, bob, carol = (RememberUser(shared, None) for _ in range(3))  # carol, the third, evicts alice
+    assert alice.state is None and bob.state is not None and carol.state is not None
+    assert (counters.users_held, counters.users_evicted) == (2, 1)
+    assert alice.notify_at() <= datetime.now(timezone.utc)  # Bytewax calls the empty logic at once ...
+    assert alice.on_notify() == ([], StatefulLogic.DISCARD)  # ... and it goes
+    assert alice.snapshot() == ()  # plain data; a logic resumed from it discards itself too
+    assert RememberUser(shared, alice.snapshot()).state is None
+
+    bob.on_item(play(event("bob", n=0)))
+    (request,), _ = carol.on_item(play(event("carol", n=0)))
+    (request,), _ = carol.on_item(play(event("carol", n=1, ts=event().ts + 1)))
+    assert len(request.history) == 2
+    RememberUser(shared, None)  # a fourth user evicts bob, the least recently active
+    assert bob.state is None and carol.state is not None
+    (back,), _ = bob.on_item(play(event("bob", n=1, ts=event().ts + 2)))  # bob comes back: afresh
+    assert len(back.history) == 1 and carol.state is None  # and carol is now the least recently active
+    assert (counters.users_held, counters.users_evicted) == (2, 3)
+
+    # While the table is full, a held user asks to be woken well before its TTL: by then it has
+    # likely been evicted, and its empty logic must not wait 30 days to go.
+    assert bob.notify_at() < datetime.now(timezone.utc) + timedelta(minutes=1)
+    assert bob.on_notify() == ([], StatefulLogic.RETAIN)  # still held: it stays
 
 
 def test_remember_holds_a_user_of_two_events_in_a_few_hundred_bytes(scorer, tiny_model_dir):
@@ -521,6 +552,69 @@ def test_the_flow_scores_incrementally_by_default_and_recomputes_without_a_cache
     expected = offline_scores(scorer, scenario.histories, top_k=5, open_catalogue=False)
     for update in updates:
         assert_same_scores(update, expected[update.event_id])
+
+
+class Waves(FixedPartitionedSource):
+    """Messages in waves `pause_s` apart, and a last pause before the input ends; `at_end` is
+    called as it ends, while the flow's state is still there."""
+
+    def __init__(self, waves: list[list[KafkaSourceMessage]], pause_s: float, final_pause_s: float, at_end):
+        self.waves, self.pause_s, self.final_pause_s, self.at_end = waves, pause_s, final_pause_s, at_end
+
+    def list_parts(self) -> list[str]:
+        return ["waves"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state) -> "WavesPartition":
+        return WavesPartition(self)
+
+
+class WavesPartition(StatefulSourcePartition):
+    def __init__(self, source: Waves):
+        self.source, self.waves, self.due = source, list(source.waves), datetime.now(timezone.utc)
+
+    def next_batch(self) -> list[KafkaSourceMessage]:
+        if not self.waves:
+            self.source.at_end()
+            raise StopIteration()
+        pause = self.source.pause_s if len(self.waves) > 1 else self.source.final_pause_s
+        self.due = datetime.now(timezone.utc) + timedelta(seconds=pause)
+        return self.waves.pop(0)
+
+    def next_awake(self) -> datetime:
+        return self.due
+
+    def snapshot(self) -> None:
+        return None
+
+
+def test_a_flood_of_fresh_users_is_held_at_the_cap_and_bytewax_discards_the_evicted(scorer, tiny_model_dir, monkeypatch):
+    """Every evicted user's logic goes at its next callback, which comes within a second or two, not
+    at its 30-day TTL: Bytewax holds about the cap's worth of logics, not one per user ever seen."""
+    cap, waves = 50, 6
+    logics = weakref.WeakSet()
+
+    class CountedRememberUser(RememberUser):
+        def __init__(self, *args):
+            super().__init__(*args)
+            logics.add(self)
+
+    monkeypatch.setattr("stream.dataflow.RememberUser", CountedRememberUser)  # what build_flow builds the step of
+    settings = settings_for(tiny_model_dir, format="json", max_users=cap, new_titles=0)
+    now = int(time.time() * 1000)
+    flood = [[source_message(encode_play_event(event(f"fresh-{wave}-{i}", ts=now), "json"), key=None)
+              for i in range(cap)] for wave in range(waves)]  # fmt: skip
+    at_end: dict[str, int] = {}
+    counters = StreamCounters()
+    sent: list[KafkaSinkMessage] = []
+    flow = build_flow(settings, serving_scorer(settings), source=Waves(flood, 0.3, 2.5, lambda: at_end.update(
+        logics=len(logics), held=counters.users_held)), sink=TestingSink(sent), counters=counters)  # fmt: skip
+    run_main(flow)
+
+    assert counters.updates_out == cap * waves  # every event scored, evicted users' included
+    assert (at_end["held"], counters.users_evicted) == (cap, cap * (waves - 1))
+    # Those evicted while the table filled were scheduled for their TTL (at most the cap's worth);
+    # those evicted since were discarded within seconds.
+    assert cap <= at_end["logics"] < 2 * cap, f"{at_end['logics']} logics held for {cap * waves} users"
 
 
 def test_two_workers_give_the_same_updates_as_one(scorer, tiny_model_dir):

@@ -23,7 +23,7 @@ def test_every_option_from_the_command_line(tmp_path):
         "--format", "JSON", "--input-topic", "in", "--output-topic", "out", "--dlq-topic", "dead",
         "--latest-topic", "last", "--batch-size", "64", "--history", "50", "--ttl", "7d",
         "--lateness", "90s", "--max-clock-skew", "1m", "--top-k", "5", "--backend", "eager:cuda", "--kv-cache-mb", "0",
-        "--on-offset-gap", "FAIL",
+        "--max-users", "5000", "--on-offset-gap", "FAIL",
         "--recovery-dir", str(tmp_path / "rec"),
         "--snapshot-interval", "500ms", "--workers", "2", "--process-id", "1",
         "--addresses", "a:2101, b:2101", "--stop-at-end",
@@ -32,7 +32,7 @@ def test_every_option_from_the_command_line(tmp_path):
         brokers="localhost:9092", model_dir=Path("/models/m"), format="json", input_topic="in",
         output_topic="out", dlq_topic="dead", latest_topic="last", batch_size=64, history=50,
         ttl_s=7 * 86_400.0, lateness_s=90.0, max_clock_skew_s=60.0, top_k=5, backend="eager:cuda", kv_cache_mb=0,
-        on_offset_gap="fail", recovery_dir=tmp_path / "rec",
+        max_users=5000, on_offset_gap="fail", recovery_dir=tmp_path / "rec",
         snapshot_interval_s=0.5, workers=2, process_id=1, addresses=("a:2101", "b:2101"), stop_at_end=True,
     )
 
@@ -45,13 +45,13 @@ def test_every_option_from_the_environment():
         "INTENTSTREAM_TTL": "1h", "INTENTSTREAM_LATENESS": "0", "INTENTSTREAM_TOP_K": "3",
         "INTENTSTREAM_SNAPSHOT_INTERVAL": "2m", "INTENTSTREAM_WORKERS": "3", "INTENTSTREAM_PROCESS_ID": "0",
         "INTENTSTREAM_ADDRESSES": "h:1", "INTENTSTREAM_STOP_AT_END": "yes", "INTENTSTREAM_BACKEND": "aoti:/a",
-        "INTENTSTREAM_KV_CACHE_MB": "64", "INTENTSTREAM_ON_OFFSET_GAP": "fail",
+        "INTENTSTREAM_KV_CACHE_MB": "64", "INTENTSTREAM_MAX_USERS": "70", "INTENTSTREAM_ON_OFFSET_GAP": "fail",
     }
     assert settings_from_args(parse(), env) == StreamSettings(
         brokers="k1:9092,k2:9092", model_dir=Path("/m"), format="json", input_topic="in", output_topic="out",
         dlq_topic="dead", latest_topic=None, batch_size=32, history=20, ttl_s=3600.0, lateness_s=0.0,
         top_k=3, snapshot_interval_s=120.0, workers=3, process_id=0, addresses=("h:1",), stop_at_end=True,
-        backend="aoti:/a", kv_cache_mb=64, on_offset_gap="fail",
+        backend="aoti:/a", kv_cache_mb=64, max_users=70, on_offset_gap="fail",
     )
 
 
@@ -162,6 +162,9 @@ def test_the_reset_of_out_of_range_offsets_is_managed():
 
 @pytest.mark.parametrize("argv, complaint", [
     (["--on-offset-gap", "skip"], "--on-offset-gap 'skip': use resume or fail"),
+    (["--max-users", "0"], "--max-users '0': must be at least 1"),
+    (["--max-users", "3", "--workers", "4"], "--max-users 3 is fewer than --workers 4: each worker thread holds an "
+                                             "equal share of the users; allow at least one user per worker"),
 ])
 def test_bad_gap_policy_or_user_cap_is_refused(argv, complaint):
     assert settings_error(*argv) == complaint
