@@ -12,8 +12,18 @@ A backend is named by a spec string (`intentstream run --backend`, `load_backend
     tensorrt:PATH   a TensorRT artifact (torch_tensorrt, fp16); needs torch-tensorrt and an NVIDIA GPU
 
 An artifact is a directory written by `compile_artifact` (`intentstream compile`): manifest.json
-(backend, device, batch and row limits, and a fingerprint of the weights, so that an artifact is
-never run for another checkpoint) and the two compiled graphs, window and step. Graphs take plain
+(backend, device, batch and row limits, a fingerprint of the weights, so that an artifact is never
+run for another checkpoint, and the SHA-256 of each graph file) and the two compiled graphs, window
+and step.
+
+An artifact is code: an AOTInductor .pt2 holds a shared library that loading runs in this process,
+and torch's loaders may unpickle what a package holds. So one is loaded only if its files are the
+ones compiled (their SHA-256 as the manifest records them) and if no one but its owner may change
+it: an artifact directory or file writable by group or others (and, for `auto`, such a model
+directory) is refused. The checksums catch an artifact changed or half copied since it was
+compiled; whoever may write the directory could rewrite the manifest too, which is why the
+permissions are checked. `auto` runs eager PyTorch, with one log line saying why, instead of an
+artifact it cannot use, malformed ones included; a named one (`aoti:PATH`) raises BackendError. Graphs take plain
 tensors and return tuples. Batch size, window length and the number of new-title columns are dynamic
 dimensions (min/opt/max for TensorRT), so one artifact serves every micro-batch; window lengths and
 new-title columns come in power-of-two buckets (model.serving.scorer.padded_length,
@@ -28,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -133,17 +144,22 @@ def compiled_beside(model: IntentRec, model_dir: Path | None) -> CompiledBackend
     if model_dir is None:
         return None
     kinds = ("tensorrt", "aoti") if torch.cuda.is_available() else ("aoti",)
+    passed_over = False
     for kind in kinds:
         directory = artifact_beside(model_dir, kind)
         if not (directory / MANIFEST).is_file():
             continue
         try:
+            refuse_if_others_may_write(Path(model_dir), "the model directory")
             backend = load_artifact(directory, model, expected=kind)
         except BackendError as error:
             log.warning("backend auto: %s; running eager PyTorch instead", error)
+            passed_over = True
             continue
         log.info("backend auto: %s from %s", kind, directory)
         return backend
+    if passed_over:
+        return None
     log.info("backend auto: eager PyTorch (no compiled artifact beside the model; `intentstream compile %s "
              "--backend aoti` makes one, about 1.3x the events/s on a CPU)", model_dir)
     return None
@@ -220,19 +236,19 @@ def compile_artifact(
         "max_rows": limits.max_rows,
         "model": fingerprint(model),
         "torch": torch.__version__,
+        "files": {name: sha256_of(out / name) for name in GRAPH_FILES[backend]},
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    for path in (out, out / MANIFEST, *(out / name for name in GRAPH_FILES[backend])):
+        path.chmod(path.stat().st_mode & ~(stat.S_IWGRP | stat.S_IWOTH))  # whatever the umask: load_artifact's rule
     return manifest
 
 
 def load_artifact(directory: Path, model: IntentRec, expected: str | None = None) -> CompiledBackend:
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise BackendError(
-            f"{directory} is not a compiled artifact ({MANIFEST} is missing); make one with "
-            f"`intentstream compile MODEL_DIR --backend aoti --out {directory}`"
-        ) from None
+    """The artifact in `directory`, once it is known to be what was compiled for `model` (see the
+    module docstring); BackendError, with one line saying why, if it is not."""
+    refuse_if_others_may_write(directory, "the artifact directory")
+    manifest = read_manifest(directory)
     backend = manifest["backend"]
     if expected is not None and backend != expected:
         raise BackendError(f"{directory} holds an artifact for {backend}, not {expected}")
@@ -245,10 +261,84 @@ def load_artifact(directory: Path, model: IntentRec, expected: str | None = None
     device = torch.device(manifest["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BackendError(f"{directory} was compiled for {device}, and no CUDA GPU is available here")
-    window_file, step_file = GRAPH_FILES[backend]
+    if "files" not in manifest:
+        raise BackendError(f"{directory} was compiled by an older intentstream, whose {MANIFEST} records no "
+                           "checksums of its files: compile it again")  # fmt: skip
+    for name in GRAPH_FILES[backend]:
+        path = directory / name
+        refuse_if_others_may_write(path, "the compiled graph")
+        if sha256_of(path) != manifest["files"].get(name):
+            raise BackendError(f"{path} is not the file that was compiled (its SHA-256 differs from {MANIFEST}'s): "
+                               "compile it again")  # fmt: skip
     load = load_aoti if backend == "aoti" else load_tensorrt
-    window, step = load(directory / window_file), load(directory / step_file)
+    window_file, step_file = GRAPH_FILES[backend]
+    try:
+        window, step = load(directory / window_file), load(directory / step_file)
+    except BackendError:
+        raise
+    except Exception as error:  # whatever torch's loaders raise for a file they cannot read
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BackendError(f"{directory} could not be loaded ({reason}): compile it again") from None
     return CompiledBackend(backend, device, manifest["max_batch"], window, step)
+
+
+MANIFEST_FIELDS = {"backend": str, "device": str, "max_batch": int, "max_rows": int, "model": str, "torch": str}
+
+
+def read_manifest(directory: Path) -> dict:
+    """The artifact's manifest, its fields of the expected types; BackendError if it is missing or malformed."""
+    path = directory / MANIFEST
+    try:
+        refuse_if_others_may_write(path, "the manifest")
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BackendError(
+            f"{directory} is not a compiled artifact ({MANIFEST} is missing); make one with "
+            f"`intentstream compile MODEL_DIR --backend aoti --out {directory}`"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BackendError(f"{path} cannot be read ({error}): compile the artifact again") from None
+    if not isinstance(manifest, dict):
+        raise BackendError(f"{path} is malformed (not a JSON object): compile the artifact again")
+    wrong = [name for name, kind in MANIFEST_FIELDS.items() if not isinstance(manifest.get(name), kind)]
+    files = manifest.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(digest, str) for digest in files.values()):
+        wrong.append("files")
+    if not wrong and manifest["backend"] not in GRAPH_FILES:
+        wrong.append("backend")
+    if not wrong:
+        try:
+            torch.device(manifest["device"])
+        except RuntimeError:
+            wrong.append("device")
+    if wrong:
+        raise BackendError(f"{path} is malformed ({', '.join(wrong)}: missing or not understood): compile the "
+                           "artifact again")  # fmt: skip
+    return manifest
+
+
+def refuse_if_others_may_write(path: Path, what: str) -> None:
+    """BackendError if `path` is writable by its group or by others: whoever may change a compiled
+    artifact runs code in the process that loads it."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return  # the caller says what is missing
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise BackendError(f"{what} {path} is writable by group or others (mode {stat.filemode(mode)}), so anyone "
+                           f"they include could run code in this process through it: `chmod go-w {path}`")
+
+
+def sha256_of(path: Path) -> str | None:
+    """The file's SHA-256 (hex), or None if there is no such file."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        return None
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- example inputs and shapes
