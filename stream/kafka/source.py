@@ -25,6 +25,7 @@ from typing import Callable
 from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
 from bytewax.inputs import StatefulSourcePartition
 from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from stream.kafka.broker import watermarks
 from stream.kafka.health import BrokerHealth
@@ -75,10 +76,23 @@ class WatchedKafkaSource(KafkaSource):
         brokers = config.pop("bootstrap.servers").split(",")
         config["auto.offset.reset"] = "earliest"
         super().__init__(brokers, topics, tail=tail, starting_offset=starting_offset, add_config=config)
+        self.topics = topics
         self.health = health
         self.on_offset_gap = on_offset_gap
         self.offsets_lost = offsets_lost
         self.stop = stop
+
+    def list_parts(self) -> list[str]:
+        """As KafkaSource lists them ("PARTITION-TOPIC"), but with an admin client that is given no
+        consumer setting: librdkafka would warn at every start that auto.offset.reset is not its."""
+        admin = AdminClient(self.health.client_config())
+        parts = []
+        for topic in self.topics:
+            metadata = admin.list_topics(topic).topics[topic]
+            if metadata.error is not None:
+                raise RuntimeError(f"error listing partitions for Kafka topic {topic!r}: {metadata.error.str()}")
+            parts.extend(f"{index}-{topic}" for index in metadata.partitions)
+        return parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> "WatchedPartition":
         index, topic = for_part.split("-", 1)  # as KafkaSource names its partitions
