@@ -15,10 +15,18 @@ tampered partition would run its writer's code on resume. Every snapshot this se
 plain data (bytes, numbers, tuples: stream.state.UserSnapshot, the Kafka sources' offsets), whose
 pickles import and call nothing; before anything resumes, every stored snapshot is read with
 pickletools, without being unpickled, and a directory holding one that would import or call
-anything is refused.
+anything is refused. The partitions are read where they are, by a read-only connection (SQLite
+reads the write-ahead log of a killed run with them, and checkpoints nothing).
+
+A full volume: whatever writes to the recovery directory (SQLite's index of a partition's
+write-ahead log when the check opens it, initialising it, the model's marker, and Bytewax's
+snapshots while the flow runs: stream.service.runner) and finds no space raises RecoveryVolumeFull,
+one line naming the directory, and the run exits with EXIT_DISK_FULL. The restart, once there is
+space, resumes from the last snapshot: SQLite rolls back the snapshot it could not write.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -27,13 +35,12 @@ import pickletools
 import re
 import shutil
 import sqlite3
-import tempfile
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stream.errors import CommandError
+from stream.errors import EXIT_DISK_FULL, CommandError
 from stream.settings import StreamSettings
 
 if TYPE_CHECKING:
@@ -48,6 +55,52 @@ _CODE_OPCODES = frozenset({
     "GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "BUILD", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4",
     "PERSID", "BINPERSID",
 })
+
+
+class RecoveryVolumeFull(CommandError):
+    """The volume of the recovery directory has no space left for what the run must write there."""
+
+    def __init__(self, directory: Path):
+        super().__init__(f"no space left for the recovery directory {directory.resolve()} ({_free_bytes(directory):,} "
+                         "bytes free on its volume): free space there, or give it a larger volume, and restart; the "
+                         "restart resumes from the last snapshot, so nothing is lost", EXIT_DISK_FULL)  # fmt: skip
+
+
+# With less free than this the recovery volume is full: a run would fail at its first snapshot, so
+# it does not start; and an I/O error of SQLite (which does not say which system error it met) there
+# is taken for a full volume.
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def is_volume_full(error: BaseException, directory: Path) -> bool:
+    """Whether `error`, or an error it was raised from, says that `directory`'s volume is full:
+    ENOSPC or EDQUOT from the system, SQLite's "database or disk is full" (Bytewax's own snapshots
+    fail with it, as a Rust panic whose text names it), or any other SQLite I/O error while the
+    volume has (nearly) no space left."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(error)
+        if "DiskFull" in text or "disk is full" in text:
+            return True
+        if isinstance(error, sqlite3.Error) or "SqliteFailure" in text:
+            return _nearly_full(directory)
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _nearly_full(directory: Path) -> bool:
+    try:
+        return _free_bytes(directory) < NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the volume that holds `path`, or would hold it once created."""
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def _partition_files(directory: Path) -> dict[int, Path]:
@@ -77,6 +130,8 @@ def check_recovery_dir(settings: StreamSettings) -> None:
             nearest = nearest.parent
         if not os.access(nearest, os.W_OK | os.X_OK):
             raise CommandError(f"--recovery-dir {directory} cannot be created: {nearest} is not writable")
+        if _nearly_full(directory):
+            raise RecoveryVolumeFull(directory)
         return  # bind_recovery_dir initialises it
     partitions = _partition_files(directory)
     if not partitions:
@@ -85,6 +140,8 @@ def check_recovery_dir(settings: StreamSettings) -> None:
     unwritable = [path.name for path in [directory, *partitions.values()] if not os.access(path, os.W_OK)]
     if unwritable:
         raise CommandError(f"--recovery-dir {directory}: not writable: {', '.join(unwritable)}")
+    if _nearly_full(directory):
+        raise RecoveryVolumeFull(directory)
     if settings.process_id is None:  # a single process must see every partition
         expected = _partition_count(partitions[min(partitions)])
         missing = sorted(set(range(expected)) - partitions.keys())
@@ -96,28 +153,34 @@ def check_recovery_dir(settings: StreamSettings) -> None:
         _check_snapshots_are_data(path)
 
 
+def _read_partition(path: Path) -> sqlite3.Connection:
+    """A connection that reads a partition where it is and changes nothing. A partition without a
+    write-ahead log (closed cleanly) is read as an immutable file, which creates nothing beside it;
+    one with a log (a killed run's, whose last snapshots may be there alone, and whose partition
+    file a checkpoint may have left half written) read-only, with its log: SQLite then updates, or
+    creates, the log's shared-memory index `-shm`, as Bytewax's own connection would."""
+    has_log = path.with_name(path.name + "-wal").exists()
+    return sqlite3.connect(f"{path.resolve().as_uri()}?{'mode=ro' if has_log else 'immutable=1'}", uri=True)
+
+
 def _check_snapshots_are_data(path: Path) -> None:
-    """Refuse a partition holding a snapshot whose pickle would import or call anything. It reads a
-    copy of the partition and its write-ahead log (the rows a killed run left there count too), so
-    the partition itself is left exactly as Bytewax wrote it."""
-    with tempfile.TemporaryDirectory() as scratch:
-        copy = Path(scratch) / path.name
-        shutil.copyfile(path, copy)
-        if path.with_name(path.name + "-wal").exists():
-            shutil.copyfile(path.with_name(path.name + "-wal"), copy.with_name(copy.name + "-wal"))
-        try:
-            with closing(sqlite3.connect(copy)) as db:
-                rows = db.execute("SELECT step_id, state_key, ser_change FROM snaps WHERE ser_change IS NOT NULL")
-                for step_id, key, pickled in rows:
-                    what = code_in_pickle(pickled)
-                    if what:
-                        raise CommandError(
-                            f"{path}: the snapshot of step {step_id!r}, key {key[:40]!r} is not plain data ({what}): "
-                            "this directory was tampered with or written by other software, and resuming it could "
-                            "run code; restore it from a trusted copy, or delete its part-* files to start from scratch"
-                        )
-        except sqlite3.Error as error:
-            raise CommandError(f"{path} is not a readable Bytewax recovery partition: {error}") from None
+    """Refuse a partition holding a snapshot whose pickle would import or call anything; the rows
+    in its write-ahead log count too."""
+    try:
+        with closing(_read_partition(path)) as db:
+            rows = db.execute("SELECT step_id, state_key, ser_change FROM snaps WHERE ser_change IS NOT NULL")
+            for step_id, key, pickled in rows:
+                what = code_in_pickle(pickled)
+                if what:
+                    raise CommandError(
+                        f"{path}: the snapshot of step {step_id!r}, key {key[:40]!r} is not plain data ({what}): "
+                        "this directory was tampered with or written by other software, and resuming it could "
+                        "run code; restore it from a trusted copy, or delete its part-* files to start from scratch"
+                    )
+    except sqlite3.Error as error:
+        if is_volume_full(error, path.parent):
+            raise RecoveryVolumeFull(path.parent) from None
+        raise CommandError(f"{path} is not a readable Bytewax recovery partition: {error}") from None
 
 
 def code_in_pickle(pickled: bytes) -> str | None:
@@ -138,23 +201,33 @@ def code_in_pickle(pickled: bytes) -> str | None:
 
 def _partition_count(path: Path) -> int:
     try:
-        # immutable: read without locks, so no -wal/-shm files appear next to the partition.
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)) as db:
+        with closing(_read_partition(path)) as db:
             (count,) = db.execute("SELECT part_count FROM parts").fetchone()
-    except (sqlite3.Error, TypeError):
+    except (sqlite3.Error, TypeError) as error:
+        if is_volume_full(error, path.parent):
+            raise RecoveryVolumeFull(path.parent) from None
         raise CommandError(f"{path} is not a Bytewax recovery partition") from None
     return count
 
 
 def prepare_recovery_dir(settings: StreamSettings) -> None:
-    """Create the recovery partitions of an absent or empty directory (one per worker)."""
+    """Create the recovery partitions of an absent or empty directory (one per worker). On a full
+    volume, what was created of them is removed again (the next start would take half a partition
+    for a damaged one), and RecoveryVolumeFull raised."""
     from bytewax.recovery import init_db_dir
 
     directory = settings.recovery_dir
     if directory is None or (directory.is_dir() and not _holds_nothing(directory)):
         return
     directory.mkdir(parents=True, exist_ok=True)
-    init_db_dir(directory, settings.workers)
+    try:
+        init_db_dir(directory, settings.workers)
+    except BaseException as error:  # Bytewax's Rust panics are BaseExceptions (pyo3's PanicException)
+        if not is_volume_full(error, directory):
+            raise
+        for path in directory.glob("part-*.sqlite3*"):
+            path.unlink()
+        raise RecoveryVolumeFull(directory) from None
     log.info("initialised recovery directory %s with %d partition(s)", directory, settings.workers)
 
 
@@ -229,5 +302,11 @@ def _read_marker(marker: Path) -> ModelFingerprint:
 def _write_marker(marker: Path, model: ModelFingerprint) -> None:
     """Atomically, so that a process stopped meanwhile leaves the old marker or the new one."""
     partial = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(model.to_json(), indent=2) + "\n")
+    try:
+        partial.write_text(json.dumps(model.to_json(), indent=2) + "\n")
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        if is_volume_full(error, marker.parent):
+            raise RecoveryVolumeFull(marker.parent) from None
+        raise
     os.replace(partial, marker)

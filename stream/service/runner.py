@@ -4,9 +4,10 @@ then run the dataflow until it ends or is stopped.
 Before it consumes anything it checks, in this order, and stops with a CommandError (exit status 1)
 that says what to fix: the brokers and the input topic, the model and its runtime backend, that
 the recovery directory holds no other model's state. Only then does it change anything: it
-initialises an empty recovery directory and marks it with the model, starts serving metrics (a
-port in use: exit status 1), and creates missing output topics (with the input topic's partition
-count; the latest-update topic compacted).
+initialises an empty recovery directory and marks it with the model (no space left there: exit
+status 74, stream.service.recovery), starts serving metrics (a port in use: exit status 1), and
+creates missing output topics (with the input topic's partition count; the latest-update topic
+compacted).
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from stream.kafka.health import BrokerLost
 from stream.kafka.sink import DeliveryFailed
 from stream.kafka.source import OffsetGap
 from stream.metrics import StreamMetrics, default_metrics, serving_metrics
-from stream.service.recovery import ModelFingerprint, RecoveryModelError, bind_recovery_dir
+from stream.service.recovery import (
+    ModelFingerprint, RecoveryModelError, RecoveryVolumeFull, bind_recovery_dir, is_volume_full,
+)
 from stream.service.signals import cause_of, stop_on_signals
 from stream.stop import Stopping
 from stream.settings import ServiceSettings, StreamSettings
@@ -117,7 +120,8 @@ def run_dataflow(
     """Run the checked settings' dataflow until it ends (0), Ctrl-C (130), SIGTERM (143), or Kafka
     is lost or refuses output (75: a supervisor restarts it, and the restart resumes from the
     recovery directory, so nothing is lost). Input deleted before it was read, with
-    `on_offset_gap` fail, raises CommandError (65)."""
+    `on_offset_gap` fail, raises CommandError (65); no space left for a snapshot in the recovery
+    directory, RecoveryVolumeFull (74)."""
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
@@ -145,6 +149,9 @@ def run_dataflow(
         if gap is not None:
             log.info("stopped: %s", counters.summary())
             raise CommandError(str(gap), EXIT_OFFSET_GAP) from None
+        if settings.recovery_dir is not None and is_volume_full(error, settings.recovery_dir):
+            log.info("stopped: %s", counters.summary())
+            raise RecoveryVolumeFull(settings.recovery_dir) from None
         if cause_of(error, (Stopping,)) is None:
             raise
     if stop.is_set():

@@ -7,6 +7,9 @@ import logging
 import os
 import pickle
 import sqlite3
+import subprocess
+import sys
+import tempfile
 from contextlib import closing
 from pathlib import Path
 
@@ -14,9 +17,12 @@ import numpy as np
 import pytest
 from bytewax.recovery import init_db_dir
 
+from stream.errors import EXIT_DISK_FULL, CommandError
 from stream.service.recovery import (
-    RECOVERY_MARKER, ModelFingerprint, RecoveryModelError, bind_recovery_dir, code_in_pickle, prepare_recovery_dir,
+    RECOVERY_MARKER, ModelFingerprint, RecoveryModelError, RecoveryVolumeFull, bind_recovery_dir, code_in_pickle,
+    prepare_recovery_dir,
 )
+from stream.small_volume import SmallVolume
 from stream.state import StateConfig, UserState
 from tests.stream.service.run_args import settings, settings_error, swapped_vocabulary_copy
 
@@ -186,6 +192,69 @@ def test_a_recovery_dir_holding_a_snapshot_that_would_run_code_is_refused_withou
     assert "part-0.sqlite3: the snapshot of step 'intentstream.remember', key 'user-1' is not plain data" in error
     assert "tampered with" in error
     assert not marker.exists()  # checked without unpickling
+
+
+def test_the_check_reads_the_partitions_where_they_are_wal_included_and_changes_nothing(tmp_path, monkeypatch):
+    directory, marker = tmp_path / "rec", tmp_path / "ran"
+    directory.mkdir()
+    init_db_dir(directory, 1)
+    # A run killed after writing: its last snapshot is in the write-ahead log, not yet in the partition.
+    planted = (f"import pickle, sqlite3, os; db = sqlite3.connect({str(directory / 'part-0.sqlite3')!r}); "
+               "db.execute('INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, ?, ?)', "
+               f"('intentstream.remember', 'user-1', 1, {pickle.dumps(RunsACommand(marker))!r})); db.commit(); "
+               "os._exit(0)")  # fmt: skip
+    subprocess.run([sys.executable, "-c", planted], check=True)
+    kept = ["part-0.sqlite3", "part-0.sqlite3-wal"]  # not -shm: SQLite's index of the log, in shared memory
+    files = [(directory / name).read_bytes() for name in kept]
+    assert files[1]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-dir"))  # a copy would need the temp directory
+
+    error = settings_error("--recovery-dir", str(directory))
+    assert "key 'user-1' is not plain data" in error and not marker.exists()
+    assert [(directory / name).read_bytes() for name in kept] == files
+
+
+@pytest.fixture
+def volume(tmp_path):
+    with SmallVolume(tmp_path / "volume", 4 << 20) as volume:
+        yield volume
+
+
+def test_a_recovery_dir_on_a_full_volume_is_refused_with_status_74_naming_it(volume):
+    directory = volume.path / "rec"
+    directory.mkdir()
+    init_db_dir(directory, 1)
+    volume.fill()
+
+    with pytest.raises(CommandError) as raised:
+        settings("--recovery-dir", str(directory))
+    assert raised.value.status == EXIT_DISK_FULL == 74
+    assert str(raised.value).startswith(f"no space left for the recovery directory {directory.resolve()} (0 bytes free")
+    volume.free()
+    assert settings("--recovery-dir", str(directory)).recovery_dir == directory
+
+
+def test_initialising_a_recovery_dir_on_a_full_volume_says_so_and_leaves_no_half_partition(volume):
+    directory = volume.path / "rec"
+    checked = settings("--recovery-dir", str(directory))  # there was room when the options were checked
+    volume.fill()
+    with pytest.raises(RecoveryVolumeFull, match=f"recovery directory {directory.resolve()} "):
+        bind_recovery_dir(checked, MODEL_A)
+    assert list(directory.iterdir()) == []
+    volume.free()
+    bind_recovery_dir(settings("--recovery-dir", str(directory)), MODEL_A)
+    assert marker_of(directory) == MODEL_A.to_json()
+
+
+def test_marking_a_recovery_dir_on_a_full_volume_says_so(volume):
+    directory = volume.path / "rec"
+    directory.mkdir()
+    init_db_dir(directory, 1)
+    checked = settings("--recovery-dir", str(directory))
+    volume.fill()
+    with pytest.raises(RecoveryVolumeFull, match=f"recovery directory {directory.resolve()} "):
+        bind_recovery_dir(checked, MODEL_A)
+    assert sorted(path.name for path in directory.iterdir()) == ["part-0.sqlite3"]
 
 
 def test_the_service_s_own_snapshots_are_plain_data_and_anything_that_imports_is_not():
