@@ -188,6 +188,9 @@ class TrainConfig:
     # Each user's last interaction is the test target; this share of the ones before it (at least one)
     # are validation targets, which choose the epoch kept (model.training.validation).
     validation_share: float = 0.05
+    # Then train a new model that many epochs on every event but the test targets, the validation ones
+    # included: the most recent plays are what a deployed model most needs (README: Train and evaluate).
+    refit: bool = True
 
     def __post_init__(self):
         if not 0 < self.validation_share < 1:

@@ -234,18 +234,27 @@ def intent_probabilities(logits: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 class IntentFusion(nn.Module):
-    """Z_k = sum_i softmax(alpha)_i Proj_i(p_k^i), with alpha_i = FC_att(Proj_i(p_k^i))."""
+    """Z_k = sum_i softmax(alpha)_i Proj_i(p_k^i), with alpha_i = FC_att(Proj_i(p_k^i)).
+
+    So that the weights (the paper's Fig. 7) can tell users apart, each Proj_i(p) is normalised
+    (LayerNorm without a gain or bias of its own: no task brings a constant of its own into FC_att,
+    which fixed its weight for everyone), FC_att's output is scaled by a learnt sharpness, and the
+    same weights scale IntentMatch's per-task terms (ItemEncoder), so each gets a gradient of its
+    own from the next-item loss. Training leaves these parameters out of weight decay."""
 
     def __init__(self, config: IntentRecConfig):
         super().__init__()
         self.projections = nn.ModuleDict(
             {task: nn.Linear(n, config.d_proj) for task, n in task_sizes(config).items()}
         )
+        self.normalise = nn.LayerNorm(config.d_proj, elementwise_affine=False)
         self.attention = nn.Linear(config.d_proj, 1)
+        self.log_sharpness = nn.Parameter(torch.zeros(()))
 
     def forward(self, probs: dict[str, torch.Tensor]):
-        projected = torch.stack([self.projections[t](probs[t]) for t in self.projections], dim=-2)
-        weights = torch.softmax(self.attention(projected).squeeze(-1), dim=-1)  # (B, T, tasks)
+        projected = torch.stack([self.normalise(self.projections[t](probs[t])) for t in self.projections], dim=-2)
+        alpha = self.attention(projected).squeeze(-1) * self.log_sharpness.exp()
+        weights = torch.softmax(alpha, dim=-1)  # (B, T, tasks)
         z = (weights.unsqueeze(-1) * projected).sum(-2)
         return z, weights
 
@@ -266,6 +275,7 @@ class IntentMatch(nn.Module):
     def __init__(self, config: IntentRecConfig):
         super().__init__()
         self.tasks = tuple(task for task in self.TASKS if task in config.intent_tasks)
+        self.task_index = tuple(config.intent_tasks.index(task) for task in self.tasks)  # among Intent.weights
         self.attribute_tasks = tuple(task for task in self.ATTRIBUTE_TASKS if task in self.tasks)
         self.origin_ms = config.time_origin_ms
         self.attribute_sizes = tuple(task_sizes(config)[task] for task in self.attribute_tasks)
@@ -278,15 +288,17 @@ class IntentMatch(nn.Module):
         self.register_buffer("age_bounds", torch.tensor(bounds), persistent=False)
         self.weights = nn.Parameter(torch.zeros(len(self.tasks)))
 
-    def forward(self, probs: dict[str, torch.Tensor], days: torch.Tensor, attributes: torch.Tensor | None = None,
+    def forward(self, intent: "Intent", attributes: torch.Tensor | None = None,
                 release_days: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        """(B, T, N) logit bonus from the intent probabilities of each position, whose time is `days`
-        (B, T) since the origin, for the catalogue's items (N = n_items) or for other titles given by
-        their `attributes` (N, attribute_rows) and `release_days` (N,)."""
+        """(B, T, N) logit bonus from the predicted intent of each position, for the catalogue's items
+        (N = n_items) or for other titles given by their `attributes` (N, attribute_rows) and
+        `release_days` (N,). Each task's term counts w_task times its intent weight for the position
+        (times the number of tasks: 1 where the weights are uniform)."""
         if attributes is None:
             attributes, release_days = self.item_attributes, self.item_release_day
         weighted = {
-            task: weight * torch.log(probs[task].clamp(min=1e-6)) for weight, task in zip(self.weights, self.tasks)
+            task: weight * intent.scale(index) * torch.log(intent.probs[task].clamp(min=1e-6))
+            for weight, task, index in zip(self.weights, self.tasks, self.task_index)
         }
         bonus = 0.0
         if self.attribute_tasks:
@@ -294,7 +306,7 @@ class IntentMatch(nn.Module):
         if "release" in weighted:
             real = weighted["release"][..., FIRST_REAL:]
             by_bucket = torch.cat([torch.zeros_like(real[..., :1]), real], dim=-1)  # bucket 0: unknown
-            bonus = bonus + by_bucket.gather(-1, self.release_buckets(days, release_days))
+            bonus = bonus + by_bucket.gather(-1, self.release_buckets(intent.days, release_days))
         return bonus
 
     def release_buckets(self, days: torch.Tensor, release_days: torch.Tensor) -> torch.Tensor:
@@ -339,10 +351,15 @@ class Intent:
 
     probs: dict[str, torch.Tensor]  # task -> (B, T, labels)
     days: torch.Tensor  # (B, T): the queries' times, days_since_origin
+    weights: torch.Tensor  # (B, T, tasks): softmax(alpha), IntentFusion's weights
+
+    def scale(self, task_index: int) -> torch.Tensor:
+        """(B, T, 1): how much a task's direct term counts at each position, tasks x its weight."""
+        return self.weights[..., task_index : task_index + 1] * self.weights.shape[-1]
 
     def newest(self) -> "Intent":
         """Only the last position, kept as a length-1 time axis."""
-        return Intent({task: p[:, -1:] for task, p in self.probs.items()}, self.days[:, -1:])
+        return Intent({task: p[:, -1:] for task, p in self.probs.items()}, self.days[:, -1:], self.weights[:, -1:])
 
 
 @dataclass
@@ -370,7 +387,7 @@ class NewTitles:
             return logits
         if intent_match is not None:
             attributes = intent_match.attribute_rows(self.kinds, self.genres)
-            logits = logits + intent_match(intent.probs, intent.days, attributes, self.release_days)
+            logits = logits + intent_match(intent, attributes, self.release_days)
         # A softmax that gives 0, not NaN, where every title is -inf.
         top = logits.amax(-1, keepdim=True)
         weights = torch.exp(logits - torch.where(torch.isfinite(top), top, 0.0))
@@ -412,6 +429,7 @@ class ItemEncoder(nn.Module):
         self.intent_match = IntentMatch(config) if config.feeds_intent else None
         if config.feeds_intent and "action" in config.intent_tasks:
             self.intent_gate = nn.Linear(config.n_actions, 1, bias=False)
+            self.action_index = config.intent_tasks.index("action")
             nn.init.zeros_(self.intent_gate.weight)
 
     def forward(
@@ -472,7 +490,7 @@ class ItemEncoder(nn.Module):
         """Explore logits of the catalogue's items for queries in item space (B, T, d_item)."""
         logits = queries @ item_embeddings.T
         if self.intent_match is not None:
-            logits = logits + self.intent_match(intent.probs, intent.days)
+            logits = logits + self.intent_match(intent)
         logits[..., PAD] = logits[..., UNKNOWN] = float("-inf")
         return logits
 
@@ -482,7 +500,7 @@ class ItemEncoder(nn.Module):
         pointer = torch.softmax(scores.masked_fill(~mask[:, 0], float("-inf")), dim=-1)
         gate = self.repeat_gate(h)
         if self.intent_gate is not None:
-            gate = gate + self.intent_gate(intent.probs["action"])
+            gate = gate + self.intent_gate(intent.probs["action"]) * intent.scale(self.action_index)
         return pointer, torch.sigmoid(gate)
 
 
@@ -553,7 +571,7 @@ class IntentRec(nn.Module):
         item_input, intent = context, None
         if c.feeds_intent:
             item_input = torch.cat([context, z], dim=-1)
-            intent = Intent(intent_probs, x["days"])
+            intent = Intent(intent_probs, x["days"], weights)
         item_probs = self.item_encoder(
             item_input, time_code, mask, x["item"], self.features.item.weight, intent, targets, newest, cache,
             new_titles,

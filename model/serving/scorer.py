@@ -124,7 +124,9 @@ class Scorer:
             embedding = np.zeros((len(predictions.item_scores), 0), dtype=np.float32)
         else:
             embedding = predictions.intent_embedding
-        weights = {} if predictions.intent_weights is None else dict(zip(tasks, predictions.intent_weights.T))
+        # Where Z does not feed the item encoder (V1) no loss reaches the weights: they would only show their initialisation.
+        trained = predictions.intent_weights is not None and self.config.feeds_intent
+        weights = dict(zip(tasks, predictions.intent_weights.T)) if trained else {}
         items = self._top_items(predictions.item_scores, top_k, unknown_titles, predictions.new_titles)
         return ScoreColumns(embedding, intents, weights, items)
 

@@ -37,7 +37,7 @@ class TrainResult:
     best_epoch: int
     best_validation_ndcg: float
     wall_s: float
-    train_events: int
+    train_events: int  # the events the saved model was trained on
     validation_targets: int
 
 
@@ -154,87 +154,131 @@ def train_model(
     model_overrides: dict | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train IntentRec on a play log and save the best (by validation NDCG@10) checkpoint to out_dir."""
+    """Train IntentRec on a play log and save the checkpoint to out_dir: the number of epochs is
+    chosen on the validation targets (the best epoch by NDCG@10, with early stopping), then, with
+    TrainConfig.refit, a model is trained that many epochs on every event but the test targets (the
+    most recent plays are what a deployed model most needs); without it, the selection run's best
+    epoch is kept."""
     started = time.perf_counter()
-    seed_everything(train_config.seed)
     sequences = read_user_sequences(log_path, until_ts=until_ts)
     splits = {user: held_out(len(events), train_config.validation_share) for user, events in sequences.items()}
-    training_events = {user: events[: splits[user].validation_from] for user, events in sequences.items()}
-    n_train = sum(len(events) for events in training_events.values())
-    if n_train < 2:
+    origin_ms = min(events[0].ts for events in sequences.values())
+    selection = Run(sequences, {user: split.validation_from for user, split in splits.items()}, variant, origin_ms,
+                    model_overrides, train_config)  # fmt: skip
+    if selection.events < 2:
         raise LogError(f"{log_path}: too few events to train on (each user's last ones are held out)")
-    vocab = Vocabularies.fit(e for events in training_events.values() for e in events)
-    rows_by_user, _ = featurize_sequences(sequences, vocab)
-    training_rows = {user: rows[: splits[user].validation_from] for user, rows in rows_by_user.items()}
-    config = IntentRecConfig(
-        n_items=len(vocab.items),
-        n_actions=len(vocab.actions),
-        n_kinds=len(vocab.kinds),
-        n_release_buckets=len(vocab.release),
-        n_devices=len(vocab.devices),
-        n_genres=len(vocab.genres),
-        time_origin_ms=min(int(rows["ts"][0]) for rows in rows_by_user.values()),
-        **variant_overrides(variant),
-    )
-    if model_overrides:
-        config = replace(config, **model_overrides)
-    model = IntentRec(config)
-    model.learn_catalogue(learnt_catalogue(training_events, training_rows))
-
-    warmup = min(config.history_len - 1, train_config.chunk_len // 2)
-    windows = training_windows(training_rows, train_config.chunk_len, warmup)
-    validation = Validation(rows_by_user, splits, config.history_len)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
-    steps_per_epoch = -(-len(windows) // train_config.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=train_config.epochs * steps_per_epoch, eta_min=train_config.lr / 20
-    )
-
-    averaged = None
-    if train_config.ema_decay:
-        # Parameters only: the buffers are what learn_catalogue wrote (an average of +inf release days is NaN).
-        averaged = torch.optim.swa_utils.AveragedModel(model, avg_fn=debiased_ema(train_config.ema_decay))
-    best = (-1.0, 0, None)  # (validation NDCG@10, epoch, weights)
-    epoch = 0
-    order = np.random.default_rng(train_config.seed)
-    bar = tqdm(total=train_config.epochs, desc=f"train {variant}", unit="epoch", disable=not progress)
-    for epoch in range(1, train_config.epochs + 1):
-        model.train()
-        losses = []
-        # Similar lengths together, shuffled batches: less padding, still random order.
-        by_length = sorted(order.permutation(len(windows)), key=lambda i: len(windows[i][0]))
-        batches = [by_length[i : i + train_config.batch_size] for i in range(0, len(by_length), train_config.batch_size)]
-        for b in order.permutation(len(batches)):
-            chosen = [windows[i] for i in batches[b]]
-            loss = loss_of_batch(model, tuple(zip(*chosen)), train_config.loss_weighting)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            if averaged is not None:
-                averaged.update_parameters(model)
-            losses.append(loss.item())
-        judged = model if averaged is None else averaged.module
-        ndcg = validation.ndcg(judged)
-        if ndcg > best[0]:
-            best = (ndcg, epoch, {k: v.detach().clone() for k, v in judged.state_dict().items()})
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_ndcg10=f"{ndcg:.4f}", best_epoch=best[1])
-        if epoch - best[1] >= train_config.patience:
-            break
-    bar.close()
-
-    model.load_state_dict(best[2])
-    model.eval()
+    validation = Validation(featurize_sequences(sequences, selection.vocab)[0], splits, selection.model.config.history_len)
+    chosen = selection.fit(train_config.epochs, validation, progress)
+    final = selection
+    if train_config.refit:
+        final = Run(sequences, {user: split.test for user, split in splits.items()}, variant, origin_ms,
+                    model_overrides, train_config)  # fmt: skip
+        final.fit(chosen.best_epoch, None, progress)
     metadata = {
         "name": f"intentrec-{variant}",
         "version": time.strftime("%Y%m%dT%H%M%S"),
         "trained_on": str(log_path),
         "until_ts": until_ts,
-        "train": {**train_config.__dict__, "best_epoch": best[1], "validation_ndcg10": best[0],
-                  "validation_targets": validation.targets},
+        "train": {**train_config.__dict__, "best_epoch": chosen.best_epoch, "validation_ndcg10": chosen.best_ndcg,
+                  "validation_targets": validation.targets, "trained_events": final.events},
     }
-    save_checkpoint(Path(out_dir), model, vocab, metadata)
-    return TrainResult(Path(out_dir), epoch, best[1], best[0], time.perf_counter() - started, n_train,
-                       validation.targets)
+    save_checkpoint(Path(out_dir), final.model.eval(), final.vocab, metadata)
+    return TrainResult(Path(out_dir), chosen.epochs, chosen.best_epoch, chosen.best_ndcg, time.perf_counter() - started,
+                       final.events, validation.targets)  # fmt: skip
+
+
+@dataclass
+class Chosen:
+    epochs: int  # epochs run
+    best_epoch: int
+    best_ndcg: float | None  # validation NDCG@10 of the best epoch (None: no validation)
+
+
+class Run:
+    """One training run: a model made for the events before each user's `end` (the vocabularies and
+    the catalogue it learns come from those alone) and trained on them by `fit`."""
+
+    def __init__(self, sequences: dict[str, list], end: dict[str, int], variant: str, origin_ms: int,
+                 model_overrides: dict | None, train_config: TrainConfig):  # fmt: skip
+        seed_everything(train_config.seed)
+        self.train_config = train_config
+        events = {user: user_events[: end[user]] for user, user_events in sequences.items()}
+        self.events = sum(len(user_events) for user_events in events.values())
+        self.vocab = Vocabularies.fit(e for user_events in events.values() for e in user_events)
+        rows_by_user, _ = featurize_sequences(events, self.vocab)
+        config = IntentRecConfig(
+            n_items=len(self.vocab.items),
+            n_actions=len(self.vocab.actions),
+            n_kinds=len(self.vocab.kinds),
+            n_release_buckets=len(self.vocab.release),
+            n_devices=len(self.vocab.devices),
+            n_genres=len(self.vocab.genres),
+            time_origin_ms=origin_ms,
+            **variant_overrides(variant),
+        )
+        if model_overrides:
+            config = replace(config, **model_overrides)
+        self.model = IntentRec(config)
+        self.model.learn_catalogue(learnt_catalogue(events, rows_by_user))
+        warmup = min(config.history_len - 1, train_config.chunk_len // 2)
+        self.windows = training_windows(rows_by_user, train_config.chunk_len, warmup)
+        self.description = f"{'select' if train_config.refit else 'train'} {variant}"
+
+    def fit(self, epochs: int, validation: Validation | None, progress: bool) -> Chosen:
+        """Up to `epochs` epochs on the cosine schedule of TrainConfig.epochs (so that a refit's first
+        epochs see the learning rates the selection run's did), stopping early `patience` epochs after
+        the best validation NDCG@10; leaves the model with the best epoch's weights (the weight
+        average where there is one), or the last epoch's without validation."""
+        config, model = self.train_config, self.model
+        # No weight decay on the intent fusion: it would pull the weights back to the same mix for every user.
+        fusion = {id(p) for p in model.intent_fusion.parameters()} if model.config.intent_tasks else set()
+        groups = [{"params": [p for p in model.parameters() if id(p) not in fusion]},
+                  {"params": [p for p in model.parameters() if id(p) in fusion], "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        steps_per_epoch = -(-len(self.windows) // config.batch_size)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=config.epochs * steps_per_epoch, eta_min=config.lr / 20
+        )
+        averaged = None
+        if config.ema_decay:
+            # Parameters only: the buffers are what learn_catalogue wrote (an average of +inf release days is NaN).
+            averaged = torch.optim.swa_utils.AveragedModel(model, avg_fn=debiased_ema(config.ema_decay))
+        judged = model if averaged is None else averaged.module
+        best = (-1.0, 0, None)  # (validation NDCG@10, epoch, weights)
+        epoch = 0
+        order = np.random.default_rng(config.seed)
+        description = self.description if validation is not None else self.description.replace("select", "refit")
+        bar = tqdm(total=epochs, desc=description, unit="epoch", disable=not progress)
+        for epoch in range(1, epochs + 1):
+            model.train()
+            losses = []
+            # Similar lengths together, shuffled batches: less padding, still random order.
+            by_length = sorted(order.permutation(len(self.windows)), key=lambda i: len(self.windows[i][0]))
+            batches = [by_length[i : i + config.batch_size] for i in range(0, len(by_length), config.batch_size)]
+            for b in order.permutation(len(batches)):
+                chosen = [self.windows[i] for i in batches[b]]
+                loss = loss_of_batch(model, tuple(zip(*chosen)), config.loss_weighting)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                if averaged is not None:
+                    averaged.update_parameters(model)
+                losses.append(loss.item())
+            bar.update(1)
+            if validation is None:
+                bar.set_postfix(loss=f"{np.mean(losses):.3f}")
+                continue
+            ndcg = validation.ndcg(judged)
+            if ndcg > best[0]:
+                best = (ndcg, epoch, {k: v.detach().clone() for k, v in judged.state_dict().items()})
+            bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_ndcg10=f"{ndcg:.4f}", best_epoch=best[1])
+            if epoch - best[1] >= config.patience:
+                break
+        bar.close()
+        if validation is None:
+            model.load_state_dict(judged.state_dict())
+            return Chosen(epoch, epoch, None)
+        model.load_state_dict(best[2])
+        return Chosen(epoch, best[1], best[0])

@@ -14,7 +14,7 @@ from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import IntentRecConfig, variant_overrides
 from model.features import CATALOGUE_DTYPE, NO_RELEASE, ROW_DTYPE, batch_tensors, catalogue_entries
 from model.inputs import attention_mask, model_inputs
-from model.intentrec import IntentRec, SelfAttention, intent_probabilities, task_sizes
+from model.intentrec import Intent, IntentRec, SelfAttention, intent_probabilities, task_sizes
 from model.serving.scorer import Scorer, padded_length
 from model.vocab import UNKNOWN, Vocabularies, Vocabulary
 from schemas import ModelRef
@@ -337,12 +337,17 @@ def test_the_catalogue_learnt_from_rows_ranks_items_that_match_the_predicted_int
     def bonus(kind: float, genre: float, release: float) -> torch.Tensor:
         with torch.no_grad():
             match.weights.copy_(torch.tensor([kind, genre, release]))
-            return match(intent, days)[0, 0]
+            return match(Intent(intent, days, torch.full((1, 1, 4), 0.25)))[0, 0]  # uniform weights: scale 1
 
     assert bonus(1, 0, 0)[5] > bonus(1, 0, 0)[6]
     assert bonus(0, 1, 0)[6] > bonus(0, 1, 0)[5]
     assert bonus(0, 0, 1)[5] == pytest.approx(math.log(0.7)) and bonus(0, 0, 1)[6] == pytest.approx(math.log(0.1))
     assert bonus(0, 0, 1)[7] == 0  # no release date: no bonus
+    # The intent weights scale each task's term: all of it on kind counts kind's term four times.
+    on_kind = torch.tensor([[[0.0, 0.0, 1.0, 0.0]]])  # config.intent_tasks: action, genre, kind, release
+    with torch.no_grad():
+        match.weights.copy_(torch.tensor([1.0, 1.0, 1.0]))
+        torch.testing.assert_close(match(Intent(intent, days, on_kind))[0, 0], 4 * bonus(1, 0, 0))
 
 
 def test_only_a_model_that_feeds_intent_to_the_item_encoder_matches_items_to_it():
@@ -369,3 +374,12 @@ def test_the_papers_item_layer_is_the_catalogue_softmax_alone():
         targets = torch.from_numpy(np.roll(history["item"], -1).astype(np.int64)).unsqueeze(0)
         x = model_inputs(batch_tensors([history], 9), model.config)
         torch.testing.assert_close(model(x, targets=targets).item_probs[0], probs.gather(-1, targets[0, :, None])[:, 0])
+
+
+def test_only_intent_weights_that_training_reaches_are_published():
+    """V1's item encoder does not read Z, so no loss trains its fusion: its updates carry no weights."""
+    for variant, published in (("V0", False), ("V1", False), ("V3", True)):
+        scorer = Scorer(IntentRec(tiny_config(**variant_overrides(variant))).eval(), tiny_vocab(), ModelRef("t", "1"))
+        (scores,) = scorer.score([random_history(5)])
+        assert bool(scores.intent_weights) == published
+        assert (scores.intent_embedding != ()) == (variant != "V0")

@@ -242,36 +242,43 @@ def test_the_genre_loss_sums_a_binary_cross_entropy_over_the_genre_labels():
 
 @pytest.fixture(scope="module")
 def held_out_log(tmp_path_factory):
-    """A world whose users' last plays include titles nobody played before, and titles with no release date."""
+    """A world whose users' last plays, and second-to-last ones, are of titles nobody played before
+    (so they are only ever test, or validation, targets), and whose movies have no release date."""
     events = generate_world(seed=5, n_users=30, n_titles=80, days=20)
     by_user = {}
     for event in events:
         by_user.setdefault(event.user_id, []).append(event)
-    late = {user: plays[-1] for user, plays in by_user.items() if len(plays) >= 20}
-    changed = []
-    for event in events:
-        if late.get(event.user_id) is event:
-            event = replace(event, item_id=f"only-held-out-{event.user_id}")
-        elif event.item_id.startswith("movie"):
-            event = replace(event, release_ts=None)
-        changed.append(event)
+    renamed = {}
+    for user, plays in by_user.items():
+        if len(plays) >= 20:
+            renamed[plays[-1].event_id] = f"only-tested-{user}"
+            renamed[plays[-2].event_id] = f"only-validated-{user}"
+    changed = [replace(event, item_id=renamed[event.event_id]) if event.event_id in renamed
+               else replace(event, release_ts=None) if event.item_id.startswith("movie") else event
+               for event in events]  # fmt: skip
     path = tmp_path_factory.mktemp("held-out") / "log.msgpack"
     write_log(path, changed)
-    return path, sorted(f"only-held-out-{user}" for user in late)
+    return path, sorted(title for title in renamed.values() if title.startswith("only-tested"))
 
 
-def test_training_learns_nothing_from_its_held_out_events_and_keeps_finite_buffers(held_out_log, tmp_path):
-    log, held_out_titles = held_out_log
-    result = train_model(log, tmp_path / "m", train_config=TrainConfig(epochs=2), model_overrides=SMALL_MODEL,
-                         progress=False)  # fmt: skip
+@pytest.mark.parametrize("refit", [True, False])
+def test_training_learns_nothing_from_its_held_out_events_and_keeps_finite_buffers(held_out_log, tmp_path, refit):
+    log, tested_titles = held_out_log
+    result = train_model(log, tmp_path / "m", train_config=TrainConfig(epochs=2, refit=refit),
+                         model_overrides=SMALL_MODEL, progress=False)  # fmt: skip
     model, vocab, meta = load_checkpoint(tmp_path / "m")
-    assert not set(held_out_titles) & set(vocab.items.tokens)  # vocabularies from the training part only
+    titles = set(vocab.items.tokens)
+    assert not {title for title in titles if title.startswith("only-tested")}  # never the test targets
+    validated = {title for title in titles if title.startswith("only-validated")}
+    assert len(validated) == (len(tested_titles) if refit else 0)  # a refit learns the validation targets too
     sequences = read_user_sequences(log)
     splits = [held_out(len(events), 0.05) for events in sequences.values()]
     expected_targets = sum(max(0, split.test - max(1, split.validation_from)) for split in splits)
     assert result.validation_targets == meta["train"]["validation_targets"] == expected_targets
     assert expected_targets > sum(split.test >= 2 for split in splits)  # long histories give several
+    end = "test" if refit else "validation_from"
+    assert result.train_events == meta["train"]["trained_events"] == sum(getattr(split, end) for split in splits)
     release_days = model.item_encoder.intent_match.item_release_day
     assert not torch.isnan(release_days).any() and torch.isinf(release_days).any()  # movies have no release date
     report = evaluate(Scorer.load(tmp_path / "m"), load_rows(log, vocab=vocab)[0], vocab)
-    assert report["test"]["by_training"]["new since training"]["users"] == len(held_out_titles)
+    assert report["test"]["by_training"]["new since training"]["users"] == len(tested_titles)
