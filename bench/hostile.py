@@ -2,6 +2,7 @@
 reason it was made invalid for, every valid event one update, and memory stays bounded.
 
     python bench/hostile.py [--messages 100000] [--seed 0] [--brokers HOST:PORT]
+                            [--flood-users 200000] [--flood-cap 20000]
 
 A seeded generator mixes play events of a synthetic world (valid, some at the edges of the
 contract, some exact copies) with messages broken on purpose, each labelled with the dead-letter
@@ -11,7 +12,15 @@ types, unknown enums, times out of range, negative watch times, ids too long, me
 and events far later than their user's newest; and valid events with deeply nested unknown fields.
 All of it goes to a fresh topic of Apache Kafka (started here from its jars, unless --brokers),
 then `intentstream run --stop-at-end` reads it to its end in a child process whose resident memory
-is sampled. Writes bench/results/hostile.md.
+is sampled.
+
+Then a flood of fresh user ids: `--flood-users` valid events, each of a user never seen before (an
+outsider who can produce to the input topic can send that many), read twice by `intentstream run
+--stop-at-end`: with `--max-users` at `--flood-cap`, and with the default cap (1,000,000, above the
+flood), both with a KV cache of FLOOD_KV_CACHE_MB so that the cache, bounded on its own, is full
+early in both. Resident memory is sampled as they read. Writes its section of bench/results/hostile.md
+(from its heading to the next "# " heading, leaving the rest), and the memory plots hostile.png and
+hostile-flood.png.
 """
 from __future__ import annotations
 
@@ -19,6 +28,7 @@ import argparse
 import dataclasses
 import platform
 import random
+import re
 import shlex
 import subprocess
 import sys
@@ -44,6 +54,8 @@ from stream.kafka.apache_broker import ApacheKafkaBroker  # noqa: E402
 from stream.kafka.broker import produce_messages, read_topic  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "hostile.md"
+HEADING = "# Hostile input through Apache Kafka"
+FLOOD_KV_CACHE_MB = 64
 YEAR_2100_MS = 4_102_444_800_000 - 86_400_000
 HOUR_MS = 3_600_000
 
@@ -144,11 +156,80 @@ def plot_memory(samples: list[tuple[float, float]], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def fresh_id_flood(events, users: int) -> list[tuple[bytes, bytes]]:
+    """`users` valid events of as many new users, in time order and ending now (none from the future)."""
+    now_ms = int(time.time() * 1000)
+    flood = []
+    for i in range(users):
+        event = dataclasses.replace(events[i % len(events)], user_id=f"flood-{i:07d}", event_id=f"flood-{i}",
+                                    ts=now_ms - (users - i))  # fmt: skip
+        flood.append((event.user_id.encode(), encode_play_event(event, "msgpack")))
+    return flood
+
+
+def run_sampled(command: list[str], log_path: Path) -> tuple[int, float, list[tuple[float, float]]]:
+    """Run `intentstream run` to its end: (exit status, wall seconds, (seconds, resident MB) every half second)."""
+    started = time.monotonic()
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+        samples = []
+        while process.poll() is None:
+            samples.append((time.monotonic() - started, resident_mb(process.pid)))
+            time.sleep(0.5)
+    return process.returncode, time.monotonic() - started, [(t, mb) for t, mb in samples if mb == mb]
+
+
+def flood_run(bootstrap: str, model_dir: Path, flood: list, cap: int | None, work: Path) -> dict:
+    """One `intentstream run --stop-at-end` over the flood, with `--max-users cap` (None: the default)."""
+    topics = StreamTopics.named(f"flood-{cap or 'default'}-")
+    topics.create(bootstrap, partitions=2)
+    produce_messages(bootstrap, topics.input, flood)
+    command = [sys.executable, "-m", "stream.cli", "run", "--brokers", bootstrap, "--model", str(model_dir),
+               "--input-topic", topics.input, "--output-topic", topics.output, "--dlq-topic", topics.dlq,
+               "--latest-topic", topics.latest, "--stop-at-end", "--kv-cache-mb", str(FLOOD_KV_CACHE_MB),
+               *(["--max-users", str(cap)] if cap else [])]  # fmt: skip
+    log_path = work / f"{topics.input}.log"
+    status, wall_s, samples = run_sampled(command, log_path)
+    log_text = log_path.read_text(errors="replace")
+    if status != 0:
+        sys.exit(f"intentstream run exited {status}:\n{log_text[-3000:]}")
+    counts = re.search(r"finished: events in (\d+), updates out (\d+).*users held (\d+), evicted (\d+)", log_text)
+    events_in, updates_out, held, evicted = (int(n) for n in counts.groups())
+    reading = _between(samples, 0.25, 0.9)  # the model loaded, the topic being read, not yet the teardown
+    return {"cap": cap, "wall_s": wall_s, "samples": samples, "events_in": events_in, "updates_out": updates_out,
+            "held": held, "evicted": evicted, "first_mb": reading[0], "last_mb": reading[-1],
+            "high_mb": max(reading), "tracebacks": log_text.count("Traceback")}  # fmt: skip
+
+
+def cap_label(cap: int | None) -> str:
+    return f"{cap:,}" if cap else "default (1,000,000)"
+
+
+def plot_flood(runs: list[dict], users: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 3.2))
+    for run in runs:
+        axes.plot([t for t, _ in run["samples"]], [mb for _, mb in run["samples"]],
+                  label=f"--max-users {cap_label(run['cap'])}")
+    axes.set_xlabel("seconds since `intentstream run` started")
+    axes.set_ylabel("resident memory, MB")
+    axes.set_title(f"A flood of {users:,} fresh user ids: the run's memory as it reads them")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--brokers", default=None, help="Kafka bootstrap servers (default: start Apache Kafka here)")
+    parser.add_argument("--flood-users", type=int, default=200_000)
+    parser.add_argument("--flood-cap", type=int, default=20_000)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     command = "python bench/hostile.py " + shlex.join(sys.argv[1:])
@@ -183,11 +264,13 @@ def main() -> None:
             sys.exit(f"intentstream run exited {process.returncode}:\n{log_text[-3000:]}")
         letters = [decode_dead_letter(r.value) for r in read_topic(bootstrap, topics.dlq, count=sum(expected.values()))]
         updates = [decode_intent_update(r.value, "msgpack") for r in read_topic(bootstrap, topics.output, count=len(valid))]
+        flood = fresh_id_flood(streamed, args.flood_users)
+        floods = [flood_run(bootstrap, model_dir, flood, cap, Path(tmp)) for cap in (args.flood_cap, None)]
 
     got = Counter(letter.code for letter in letters)
     scored = Counter(update.event_id for update in updates)
     lines = [
-        "# Hostile input through Apache Kafka",
+        HEADING,
         "",
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, 2 shared "
@@ -213,9 +296,31 @@ def main() -> None:
         f"![memory over time]({args.out.with_suffix('.png').name})",
         f"- Tracebacks in the run's log: {log_text.count('Traceback')}.",
         "",
+        "## A flood of fresh user ids",
+        "",
+        f"{args.flood_users:,} valid events, each of a user never seen before, read by `intentstream run --stop-at-end "
+        f"--kv-cache-mb {FLOOD_KV_CACHE_MB}` twice: with `--max-users {args.flood_cap:,}` and with the default cap "
+        "(1,000,000, above the flood). Resident memory from a quarter of each run to nine tenths (the model loaded, "
+        "the topic being read; the teardown after):",
+        "",
+        "| --max-users | events in | updates out | users held at the end | evicted | events/s | resident MB at a quarter "
+        "| at nine tenths | highest | tracebacks |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *[f"| {cap_label(run['cap'])} | {run['events_in']:,} | "
+          f"{run['updates_out']:,} | {run['held']:,} | {run['evicted']:,} | {run['events_in'] / run['wall_s']:,.0f} | "
+          f"{run['first_mb']:.0f} | {run['last_mb']:.0f} | {run['high_mb']:.0f} | {run['tracebacks']} |"
+          for run in floods],
+        "",
+        f"![memory during the flood]({args.out.with_name(args.out.stem + '-flood.png').name})",
+        "",
     ]
     plot_memory([s for s in samples if s[1] == s[1]], args.out.with_suffix(".png"))
-    args.out.write_text("\n".join(lines))
+    plot_flood(floods, args.flood_users, args.out.with_name(args.out.stem + "-flood.png"))
+    # Only this campaign's section, from its heading to the next "# " heading: other benches keep theirs there.
+    existing = args.out.read_text() if args.out.exists() else ""
+    before, found, after = existing.partition(HEADING)
+    rest = after[after.find("\n# "):] if found and "\n# " in after else ""
+    args.out.write_text(before + "\n".join(lines) + rest)
     print("\n".join(lines))
 
 
