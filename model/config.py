@@ -11,6 +11,7 @@ INTENT_TASKS = ("action", "genre", "kind", "release")
 VARIANTS = ("V0", "V1", "V2", "V3")
 DAY_MS = 86_400_000
 LOSS_WEIGHTINGS = ("uniform", "watch")
+SOFTMAXES = ("auto", "full", "sampled")
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,17 @@ class IntentRecConfig:
         return cls(**raw)
 
 
+def task_sizes(config: IntentRecConfig) -> dict[str, int]:
+    """Labels of each intent task the config has (padding and unknown included)."""
+    sizes = {
+        "action": config.n_actions,
+        "genre": config.n_genres,
+        "kind": config.n_kinds,
+        "release": config.n_release_buckets,
+    }
+    return {task: sizes[task] for task in config.intent_tasks}
+
+
 def variant_overrides(variant: str) -> dict:
     """The paper's ablations. V0: no intent tasks. V1: intent heads in parallel (Z not fed to the
     item encoder). V2: hierarchical without the short-term encoder. V3: the full model."""
@@ -191,8 +203,18 @@ class TrainConfig:
     # Then train a new model that many epochs on every event but the test targets, the validation ones
     # included: the most recent plays are what a deployed model most needs (README: Train and evaluate).
     refit: bool = True
+    # The next-item softmax: over the whole catalogue ("full"), or over the step's targets and
+    # `negatives` items drawn uniformly, with the logQ correction ("sampled"; model.training.negatives),
+    # whose step costs the same whatever the catalogue; "auto": sampled beyond
+    # model.training.negatives.SAMPLED_FROM_ITEMS items.
+    softmax: str = "auto"
+    negatives: int = 2048
 
     def __post_init__(self):
+        if self.softmax not in SOFTMAXES:
+            raise ValueError(f"softmax={self.softmax!r}; choose one of {SOFTMAXES}")
+        if self.negatives < 1:
+            raise ValueError(f"negatives={self.negatives!r} must be a whole number of at least 1")
         if not 0 < self.validation_share < 1:
             raise ValueError(f"validation_share={self.validation_share!r} must be in (0, 1)")
         if self.loss_weighting not in LOSS_WEIGHTINGS:

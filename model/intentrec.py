@@ -5,9 +5,10 @@ Reading order follows the paper:
   2. short-term encoder S_k over the last week               (ShortTermEncoder)
   3. intent encoder on F_k + S_k, one head per intent task   (IntentEncoder, IntentHeads)
   4. intent embedding Z_k = sum_i softmax(alpha)_i Proj_i(p_k^i)  (IntentFusion)
-  5. item encoder on F_k + S_k + Z_k, softmax over the catalogue (ItemEncoder), which we mix
-     with a pointer over the user's recent items (repeat or explore); where Z feeds it, the
-     predicted intent also scores the catalogue directly (IntentMatch) and steers the mix
+  5. item encoder on F_k + S_k + Z_k (ItemEncoder), then the softmax over the catalogue
+     (model.item_layer.ItemLayer), which we mix with a pointer over the user's recent items (repeat
+     or explore); where Z feeds it, the predicted intent also scores the catalogue directly
+     (IntentMatch) and steers the mix
 
 Streaming constraints, kept everywhere:
   - positions come from each interaction's own timestamp (sinusoidal encoding of absolute time), so a
@@ -24,27 +25,17 @@ The inputs (masks, time encodings, gaps) are prepared by model.inputs.model_inpu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import IntentRecConfig
-from model.features import NO_RELEASE, FeatureEmbedding
-from model.inputs import days_since_origin
-from model.vocab import FIRST_REAL, PAD, RELEASE_BUCKETS, UNKNOWN
-
-
-def task_sizes(config: IntentRecConfig) -> dict[str, int]:
-    sizes = {
-        "action": config.n_actions,
-        "genre": config.n_genres,
-        "kind": config.n_kinds,
-        "release": config.n_release_buckets,
-    }
-    return {task: sizes[task] for task in config.intent_tasks}
+from model.config import IntentRecConfig, task_sizes
+from model.features import FeatureEmbedding
+from model.item_layer import Intent, ItemLayer, ItemState, NewTitles, Targets
+from model.vocab import PAD, UNKNOWN
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -259,144 +250,11 @@ class IntentFusion(nn.Module):
         return z, weights
 
 
-class IntentMatch(nn.Module):
-    """How well each catalogue item fits the predicted intent, a bonus to the explore logits where Z
-    feeds the item encoder (our addition, like the repeat pointer):
-        w_kind log p(the item's kind) + w_genre mean over its genres of log p(genre)
-        + w_release log p(the item's release bucket at the time of the query).
-    Z reaches the catalogue only through the item encoder's state; this lets a confident intent
-    ("a title released this month") rank every matching item up at once, including new titles
-    played too rarely to have a good embedding. The items' kinds, genres and release days come from
-    the training log (`learn`); unknown ones get no bonus."""
-
-    TASKS = ("kind", "genre", "release")
-    ATTRIBUTE_TASKS = ("kind", "genre")  # fixed per item: one matrix product scores them all
-
-    def __init__(self, config: IntentRecConfig):
-        super().__init__()
-        self.tasks = tuple(task for task in self.TASKS if task in config.intent_tasks)
-        self.task_index = tuple(config.intent_tasks.index(task) for task in self.tasks)  # among Intent.weights
-        self.attribute_tasks = tuple(task for task in self.ATTRIBUTE_TASKS if task in self.tasks)
-        self.origin_ms = config.time_origin_ms
-        self.attribute_sizes = tuple(task_sizes(config)[task] for task in self.attribute_tasks)
-        # Per item: one-hot kind, then genres summing to 1 (zeros where unknown).
-        self.register_buffer("item_attributes", torch.zeros(config.n_items, sum(self.attribute_sizes)))
-        self.register_buffer("item_release_day", torch.full((config.n_items,), math.inf))  # days since origin_ms
-        # release_buckets gives 0 below the first bound (the -inf age of an unknown release), then
-        # one bucket per RELEASE_BUCKETS entry.
-        bounds = [-1e12] + [upper for _, upper in RELEASE_BUCKETS[:-1]]
-        self.register_buffer("age_bounds", torch.tensor(bounds), persistent=False)
-        self.weights = nn.Parameter(torch.zeros(len(self.tasks)))
-
-    def forward(self, intent: "Intent", attributes: torch.Tensor | None = None,
-                release_days: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        """(B, T, N) logit bonus from the predicted intent of each position, for the catalogue's items
-        (N = n_items) or for other titles given by their `attributes` (N, attribute_rows) and
-        `release_days` (N,). Each task's term counts w_task times its intent weight for the position
-        (times the number of tasks: 1 where the weights are uniform)."""
-        if attributes is None:
-            attributes, release_days = self.item_attributes, self.item_release_day
-        weighted = {
-            task: weight * intent.scale(index) * torch.log(intent.probs[task].clamp(min=1e-6))
-            for weight, task, index in zip(self.weights, self.tasks, self.task_index)
-        }
-        bonus = 0.0
-        if self.attribute_tasks:
-            bonus = torch.cat([weighted[task] for task in self.attribute_tasks], dim=-1) @ attributes.T
-        if "release" in weighted:
-            real = weighted["release"][..., FIRST_REAL:]
-            by_bucket = torch.cat([torch.zeros_like(real[..., :1]), real], dim=-1)  # bucket 0: unknown
-            bonus = bonus + by_bucket.gather(-1, self.release_buckets(intent.days, release_days))
-        return bonus
-
-    def release_buckets(self, days: torch.Tensor, release_days: torch.Tensor) -> torch.Tensor:
-        """(B, T, N): 1 + the index in RELEASE_BUCKETS of every item's age at each query time (how
-        many bounds the age has passed); 0 for an item without a release date (release day +inf,
-        age -inf). Compared, not bucketized: compilers fuse comparisons into one loop."""
-        age_days = days.unsqueeze(-1) - release_days
-        return (age_days.unsqueeze(-1) > self.age_bounds).sum(-1)
-
-    def attribute_rows(self, kinds: torch.Tensor, genres: torch.Tensor, rows: torch.Tensor | None = None,
-                       n_rows: int | None = None) -> torch.Tensor:  # fmt: skip
-        """What IntentMatch scores of a title, from plays' kinds (N,) and genres (N, GENRE_SLOTS): a
-        one-hot kind, then genres summing to 1 (zeros where unknown). With `rows` (N,), play n is
-        of title rows[n] among `n_rows`, and a title's labels are those of any of its plays."""
-        blocks = []
-        for task, size in zip(self.attribute_tasks, self.attribute_sizes):
-            labels = kinds.unsqueeze(-1) if task == "kind" else genres
-            block = F.one_hot(labels.long(), size).amax(-2).float()
-            if rows is not None:
-                block = block.new_zeros(n_rows, size).index_add_(0, rows, block).clamp_(max=1.0)
-            block[:, :FIRST_REAL] = 0.0  # padding, unknown
-            blocks.append(block / block.sum(1, keepdim=True).clamp(min=1.0))
-        return torch.cat(blocks, dim=1) if blocks else torch.zeros(len(kinds) if rows is None else n_rows, 0)
-
-    @torch.no_grad()
-    def learn(self, entries: np.ndarray) -> None:
-        """Each item's kind, genres and release day from catalogue entries
-        (model.features.catalogue_entries). An item's labels are those of any of its entries; the
-        release day comes from any entry that has one (a title has one release date)."""
-        items = torch.from_numpy(entries["item"].astype(np.int64))
-        kinds, genres = (torch.from_numpy(entries[name].astype(np.int64)) for name in ("kind", "genres"))
-        if self.attribute_tasks:
-            self.item_attributes.copy_(self.attribute_rows(kinds, genres, items, len(self.item_attributes)))
-        release_ts = torch.from_numpy(entries["release_ts"].copy())
-        known = release_ts != NO_RELEASE
-        self.item_release_day[items[known]] = days_since_origin(release_ts[known], self.origin_ms)
-
-
-@dataclass
-class Intent:
-    """The predicted intent the item encoder reads at its query positions (where Z feeds it)."""
-
-    probs: dict[str, torch.Tensor]  # task -> (B, T, labels)
-    days: torch.Tensor  # (B, T): the queries' times, days_since_origin
-    weights: torch.Tensor  # (B, T, tasks): softmax(alpha), IntentFusion's weights
-
-    def scale(self, task_index: int) -> torch.Tensor:
-        """(B, T, 1): how much a task's direct term counts at each position, tasks x its weight."""
-        return self.weights[..., task_index : task_index + 1] * self.weights.shape[-1]
-
-    def newest(self) -> "Intent":
-        """Only the last position, kept as a length-1 time axis."""
-        return Intent({task: p[:, -1:] for task, p in self.probs.items()}, self.days[:, -1:], self.weights[:, -1:])
-
-
-@dataclass
-class NewTitles:
-    """Titles the vocabulary lacks that the stream has seen played (model.serving.new_titles), C
-    columns after the catalogue and the users' slots, for the newest position of each row. They take
-    `share` of the explore distribution (the part of the last week's plays that were of new
-    titles), divided among them by their plays that week times how well each fits the query: the
-    logit of an embedding derived from its kind and genres, plus IntentMatch's bonus where Z feeds
-    the item encoder. A title with no play that week (and an unused column) gets nothing."""
-
-    embeddings: torch.Tensor  # (C, d_item)
-    kinds: torch.Tensor  # (C,) kind indices
-    genres: torch.Tensor  # (C, GENRE_SLOTS) genre indices
-    release_days: torch.Tensor  # (C,) days since the origin, +inf where unknown
-    log_recent_plays: torch.Tensor  # (B, C) log of each title's plays in the week up to each row's query
-    share: torch.Tensor  # (B,) the part of that week's plays that were of new titles
-
-    def distribution(self, queries: torch.Tensor, intent_match: "IntentMatch | None",
-                     intent: Intent | None) -> torch.Tensor:  # fmt: skip
-        """(B, 1, C): p(new title | explore) for queries in item space (B, 1, d_item), summing to
-        `share` (0 where no title was played that week)."""
-        logits = queries @ self.embeddings.T + self.log_recent_plays.unsqueeze(1)
-        if not logits.shape[-1]:  # a closed catalogue
-            return logits
-        if intent_match is not None:
-            attributes = intent_match.attribute_rows(self.kinds, self.genres)
-            logits = logits + intent_match(intent, attributes, self.release_days)
-        # A softmax that gives 0, not NaN, where every title is -inf.
-        top = logits.amax(-1, keepdim=True)
-        weights = torch.exp(logits - torch.where(torch.isfinite(top), top, 0.0))
-        return weights / weights.sum(-1, keepdim=True).clamp(min=1e-30) * self.share.view(-1, 1, 1)
-
-
 class ItemEncoder(nn.Module):
     """FC + LayerNorm on F_k (+) S_k (+) Z_k, a causal transformer of its own (not shared with the
-    intent encoder), then the next-item distribution.
+    intent encoder), then what the item layer (model.item_layer) needs to give the next-item
+    distribution: each position's query in item space and, for the repeat pointer, its weights over
+    the user's last L interactions and the gate.
 
     The distribution mixes two ways of choosing (our addition to the paper, in every variant):
     explore, a softmax over the catalogue through the item embeddings (weight tying), and repeat, a
@@ -406,10 +264,10 @@ class ItemEncoder(nn.Module):
     the last item only slowly.
 
     Where Z feeds the item encoder (V2, V3), the intent probabilities are also read directly, as the
-    hierarchy's second addition: IntentMatch adds to every item's explore logit how well the item
-    fits the predicted kind, genres and release recency, and the predicted next action shifts the
-    gate (w . p_action: "continue" and "rewatch" mean repeat, "discover" means explore). Both start
-    at zero weight, so training decides how much they count.
+    hierarchy's second addition: IntentMatch (model.item_layer) adds to every item's explore logit how
+    well the item fits the predicted kind, genres and release recency, and the predicted next action
+    shifts the gate (w . p_action: "continue" and "rewatch" mean repeat, "discover" means explore).
+    Both start at zero weight, so training decides how much they count.
 
     With config.repeat_and_match off, the paper's own item layer: the explore softmax alone.
     """
@@ -418,31 +276,22 @@ class ItemEncoder(nn.Module):
         super().__init__()
         self.transformer = CausalTransformer(d_in, config, config.n_layers_item)
         self.to_item_space = nn.Linear(config.d_model, config.d_item)
-        self.unknown_slots = config.unknown_slots
         self.repeats = config.repeat_and_match
-        self.intent_match = self.intent_gate = None
+        self.intent_gate = None
         if not self.repeats:  # the paper's item layer: the catalogue softmax alone
             return
         self.repeat_query = nn.Linear(config.d_model, config.d_model)
         self.repeat_key = nn.Linear(config.d_model, config.d_model)
         self.repeat_gate = nn.Linear(config.d_model, 1)
-        self.intent_match = IntentMatch(config) if config.feeds_intent else None
         if config.feeds_intent and "action" in config.intent_tasks:
             self.intent_gate = nn.Linear(config.n_actions, 1, bias=False)
             self.action_index = config.intent_tasks.index("action")
             nn.init.zeros_(self.intent_gate.weight)
 
-    def forward(
-        self, x, time_code, mask, items, item_embeddings, intent: Intent | None = None, targets=None,
-        newest: bool = False, cache: Cache | None = None, new_titles: NewTitles | None = None,
-    ) -> torch.Tensor:
-        """p(next item) after each position (B, T, n_items + unknown_slots); with `targets` (B, T) only
-        p(target) (B, T), which spares training a (B, T, n_items) mixture; with `newest`, only the
-        distribution after each row's last position (B, n_items + unknown_slots + C), which is all
-        serving needs.
-        `intent`: the positions' predicted intent where Z feeds the item encoder, else None.
-        `new_titles` (with `newest` only): titles first seen in the stream, ranked beside the
-        catalogue in columns after the slots; without them there are no such columns."""
+    def forward(self, x, time_code, mask, items, intent: Intent | None = None, newest: bool = False,
+                cache: Cache | None = None) -> ItemState:  # fmt: skip
+        """The item layer's state after each position (B, T), or with `newest` after each row's last
+        only (T = 1). `intent`: the positions' predicted intent where Z feeds the item encoder."""
         inputs = self.transformer.embed(x, time_code)
         h = self.transformer.encode(inputs, mask, cache)
         pointer_keys = self.repeat_key(inputs) if self.repeats else inputs[..., :0]
@@ -452,47 +301,8 @@ class ItemEncoder(nn.Module):
         if newest:
             h, mask = h[:, -1:], mask[:, :, -1:]
             intent = intent.newest() if intent is not None else None
-            return self.next_item_probs(h, pointer_keys, key_items, mask, item_embeddings, intent,
-                                        new_titles=new_titles)[:, 0]  # fmt: skip
-        if new_titles is not None:
-            raise ValueError("new titles are ranked at each row's newest position only (newest=True)")
-        return self.next_item_probs(h, pointer_keys, key_items, mask, item_embeddings, intent, targets)
-
-    def next_item_probs(self, h, pointer_keys, key_items, mask, item_embeddings, intent=None, targets=None,
-                        new_titles: NewTitles | None = None):  # fmt: skip
-        """The mixture p = (1 - g) p_explore + g p_repeat for queries h (B, T, D), over the whole
-        catalogue or only for `targets`. The pointer reads the positions whose pointer keys
-        (`repeat_key` of their inputs) and items are given (B, P, D) / (B, P), as mask (B, 1, T, P)
-        allows. The catalogue distribution is computed in place, for inference."""
-        queries = self.to_item_space(h)
-        logits = self.catalogue_logits(queries, item_embeddings, intent)
-        if targets is not None:
-            explore = torch.softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            if not self.repeats:
-                return explore
-            pointer, gate = self.repeat_pointer(h, pointer_keys, mask, intent)
-            repeat = (pointer * (key_items.unsqueeze(1) == targets.unsqueeze(-1))).sum(-1)
-            return (1 - gate[..., 0]) * explore + gate[..., 0] * repeat
-        explore = torch.softmax(logits, dim=-1)
-        # The users' unknown-title slots sit between the catalogue and the new titles: only the pointer reaches them.
-        slots = explore.new_zeros(*explore.shape[:-1], self.unknown_slots)
-        if new_titles is None:
-            explore = torch.cat([explore, slots], dim=-1)
-        else:
-            new = new_titles.distribution(queries, self.intent_match, intent)
-            explore = torch.cat([explore * (1 - new_titles.share.view(-1, 1, 1)), slots, new], dim=-1)
-        if not self.repeats:
-            return explore
-        pointer, gate = self.repeat_pointer(h, pointer_keys, mask, intent)
-        return explore.mul_(1 - gate).scatter_add_(-1, pointer_slots(key_items, pointer), pointer * gate)
-
-    def catalogue_logits(self, queries, item_embeddings, intent=None) -> torch.Tensor:
-        """Explore logits of the catalogue's items for queries in item space (B, T, d_item)."""
-        logits = queries @ item_embeddings.T
-        if self.intent_match is not None:
-            logits = logits + self.intent_match(intent)
-        logits[..., PAD] = logits[..., UNKNOWN] = float("-inf")
-        return logits
+        pointer, gate = self.repeat_pointer(h, pointer_keys, mask, intent) if self.repeats else (None, None)
+        return ItemState(self.to_item_space(h), pointer, key_items, gate, intent)
 
     def repeat_pointer(self, h, pointer_keys, mask, intent=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention of each query over the allowed positions (B, T, P), and the gate g (B, T, 1)."""
@@ -504,22 +314,17 @@ class ItemEncoder(nn.Module):
         return pointer, torch.sigmoid(gate)
 
 
-def pointer_slots(key_items: torch.Tensor, pointer: torch.Tensor) -> torch.Tensor:
-    """The catalogue index each pointer weight lands on, shaped like the pointer (B, T, P)."""
-    B, T, P = pointer.shape
-    return key_items.long().unsqueeze(1).expand(B, T, P)
-
-
 # --------------------------------------------------------------------------- the whole model
 
 
 @dataclass
 class IntentRecOutput:
-    item_probs: torch.Tensor  # p(next item): (B, T, n_items + slots); (B, T) for targets; (B, n_items + slots + C) newest
+    item_probs: torch.Tensor | None  # p(next item): (B, T, n_items + slots); (B, T) for targets; (B, n_items + slots + C) newest
     intent_logits: dict[str, torch.Tensor]  # task -> (B, T, n_labels)
     intent_probs: dict[str, torch.Tensor]
     intent_embedding: torch.Tensor | None  # Z: (B, T, d_proj), None without intent tasks
     intent_weights: torch.Tensor | None  # (B, T, tasks)
+    item_state: ItemState  # what the item layer reads (model.item_layer)
 
 
 class IntentRec(nn.Module):
@@ -535,23 +340,36 @@ class IntentRec(nn.Module):
             self.intent_heads = IntentHeads(c)
             self.intent_fusion = IntentFusion(c)
         self.item_encoder = ItemEncoder(d_context + (c.d_proj if c.feeds_intent else 0), c)
+        self.item_layer = ItemLayer(c)
 
     def learn_catalogue(self, entries: np.ndarray) -> None:
         """Remember what IntentMatch scores of each item (kind, genres, release day) from catalogue
         entries (model.features.catalogue_entries); nothing to remember where Z is not fed."""
-        if self.item_encoder.intent_match is not None:
-            self.item_encoder.intent_match.learn(entries)
+        if self.item_layer.intent_match is not None:
+            self.item_layer.intent_match.learn(entries)
 
     def forward(
-        self, x: dict[str, torch.Tensor], targets: torch.Tensor | None = None, newest: bool = False,
+        self, x: dict[str, torch.Tensor], targets: torch.Tensor | Targets | None = None, newest: bool = False,
         cache: Cache | None = None, new_titles: NewTitles | None = None,
     ) -> IntentRecOutput:
         """x: model.inputs.model_inputs of a batch of rows. item_probs is p(next item) after every
         position (B, T, n_items + unknown_slots); with `targets` (B, T) item indices only p(target)
-        (B, T); with `newest`, only the distribution after the last position (B, n_items +
-        unknown_slots + C, C the new titles' columns given): rows are then padded
-        on the left. With a `cache`, the rows follow the cached positions (incremental inference).
-        `new_titles`: the titles first seen in the stream, ranked beside the catalogue (serving)."""
+        (B, T) (a model.item_layer.Targets: against sampled negatives); with `newest`, only the
+        distribution after the last position (B, n_items + unknown_slots + C, C the new titles'
+        columns given): rows are then padded on the left. With a `cache`, the rows follow the cached
+        positions (incremental inference). `new_titles`: the titles first seen in the stream, ranked
+        beside the catalogue (serving)."""
+        if new_titles is not None and not newest:
+            raise ValueError("new titles are ranked at each row's newest position only (newest=True)")
+        out = self.encode(x, newest, cache)
+        if isinstance(targets, torch.Tensor):
+            targets = Targets(targets)
+        item_probs = self.item_layer(out.item_state, self.features.item.weight, targets, new_titles)
+        return replace(out, item_probs=item_probs[:, 0] if newest else item_probs)
+
+    def encode(self, x: dict[str, torch.Tensor], newest: bool = False, cache: Cache | None = None) -> IntentRecOutput:
+        """Everything up to the item layer (item_probs left None): the intent predictions, Z and its
+        weights, and the item layer's state after each position (or each row's newest)."""
         c = self.config
         time_code = x["time_code"]
         mask, short_mask = x["attend"].unsqueeze(1), x["attend_short"].unsqueeze(1)
@@ -572,8 +390,5 @@ class IntentRec(nn.Module):
         if c.feeds_intent:
             item_input = torch.cat([context, z], dim=-1)
             intent = Intent(intent_probs, x["days"], weights)
-        item_probs = self.item_encoder(
-            item_input, time_code, mask, x["item"], self.features.item.weight, intent, targets, newest, cache,
-            new_titles,
-        )
-        return IntentRecOutput(item_probs, intent_logits, intent_probs, z, weights)
+        state = self.item_encoder(item_input, time_code, mask, x["item"], intent, newest, cache)
+        return IntentRecOutput(None, intent_logits, intent_probs, z, weights, state)

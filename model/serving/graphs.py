@@ -21,7 +21,8 @@ from torch import nn
 
 from model.config import IntentRecConfig
 from model.inputs import MODEL_INPUTS
-from model.intentrec import Cache, IntentRec, NewTitles
+from model.intentrec import Cache, IntentRec
+from model.item_layer import NewTitles
 
 # The titles' tables (the first four: NewTitleRegistry.width rows), then each row's (batch-major).
 NEW_TITLE_INPUTS = ("new_title_embeddings", "new_title_kinds", "new_title_genres", "new_title_release_days",

@@ -33,7 +33,7 @@ import numpy as np
 
 from model.config import IntentRecConfig
 from model.features import ROW_DTYPE
-from model.intentrec import task_sizes
+from model.config import task_sizes
 from model.serving.backends import Backend, EagerBackend, load_backend
 from model.serving.graphs import GraphOutputs, split_outputs
 from model.serving.host_inputs import HostToDevice, step_batch, window_batch

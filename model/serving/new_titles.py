@@ -53,7 +53,8 @@ import torch
 
 from model.features import GENRE_SLOTS
 from model.inputs import days_since_origin
-from model.intentrec import IntentRec, NewTitles
+from model.intentrec import IntentRec
+from model.item_layer import NewTitles
 from model.vocab import FIRST_REAL, UNKNOWN
 from schemas import PlayEvent
 
@@ -345,7 +346,7 @@ class ColdStartEmbedding:
 
     def __init__(self, model: IntentRec):
         embeddings = model.features.item.weight.detach().float()[FIRST_REAL:]
-        self.match = model.item_encoder.intent_match
+        self.match = model.item_layer.intent_match
         if self.match is None or not self.match.attribute_tasks:
             self.match, self.mean = None, embeddings.mean(0).numpy()
             return

@@ -24,6 +24,8 @@ from model.training.validation import Validation, held_out
 from model.features import CATALOGUE_DTYPE, ROW_DTYPE, batch_tensors, catalogue_entries, featurize_all
 from model.inputs import model_inputs
 from model.intentrec import IntentRec
+from model.item_layer import Targets
+from model.training.negatives import NegativeSampler, uses_sampled_softmax
 from model.playlogs.files import LogError, read_user_sequences
 from model.vocab import FIRST_REAL, PAD, UNKNOWN, Vocabularies
 
@@ -101,7 +103,10 @@ def intent_targets(task: str, targets: dict[str, torch.Tensor], n_labels: int):
     return labels, labels >= FIRST_REAL
 
 
-def loss_of_batch(model: IntentRec, batch, loss_weighting: str = TrainConfig.loss_weighting):
+def loss_of_batch(model: IntentRec, batch, loss_weighting: str = TrainConfig.loss_weighting,
+                  sampler: NegativeSampler | None = None):  # fmt: skip
+    """The batch's loss: next-item cross-entropy (against the whole catalogue, or with `sampler`
+    against sampled negatives) plus lambda x the intent losses."""
     rows, loss_from, following = batch
     length = max(len(r) for r in rows)
     x = batch_tensors(rows, length)
@@ -110,7 +115,9 @@ def loss_of_batch(model: IntentRec, batch, loss_weighting: str = TrainConfig.los
     positions = torch.arange(length).unsqueeze(0)
     in_loss &= positions >= torch.tensor(loss_from).unsqueeze(1)
 
-    out = model(model_inputs(x, model.config), targets=targets["item"].long())
+    items = targets["item"].long()
+    negatives = sampler(items[in_loss]) if sampler is not None else None
+    out = model(model_inputs(x, model.config), targets=Targets(items, negatives))
     # The floor keeps log() and its gradient finite where the mixture gives a target nothing.
     item_ce = -torch.log(out.item_probs[in_loss].clamp(min=1e-30))
     if loss_weighting == "watch":
@@ -223,6 +230,11 @@ class Run:
         warmup = min(config.history_len - 1, train_config.chunk_len // 2)
         self.windows = training_windows(rows_by_user, train_config.chunk_len, warmup)
         self.description = f"{'select' if train_config.refit else 'train'} {variant}"
+        self.sampler = None
+        if uses_sampled_softmax(train_config.softmax, config.n_items):
+            targets = np.concatenate([following["item"][loss_from:] for _, loss_from, following in self.windows])
+            counts = np.bincount(targets[targets >= FIRST_REAL], minlength=config.n_items).astype(np.float64)
+            self.sampler = NegativeSampler(counts, train_config.negatives, train_config.seed)
 
     def fit(self, epochs: int, validation: Validation | None, progress: bool) -> Chosen:
         """Up to `epochs` epochs on the cosine schedule of TrainConfig.epochs (so that a refit's first
@@ -257,7 +269,7 @@ class Run:
             batches = [by_length[i : i + config.batch_size] for i in range(0, len(by_length), config.batch_size)]
             for b in order.permutation(len(batches)):
                 chosen = [self.windows[i] for i in batches[b]]
-                loss = loss_of_batch(model, tuple(zip(*chosen)), config.loss_weighting)
+                loss = loss_of_batch(model, tuple(zip(*chosen)), config.loss_weighting, self.sampler)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -11,7 +11,8 @@ cases, and every epoch's NDCG@10 lay within their noise.
 its targets, the way training runs the model, instead of one pass per target: the prediction after
 position p depends only on the history_len rows up to p (model.config), so each target gets exactly
 what Scorer.predict gives its history (tests pin this), at the cost of about one epoch's forward
-pass over the validation part.
+pass over the validation part. A target's rank is a count over the catalogue in blocks
+(model.item_layer.ItemLayer.ranks), so memory does not grow with the catalogue.
 """
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ import torch
 from model.features import batch_tensors
 from model.inputs import model_inputs
 from model.intentrec import IntentRec
-from model.training.evaluate import ndcg_per_case, target_ranks
+from model.training.evaluate import ndcg_per_case
 
-# Rows x positions x items of one validation call at most: bounds the memory of its distributions.
-VALIDATION_CELLS = 1 << 25
+# Rows x positions of one validation call at most (the item layer then ranks its targets in blocks).
+VALIDATION_ROWS = 1 << 13
 
 
 @dataclass(frozen=True)
@@ -68,20 +69,22 @@ class Validation:
 
     @torch.no_grad()
     def ranks(self, model: IntentRec) -> np.ndarray:
-        """Each validation target's rank in the full next-item distribution after the row before it."""
+        """Each validation target's rank in the next-item distribution after the row before it."""
         was_training = model.training
         model.eval()
         ranks, start = [], 0
         while start < len(self.users):
             end = start + 1  # users are sorted by length: the batch's last is its longest
-            while end < len(self.users) and (end + 1 - start) * len(self.users[end].rows) * model.config.n_outputs <= VALIDATION_CELLS:
+            while end < len(self.users) and (end + 1 - start) * len(self.users[end].rows) <= VALIDATION_ROWS:
                 end += 1
             batch = self.users[start:end]
             x = model_inputs(batch_tensors([user.rows for user in batch], len(batch[-1].rows)), model.config)
-            distributions = model(x).item_probs  # (B, T, n_items + slots)
-            for b, user in enumerate(batch):
-                scores = distributions[b, user.targets - 1].numpy()
-                ranks.append(target_ranks(scores, user.rows["item"][user.targets].astype(np.int64)))
+            state = model.encode(x).item_state
+            rows = torch.cat([torch.full((len(user.targets),), b) for b, user in enumerate(batch)])
+            positions = torch.from_numpy(np.concatenate([user.targets - 1 for user in batch]))
+            targets = torch.from_numpy(np.concatenate([user.rows["item"][user.targets] for user in batch]).astype(np.int64))
+            ranks.append(model.item_layer.ranks(state.at(rows, positions), model.features.item.weight,
+                                                targets.unsqueeze(1)).numpy())  # fmt: skip
             start = end
         model.train(was_training)
         return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)

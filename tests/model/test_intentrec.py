@@ -14,7 +14,9 @@ from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config import IntentRecConfig, variant_overrides
 from model.features import CATALOGUE_DTYPE, NO_RELEASE, ROW_DTYPE, batch_tensors, catalogue_entries
 from model.inputs import attention_mask, model_inputs
-from model.intentrec import Intent, IntentRec, SelfAttention, intent_probabilities, task_sizes
+from model.config import task_sizes
+from model.intentrec import IntentRec, SelfAttention, intent_probabilities
+from model.item_layer import Intent
 from model.serving.scorer import Scorer, padded_length
 from model.vocab import UNKNOWN, Vocabularies, Vocabulary
 from schemas import ModelRef
@@ -75,9 +77,8 @@ def random_model(config: IntentRecConfig) -> IntentRec:
     values in the parameters that start at zero (they would hide the intent-matching paths)."""
     model = IntentRec(config)
     model.learn_catalogue(random_catalogue(60, seed=99))
-    encoder = model.item_encoder
     with torch.no_grad():
-        for parameter in (encoder.intent_match, encoder.intent_gate):
+        for parameter in (model.item_layer.intent_match, model.item_encoder.intent_gate):
             if parameter is not None:
                 for weights in parameter.parameters():
                     weights.normal_()
@@ -319,7 +320,7 @@ def test_the_catalogue_learnt_from_rows_ranks_items_that_match_the_predicted_int
     entries["genres"][1, :1] = [8]
     entries["release_ts"] = [origin + 100 * DAY, origin - 1000 * DAY, NO_RELEASE]
     model.learn_catalogue(entries)
-    match = model.item_encoder.intent_match
+    match = model.item_layer.intent_match
     kinds, genres = match.item_attributes[:, :4], match.item_attributes[:, 4:]  # 4 kind labels, 9 genre labels
     assert kinds[[5, 6, 7]].argmax(1).tolist() == [2, 3, 3] and (kinds.sum(1)[[5, 6, 7]] == 1).all()
     assert genres[5].tolist() == pytest.approx([0, 0, 0, 0, 0.5, 0, 0, 0.5, 0])
@@ -352,9 +353,9 @@ def test_the_catalogue_learnt_from_rows_ranks_items_that_match_the_predicted_int
 
 def test_only_a_model_that_feeds_intent_to_the_item_encoder_matches_items_to_it():
     for variant, matches in (("V0", False), ("V1", False), ("V2", True), ("V3", True)):
-        encoder = IntentRec(tiny_config(**variant_overrides(variant))).item_encoder
-        assert (encoder.intent_match is not None) == matches
-        assert (encoder.intent_gate is not None) == matches
+        model = IntentRec(tiny_config(**variant_overrides(variant)))
+        assert (model.item_layer.intent_match is not None) == matches
+        assert (model.item_encoder.intent_gate is not None) == matches
 
 
 def test_the_papers_item_layer_is_the_catalogue_softmax_alone():
@@ -363,7 +364,7 @@ def test_the_papers_item_layer_is_the_catalogue_softmax_alone():
     torch.manual_seed(0)
     model = IntentRec(tiny_config(repeat_and_match=False)).eval()
     encoder = model.item_encoder
-    assert encoder.intent_match is None and encoder.intent_gate is None and not hasattr(encoder, "repeat_gate")
+    assert model.item_layer.intent_match is None and encoder.intent_gate is None and not hasattr(encoder, "repeat_gate")
     history = random_history(9)
     with torch.no_grad():
         out = run(model, [history])

@@ -278,7 +278,15 @@ def test_training_learns_nothing_from_its_held_out_events_and_keeps_finite_buffe
     assert expected_targets > sum(split.test >= 2 for split in splits)  # long histories give several
     end = "test" if refit else "validation_from"
     assert result.train_events == meta["train"]["trained_events"] == sum(getattr(split, end) for split in splits)
-    release_days = model.item_encoder.intent_match.item_release_day
+    release_days = model.item_layer.intent_match.item_release_day
     assert not torch.isnan(release_days).any() and torch.isinf(release_days).any()  # movies have no release date
     report = evaluate(Scorer.load(tmp_path / "m"), load_rows(log, vocab=vocab)[0], vocab)
     assert report["test"]["by_training"]["new since training"]["users"] == len(tested_titles)
+
+
+def test_a_model_trained_with_sampled_negatives_predicts_better_than_chance(world_log, tmp_path):
+    train_model(world_log, tmp_path / "m", train_config=TrainConfig(epochs=2, softmax="sampled", negatives=32),
+                model_overrides=SMALL_MODEL, progress=False)  # fmt: skip
+    scorer = Scorer.load(tmp_path / "m")
+    report = evaluate(scorer, load_rows(world_log, vocab=scorer.vocab)[0], scorer.vocab)
+    assert report["test"]["overall"]["HR@10"] > 2 * 10 / (len(scorer.vocab.items) - 2)
