@@ -325,6 +325,9 @@ class IntentRecOutput:
     intent_embedding: torch.Tensor | None  # Z: (B, T, d_proj), None without intent tasks
     intent_weights: torch.Tensor | None  # (B, T, tasks)
     item_state: ItemState  # what the item layer reads (model.item_layer)
+    # The catalogue item of each of item_probs' first columns (B, K) where a retriever chose them
+    # (model.serving.retrieval); None where they are the whole catalogue.
+    item_columns: torch.Tensor | None = None
 
 
 class IntentRec(nn.Module):
@@ -364,8 +367,8 @@ class IntentRec(nn.Module):
         out = self.encode(x, newest, cache)
         if isinstance(targets, torch.Tensor):
             targets = Targets(targets)
-        item_probs = self.item_layer(out.item_state, self.features.item.weight, targets, new_titles)
-        return replace(out, item_probs=item_probs[:, 0] if newest else item_probs)
+        item_probs, item_columns = self.item_layer(out.item_state, self.features.item.weight, targets, new_titles)
+        return replace(out, item_probs=item_probs[:, 0] if newest else item_probs, item_columns=item_columns)
 
     def encode(self, x: dict[str, torch.Tensor], newest: bool = False, cache: Cache | None = None) -> IntentRecOutput:
         """Everything up to the item layer (item_probs left None): the intent predictions, Z and its

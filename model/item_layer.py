@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -93,28 +94,35 @@ class IntentMatch(nn.Module):
                 release_days: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         """(B, T, N) logit bonus from the predicted intent of each position, for the catalogue's items
         (N = n_items) or for other titles given by their `attributes` (N, attribute_rows) and
-        `release_days` (N,). Each task's term counts w_task times its intent weight for the position
-        (times the number of tasks: 1 where the weights are uniform)."""
+        `release_days` (N,), or (B, N, ...) for titles of each row's own. Each task's term counts w_task
+        times its intent weight for the position (times the number of tasks: 1 where the weights are
+        uniform)."""
         if attributes is None:
             attributes, release_days = self.item_attributes, self.item_release_day
-        weighted = {
-            task: weight * intent.scale(index) * torch.log(intent.probs[task].clamp(min=1e-6))
-            for weight, task, index in zip(self.weights, self.tasks, self.task_index)
-        }
         bonus = 0.0
         if self.attribute_tasks:
-            bonus = torch.cat([weighted[task] for task in self.attribute_tasks], dim=-1) @ attributes.T
-        if "release" in weighted:
-            real = weighted["release"][..., FIRST_REAL:]
+            bonus = self.attribute_query(intent) @ attributes.mT
+        if "release" in self.tasks:
+            real = self.weighted(intent, "release")[..., FIRST_REAL:]
             by_bucket = torch.cat([torch.zeros_like(real[..., :1]), real], dim=-1)  # bucket 0: unknown
             bonus = bonus + by_bucket.gather(-1, self.release_buckets(intent.days, release_days))
         return bonus
+
+    def weighted(self, intent: "Intent", task: str) -> torch.Tensor:
+        """A task's term per label (B, T, labels): w_task x the task's scale x log p(label)."""
+        n = self.tasks.index(task)
+        return self.weights[n] * intent.scale(self.task_index[n]) * torch.log(intent.probs[task].clamp(min=1e-6))
+
+    def attribute_query(self, intent: "Intent") -> torch.Tensor:
+        """(B, T, attribute_rows): the kind and genre terms, whose inner product with an item's
+        attribute row is its bonus for them (so an index over [embedding; attributes] finds it)."""
+        return torch.cat([self.weighted(intent, task) for task in self.attribute_tasks], dim=-1)
 
     def release_buckets(self, days: torch.Tensor, release_days: torch.Tensor) -> torch.Tensor:
         """(B, T, N): 1 + the index in RELEASE_BUCKETS of every item's age at each query time (how
         many bounds the age has passed); 0 for an item without a release date (release day +inf,
         age -inf). Compared, not bucketized: compilers fuse comparisons into one loop."""
-        age_days = days.unsqueeze(-1) - release_days
+        age_days = days.unsqueeze(-1) - release_days.unsqueeze(-2)
         return (age_days.unsqueeze(-1) > self.age_bounds).sum(-1)
 
     def attribute_rows(self, kinds: torch.Tensor, genres: torch.Tensor, rows: torch.Tensor | None = None,
@@ -220,30 +228,53 @@ class Targets:
     negatives: Negatives | None = None
 
 
+class Retriever(Protocol):
+    def __call__(self, state: ItemState, item_embeddings: torch.Tensor) -> "Candidates": ...
+
+
+@dataclass
+class Candidates:
+    """Each row's part of the catalogue to score (model.serving.retrieval): `items` (B, K) sorted,
+    padding and unknown first (where the pointer's weight on them lands), an item possibly repeated
+    (it counts once, at its first column); `sample` (S,) catalogue items drawn uniformly, from which
+    the softmax's sum over the items not retrieved is estimated."""
+
+    items: torch.Tensor  # (B, K) int64
+    sample: torch.Tensor  # (S,) int64
+
+
 class ItemLayer(nn.Module):
     def __init__(self, config: IntentRecConfig):
         super().__init__()
         self.n_items, self.unknown_slots = config.n_items, config.unknown_slots
         self.intent_match = IntentMatch(config) if config.repeat_and_match and config.feeds_intent else None
+        # Serving a catalogue too large to score whole sets this (model.serving.retrieval): the
+        # distribution then covers each row's retrieved candidates only, rescored exactly.
+        self.retriever: Retriever | None = None
 
     def forward(self, state: ItemState, item_embeddings: torch.Tensor, targets: Targets | None = None,
-                new_titles: NewTitles | None = None) -> torch.Tensor:  # fmt: skip
-        """p(targets) (B, T) with `targets`, else the distribution over the catalogue, the slots and
-        the `new_titles` (B, T, n_items + unknown_slots + C)."""
+                new_titles: NewTitles | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """p(targets) (B, T) with `targets`; else the distribution over the catalogue, the slots and
+        the `new_titles` (B, T, n_items + unknown_slots + C) or, with a retriever, over each row's
+        candidates instead of the catalogue (B, T, K + unknown_slots + C). Second: the catalogue item
+        of each of the first columns (B, K), or None where they are the catalogue itself."""
         if targets is not None:
-            return self.target_probability(state, item_embeddings, targets)
-        return self.distribution(state, item_embeddings, new_titles)
+            return self.target_probability(state, item_embeddings, targets), None
+        if self.retriever is None:
+            return self.distribution(state, item_embeddings, new_titles), None
+        candidates = self.retriever(state, item_embeddings)
+        return self.candidate_distribution(state, item_embeddings, candidates, new_titles), candidates.items
 
     def logits(self, state: ItemState, item_embeddings: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """Explore logits (B, T, N) of every catalogue item (padding and unknown at -inf) or, given
-        `items` (N,), of those."""
+        `items` (N,) or (B, N) (each row's own), of those."""
         if items is None:
             logits = state.queries @ item_embeddings.T
             if self.intent_match is not None:
                 logits = logits + self.intent_match(state.intent)
             logits[..., PAD] = logits[..., UNKNOWN] = float("-inf")
             return logits
-        logits = state.queries @ item_embeddings[items].T
+        logits = state.queries @ item_embeddings[items].mT
         if self.intent_match is not None:
             match = self.intent_match
             logits = logits + match(state.intent, match.item_attributes[items], match.item_release_day[items])
@@ -265,6 +296,44 @@ class ItemLayer(nn.Module):
         gate = state.gate
         return explore.mul_(1 - gate).scatter_add_(-1, pointer_slots(state.key_items, state.pointer),
                                                    state.pointer * gate)  # fmt: skip
+
+    def candidate_distribution(self, state: ItemState, item_embeddings: torch.Tensor, candidates: Candidates,
+                               new_titles: NewTitles | None = None) -> torch.Tensor:  # fmt: skip
+        """`distribution` for each row's candidates in place of the catalogue. Each candidate's explore
+        logit is exact; the softmax's sum over the items not retrieved is estimated from the uniform
+        sample (their mean exp(logit) times how many there are), so the explore probabilities, and
+        their balance with the pointer's, are the exact ones up to that estimate."""
+        items = candidates.items
+        counted = (items >= FIRST_REAL) & (items < self.n_items)
+        counted[:, 1:] &= items[:, 1:] != items[:, :-1]
+        logits = self.logits(state, item_embeddings, items).masked_fill(~counted.unsqueeze(1), float("-inf"))
+        sample = candidates.sample
+        column = torch.searchsorted(items, sample.expand(len(items), -1).contiguous()).clamp(max=items.shape[1] - 1)
+        unretrieved = (items.gather(-1, column) != sample).unsqueeze(1)  # (B, 1, S)
+        sample_logits = self.logits(state, item_embeddings, sample).masked_fill(~unretrieved, float("-inf"))
+        rest = (self.n_items - FIRST_REAL - counted.sum(-1, keepdim=True)).unsqueeze(1)  # (B, 1, 1)
+        sampled = unretrieved.sum(-1, keepdim=True)
+        log_rest = torch.logsumexp(sample_logits, -1, keepdim=True) + (rest / sampled.clamp(min=1)).log()
+        log_rest = log_rest.masked_fill((rest == 0) | (sampled == 0), float("-inf"))  # nothing left, or nothing to tell
+        log_z = torch.logaddexp(torch.logsumexp(logits, -1, keepdim=True), log_rest)
+        explore = (logits - log_z).exp()
+        slots = explore.new_zeros(*explore.shape[:-1], self.unknown_slots)
+        if new_titles is None:
+            explore = torch.cat([explore, slots], dim=-1)
+        else:
+            new = new_titles.distribution(state.queries, self.intent_match, state.intent)
+            explore = torch.cat([explore * (1 - new_titles.share.view(-1, 1, 1)), slots, new], dim=-1)
+        if state.pointer is None:
+            return explore
+        key_items = state.key_items.long()
+        in_catalogue = key_items < self.n_items
+        key_columns = torch.where(in_catalogue, torch.searchsorted(items, key_items.where(in_catalogue, 0)),
+                                  items.shape[1] + key_items - self.n_items)  # fmt: skip
+        gate = state.gate
+        mixed = explore.mul_(1 - gate).scatter_add_(-1, pointer_slots(key_columns, state.pointer), state.pointer * gate)
+        # What the pointer gave padding and unknown rows is never ranked (the exact path's columns 0 and 1).
+        mixed[..., : items.shape[1]].masked_fill_((items < FIRST_REAL).unsqueeze(1), 0.0)
+        return mixed
 
     def target_probability(self, state: ItemState, item_embeddings: torch.Tensor, targets: Targets) -> torch.Tensor:
         """p(target) (B, T) without the (B, T, n_items) mixture: the target's explore probability,

@@ -33,14 +33,18 @@ NEW_TITLE_TABLES = 4
 def graph_outputs(model: IntentRec, inputs: Sequence[torch.Tensor], new_titles: NewTitles,
                   cache: Cache) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """The forward pass over left-padded rows, as the tuple split_outputs reads: the next-item
-    distribution, the intent probabilities of each task, Z and the intent weights, all after the
-    last row; then what the rows leave in a cache: keys/values (kv_cache.keys_values_shape(B, T))
-    and pointer keys (B, T, d_model)."""
+    distribution and the catalogue item of each of its first columns (B, K; K = 0 where they are the
+    catalogue), the intent probabilities of each task, Z and the intent weights, all after the last
+    row; then what the rows leave in a cache: keys/values (kv_cache.keys_values_shape(B, T)) and
+    pointer keys (B, T, d_model)."""
     out = model(dict(zip(MODEL_INPUTS, inputs)), newest=True, cache=cache, new_titles=new_titles)
+    columns = out.item_columns
+    if columns is None:
+        columns = torch.zeros((out.item_probs.shape[0], 0), dtype=torch.int64, device=out.item_probs.device)
     intents = [p[:, -1] for p in out.intent_probs.values()]
     if out.intent_embedding is not None:
         intents += [out.intent_embedding[:, -1], out.intent_weights[:, -1]]
-    return (out.item_probs, *intents, torch.stack(cache.keys_values), cache.pointer_keys)
+    return (out.item_probs, columns, *intents, torch.stack(cache.keys_values), cache.pointer_keys)
 
 
 class WindowGraph(nn.Module):
@@ -85,6 +89,7 @@ class StepGraph(nn.Module):
 @dataclass
 class GraphOutputs:
     item_scores: torch.Tensor  # (B, n_outputs) p(next item)
+    item_columns: torch.Tensor | None  # (B, K): the retrieved candidates the first K columns score; None: the catalogue
     intent_probs: dict[str, torch.Tensor]
     intent_embedding: torch.Tensor | None
     intent_weights: torch.Tensor | None
@@ -94,9 +99,10 @@ class GraphOutputs:
 
 def split_outputs(config: IntentRecConfig, outputs: Sequence[torch.Tensor]) -> GraphOutputs:
     tasks = config.intent_tasks
-    item_scores, *middle, keys_values, pointer_keys = outputs
+    item_scores, columns, *middle, keys_values, pointer_keys = outputs
+    columns = columns if columns.shape[1] else None
     if not tasks:
-        return GraphOutputs(item_scores, {}, None, None, keys_values, pointer_keys)
+        return GraphOutputs(item_scores, columns, {}, None, None, keys_values, pointer_keys)
     probs = dict(zip(tasks, middle[: len(tasks)]))
     z, weights = middle[len(tasks) :]
-    return GraphOutputs(item_scores, probs, z, weights, keys_values, pointer_keys)
+    return GraphOutputs(item_scores, columns, probs, z, weights, keys_values, pointer_keys)

@@ -84,7 +84,9 @@ class IncrementalScorer(Scorer):
             raise ValueError("every history must hold at least the interaction being scored")
         with self._lock:
             titles = self.new_titles.at(np.array([history["ts"][-1] for history in histories]))
-            results = PredictionArrays(self.config, len(histories), new_title_width=len(titles.tables[0]))
+            retriever = self.model.item_layer.retriever
+            results = PredictionArrays(self.config, len(histories), len(titles.tables[0]),
+                                       None if retriever is None else retriever.width)  # fmt: skip
             batch = ScoringBatch(users, histories, titles.tables, titles.recent_plays,
                                  self.new_titles.slot_columns(unknown_titles))  # fmt: skip
             if self.cache.max_users == 0:
@@ -222,10 +224,13 @@ def rounds(users: Sequence[Hashable]) -> list[list[int]]:
 
 
 class PredictionArrays:
-    """Predictions filled in request order from several graph calls."""
+    """Predictions filled in request order from several graph calls: columns for the catalogue, or
+    for the `candidates` items a retriever gives each row, then the slots and the new titles."""
 
-    def __init__(self, config: IntentRecConfig, n: int, new_title_width: int):
-        self.item_scores = np.empty((n, config.n_items + config.unknown_slots + new_title_width), dtype=np.float32)
+    def __init__(self, config: IntentRecConfig, n: int, new_title_width: int, candidates: int | None = None):
+        catalogue = config.n_items if candidates is None else candidates
+        self.item_scores = np.empty((n, catalogue + config.unknown_slots + new_title_width), dtype=np.float32)
+        self.item_columns = None if candidates is None else np.empty((n, candidates), dtype=np.int64)
         self.intent_probs = {task: np.empty((n, size), dtype=np.float32) for task, size in task_sizes(config).items()}
         tasks = len(config.intent_tasks)
         self.intent_embedding = np.empty((n, config.d_proj), dtype=np.float32) if tasks else None
@@ -233,6 +238,8 @@ class PredictionArrays:
 
     def put(self, indices: list[int], outputs: GraphOutputs) -> None:
         self.item_scores[indices] = outputs.item_scores.float().cpu().numpy()
+        if self.item_columns is not None:
+            self.item_columns[indices] = outputs.item_columns.cpu().numpy()
         for task, probs in outputs.intent_probs.items():
             self.intent_probs[task][indices] = probs.float().cpu().numpy()
         if self.intent_embedding is not None:
@@ -240,4 +247,5 @@ class PredictionArrays:
             self.intent_weights[indices] = outputs.intent_weights.float().cpu().numpy()
 
     def predictions(self, new_titles: tuple[str, ...]) -> Predictions:
-        return Predictions(self.item_scores, self.intent_probs, self.intent_embedding, self.intent_weights, new_titles)
+        return Predictions(self.item_scores, self.intent_probs, self.intent_embedding, self.intent_weights, new_titles,
+                           self.item_columns)

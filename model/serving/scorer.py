@@ -39,13 +39,38 @@ def padded_length(longest: int, limit: int) -> int:
 
 @dataclass
 class Predictions:
-    """Model outputs after the last interaction of each history, as numpy arrays."""
+    """Model outputs after the last interaction of each history, as numpy arrays.
+
+    item_scores' columns are the catalogue's items (column = item index), then the users' slots and
+    the new titles; or, where a retriever chose each row's candidates (model.serving.retrieval), those
+    K candidates (`item_columns`: the item of each) in place of the catalogue, then the same. `columns`
+    and `items` translate between the two."""
 
     item_scores: np.ndarray  # (B, n_outputs) p(next item); pad/unknown columns are never ranked
     intent_probs: dict[str, np.ndarray]  # task -> (B, n_labels)
     intent_embedding: np.ndarray | None  # (B, d_proj)
     intent_weights: np.ndarray | None  # (B, tasks)
     new_titles: tuple[str, ...] = ()  # the titles of the new-title columns then registered, by column
+    item_columns: np.ndarray | None = None  # (B, K): each row's retrieved candidates; None: the catalogue
+
+    def columns(self, items: np.ndarray, n_items: int) -> np.ndarray:
+        """The column of each row's item (B,): a catalogue item, or n_items + k for the slots and new
+        titles; -1 where the row's candidates did not include it."""
+        items = np.asarray(items, dtype=np.int64)
+        if self.item_columns is None:
+            return items
+        candidates = self.item_columns
+        position = np.minimum((candidates < items[:, None]).sum(axis=1), candidates.shape[1] - 1)  # rows are sorted
+        found = (candidates[np.arange(len(items)), position] == items) & (items >= FIRST_REAL)
+        return np.where(items < n_items, np.where(found, position, -1), items - n_items + candidates.shape[1])
+
+    def items(self, columns: np.ndarray, n_items: int) -> np.ndarray:
+        """The item (a catalogue index, or n_items + k past it) of each row's columns (B, k)."""
+        if self.item_columns is None:
+            return columns
+        width = self.item_columns.shape[1]
+        chosen = np.take_along_axis(self.item_columns, np.minimum(columns, width - 1), axis=1)
+        return np.where(columns < width, chosen, columns - width + n_items)
 
 
 @dataclass(frozen=True)
@@ -105,6 +130,7 @@ class Scorer:
             intent_embedding=None if out.intent_embedding is None else out.intent_embedding[:, -1].numpy(),
             intent_weights=None if out.intent_weights is None else out.intent_weights[:, -1].numpy(),
             new_titles=titles.names,
+            item_columns=None if out.item_columns is None else out.item_columns.numpy(),
         )
 
     def score(self, histories: Sequence[np.ndarray], top_k: int = 10,
@@ -127,18 +153,23 @@ class Scorer:
         # Where Z does not feed the item encoder (V1) no loss reaches the weights: they would only show their initialisation.
         trained = predictions.intent_weights is not None and self.config.feeds_intent
         weights = dict(zip(tasks, predictions.intent_weights.T)) if trained else {}
-        items = self._top_items(predictions.item_scores, top_k, unknown_titles, predictions.new_titles)
+        items = self._top_items(predictions, top_k, unknown_titles)
         return ScoreColumns(embedding, intents, weights, items)
 
-    def _top_items(self, item_scores: np.ndarray, k: int, unknown_titles: Sequence[tuple[str, ...]] | None,
-                   new_titles: tuple[str, ...]) -> TopLabels:  # fmt: skip
-        n, slots = self.config.n_items, self.config.unknown_slots
+    def _top_items(self, predictions: Predictions, k: int,
+                   unknown_titles: Sequence[tuple[str, ...]] | None) -> TopLabels:  # fmt: skip
+        item_scores, new_titles, slots = predictions.item_scores, predictions.new_titles, self.config.unknown_slots
+        n = self.config.n_items if predictions.item_columns is None else predictions.item_columns.shape[1]
+        catalogue = item_scores[:, :n]
+        if predictions.item_columns is not None:  # retrieved candidates: padding, unknown and repeats score 0
+            catalogue = np.where(predictions.item_columns >= FIRST_REAL, catalogue, -np.inf)
         named_slots = bool(unknown_titles) and slots > 0 and any(any(titles) for titles in unknown_titles)
-        if not named_slots and not new_titles:
-            return self._top(self._item_labels, item_scores[:, :n], k)  # the common case: the catalogue alone
+        if not named_slots and not new_titles:  # the common case: the catalogue alone
+            top = top_indices(catalogue, k)
+            return TopLabels(self._item_labels, predictions.items(top, n), np.take_along_axis(catalogue, top, -1))
         B, first_new = len(item_scores), n + slots
         new_scores = item_scores[:, first_new : first_new + len(new_titles)]
-        ranked = [item_scores[:, :n], np.where(new_scores > 0, new_scores, -np.inf)]  # 0: not played that week
+        ranked = [catalogue, np.where(new_scores > 0, new_scores, -np.inf)]  # 0: not played that week
         fewest_named = 0
         if named_slots:
             names = [tuple(titles) + ("",) * (slots - len(titles)) for titles in unknown_titles]  # () for none yet
@@ -147,14 +178,15 @@ class Scorer:
             fewest_named = int(named.sum(axis=1).min())
         ranked = np.concatenate(ranked, axis=1)
         top = top_indices(ranked, min(k, n - FIRST_REAL + fewest_named))  # never an unnamed slot
-        # Label n + j of the extra names (TopLabels.extra) is new title j; then, where slots are
-        # named, label n + len(new_titles) + b * slots + j is answer b's slot j.
+        values, labels = np.take_along_axis(ranked, top, -1), predictions.items(top, self.config.n_items)
+        # Label n_items + j of the extra names (TopLabels.extra) is new title j; then, where slots are
+        # named, label n_items + len(new_titles) + b * slots + j is answer b's slot j.
         if not named_slots:
-            return TopLabels(self._item_labels, top, np.take_along_axis(ranked, top, -1), self._new_title_labels(new_titles))
-        first_slot = n + len(new_titles)
-        indices = np.where(top >= first_slot, top + np.arange(B)[:, None] * slots, top)
+            return TopLabels(self._item_labels, labels, values, self._new_title_labels(new_titles))
+        first_slot = self.config.n_items + len(new_titles)
+        indices = np.where(labels >= first_slot, labels + np.arange(B)[:, None] * slots, labels)
         own_names = LabelTable(list(new_titles) + [title for titles in names for title in titles])
-        return TopLabels(self._item_labels, indices, np.take_along_axis(ranked, top, -1), own_names)
+        return TopLabels(self._item_labels, indices, values, own_names)
 
     def _new_title_labels(self, new_titles: tuple[str, ...]) -> LabelTable:
         """The new titles' names, encoded once for as long as no title joins them."""

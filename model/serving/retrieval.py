@@ -1,0 +1,94 @@
+"""Serving a catalogue too large to score whole: each query's candidates, retrieved by maximum
+inner product from an index built when the model loads, then rescored exactly by the item layer.
+
+An item's explore logit is the query's inner product with its embedding plus IntentMatch's bonus;
+the kind and genre part of that bonus is itself an inner product, of the intent's weighted log
+probabilities with the item's attribute row (IntentMatch.attribute_query). So the index holds
+[embedding ; attributes] per item and is queried with [query ; attribute query]: it looks for the
+items of highest logit but for the release-recency term, which depends on the query's time. Each
+row's candidates are the index's `candidates` best, plus the items the repeat pointer can reach (the
+user's last L), plus padding and unknown (where the pointer's weight on them lands); the item layer
+(model.item_layer.ItemLayer.candidate_distribution) scores them exactly, the softmax's sum over the
+rest estimated from a fixed uniform sample of the catalogue. What the exact path ranks in its top
+10 and this path misses is what the index missed: bench/results/catalogue.md measures it.
+
+`load_serving_scorer` (model.serving.incremental) attaches a CandidateRetriever to the model's item
+layer when the catalogue is served approximately (`--catalogue approximate`, or `auto` beyond
+APPROXIMATE_FROM_ITEMS items).
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from model.intentrec import IntentRec
+from model.item_layer import Candidates, ItemState
+from model.vocab import FIRST_REAL, PAD, UNKNOWN
+
+APPROXIMATE_FROM_ITEMS = 100_000  # `--catalogue auto` serves larger catalogues from candidates
+CANDIDATES = 512  # the index's best per query
+NORMALISER_SAMPLE = 1024  # uniform catalogue items that estimate the softmax's sum over the rest
+CATALOGUES = ("auto", "exact", "approximate")
+
+
+class Search(Protocol):
+    """Maximum inner product search over the rows given when built: the k best row numbers (B, k)
+    for each query (B, d)."""
+
+    def __call__(self, queries: np.ndarray, k: int) -> np.ndarray: ...
+
+
+class ExactSearch:
+    """Every row's inner product, then the k best: the reference an index is measured against."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = torch.from_numpy(vectors)
+
+    def __call__(self, queries: np.ndarray, k: int) -> np.ndarray:
+        return torch.topk(torch.from_numpy(queries) @ self.vectors.T, k, dim=-1).indices.numpy()
+
+
+def item_vectors(model: IntentRec) -> np.ndarray:
+    """(n_items - FIRST_REAL, d): each real item's [embedding ; IntentMatch attributes]."""
+    parts = [model.features.item.weight.detach()[FIRST_REAL:]]
+    match = model.item_layer.intent_match
+    if match is not None and match.attribute_tasks:
+        parts.append(match.item_attributes[FIRST_REAL:])
+    return torch.cat(parts, dim=1).float().contiguous().numpy()
+
+
+def query_vectors(model: IntentRec, state: ItemState) -> np.ndarray:
+    """(B, d): each row's newest [query ; attribute query], to search item_vectors with."""
+    parts = [state.queries[:, -1]]
+    match = model.item_layer.intent_match
+    if match is not None and match.attribute_tasks:
+        parts.append(match.attribute_query(state.intent)[:, -1])
+    return torch.cat(parts, dim=1).float().contiguous().numpy()
+
+
+class CandidateRetriever:
+    """What the item layer calls (model.item_layer.Retriever): each row's candidates, `width` of them."""
+
+    def __init__(self, model: IntentRec, search: Search, candidates: int = CANDIDATES,
+                 sample: int = NORMALISER_SAMPLE, seed: int = 0):  # fmt: skip
+        self.model = model
+        self.search = search
+        self.real_items = model.config.n_items - FIRST_REAL
+        self.candidates = min(candidates, self.real_items)
+        self.reach = model.config.attention_window  # the pointer's: the user's last L interactions
+        self.width = 2 + self.reach + self.candidates
+        generator = torch.Generator().manual_seed(seed)
+        self.sample = torch.randint(FIRST_REAL, model.config.n_items, (sample,), generator=generator).unique()
+
+    def __call__(self, state: ItemState, item_embeddings: torch.Tensor) -> Candidates:
+        found = self.search(query_vectors(self.model, state), self.candidates) + FIRST_REAL
+        reached = state.key_items[:, -self.reach :].long()
+        reached = torch.where(reached < self.model.config.n_items, reached, PAD)  # slots and new titles have columns of their own
+        if reached.shape[1] < self.reach:
+            reached = torch.nn.functional.pad(reached, (self.reach - reached.shape[1], 0), value=PAD)
+        rows = len(found)
+        known = torch.tensor([PAD, UNKNOWN]).expand(rows, 2)
+        items = torch.cat([known, reached, torch.from_numpy(found).long()], dim=1)
+        return Candidates(items.sort(dim=1).values, self.sample)

@@ -1,0 +1,75 @@
+"""Serving from retrieved candidates: with every item retrieved it is the exact path; with fewer,
+incremental serving equals full recomputation on the same candidates, and the top items keep their
+names."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tests.model.serving.test_incremental import assert_same_predictions, interleaved_stream, make_scorer
+from tests.model.test_intentrec import ARCHITECTURES, architecture, random_history
+
+from model.serving.incremental import IncrementalScorer
+from model.serving.retrieval import CandidateRetriever, ExactSearch, item_vectors
+from model.vocab import FIRST_REAL
+
+
+def with_retriever(scorer, candidates: int):
+    scorer.model.item_layer.retriever = CandidateRetriever(scorer.model, ExactSearch(item_vectors(scorer.model)),
+                                                           candidates)  # fmt: skip
+    return scorer
+
+
+def exact_scores(predictions, n_items):
+    """The candidates' scores placed in their catalogue columns, the rest as they are (slots, new titles)."""
+    scores = np.zeros((len(predictions.item_scores), n_items + predictions.item_scores.shape[1]
+                       - predictions.item_columns.shape[1]), dtype=np.float32)  # fmt: skip
+    width = predictions.item_columns.shape[1]
+    for b, (items, row) in enumerate(zip(predictions.item_columns, predictions.item_scores)):
+        first = np.r_[True, items[1:] != items[:-1]]
+        scores[b, items[first]] = row[:width][first]
+        scores[b, n_items:] = row[width:]
+    return scores
+
+
+@pytest.mark.parametrize("variant", ARCHITECTURES)
+def test_retrieving_every_item_gives_the_exact_distribution(variant):
+    exact = make_scorer(**architecture(variant))
+    approximate = with_retriever(make_scorer(**architecture(variant)), candidates=10_000)
+    histories = [random_history(n, seed=n) for n in (1, 5, 17)]
+    expected, got = exact.predict(histories), approximate.predict(histories)
+    n_items = exact.config.n_items
+    scores = exact_scores(got, n_items)
+    scores[:, :FIRST_REAL] = expected.item_scores[:, :FIRST_REAL]  # padding and unknown: never ranked either way
+    np.testing.assert_allclose(scores, expected.item_scores, rtol=1e-5, atol=1e-7)
+    names = [[item.item_id for item in s.next_items] for s in exact.to_scores(expected, top_k=10)]
+    assert names == [[item.item_id for item in s.next_items] for s in approximate.to_scores(got, top_k=10)]
+
+
+@pytest.mark.parametrize("variant", ["V0", "V3"])
+def test_incremental_serving_of_candidates_equals_full_recomputation(variant):
+    scorer = with_retriever(make_scorer(**architecture(variant)), candidates=6)
+    histories = {f"u{u}": random_history(30 + 3 * u, seed=u) for u in range(6)}
+    events = interleaved_stream(histories, seed=3)
+    incremental = IncrementalScorer(scorer)
+    for start in range(0, len(events), 9):
+        batch = events[start : start + 9]
+        rows = [histories[user][:n] for user, n in batch]
+        got, expected = incremental.predict_users([user for user, _ in batch], rows), scorer.predict(rows)
+        np.testing.assert_array_equal(got.item_columns, expected.item_columns)  # the same candidates
+        assert_same_predictions(got, expected)
+        assert got.item_columns.shape[1] == 2 + scorer.config.attention_window + 6
+    assert incremental.scored_from_cache > 0
+
+
+def test_the_pointers_items_are_always_candidates_and_the_top_items_are_named_from_them():
+    scorer = with_retriever(make_scorer(), candidates=3)
+    history = random_history(12, seed=4)
+    predictions = scorer.predict([history])
+    candidates = set(predictions.item_columns[0].tolist())
+    assert set(history["item"][-scorer.config.attention_window :].tolist()) <= candidates
+    ranked = predictions.item_scores[0]
+    assert 0 < ranked.sum() <= 1.0 + 1e-5  # the items not retrieved hold the rest
+    (scores,) = scorer.to_scores(predictions, top_k=5)
+    named = {scorer.vocab.items.lookup(item.item_id) for item in scores.next_items}
+    assert named <= candidates and len(named) == 5
