@@ -95,7 +95,7 @@ def direct_judgments(scorer: Scorer, events: list[PlayEvent], score_from: int | 
     targets = np.stack(targets)
     first_new = n_items + slots
     target_items = [target_column(int(target["item"]), item_id, titles, n_items,
-                                  new_title_column(predictions, row, item_id, first_new))
+                                  new_title_column(predictions, row, item_id, first_new, n_items))
                     for row, (target, item_id, titles) in enumerate(zip(targets, target_ids, titles_of))]  # fmt: skip
     ranks = target_ranks(predictions.item_scores, np.array(target_items, dtype=np.int64))
     return keys, ranks, intent_hits(predictions, targets)
@@ -121,7 +121,7 @@ def test_backtest_metrics_equal_the_model_computed_directly(
     if score_from is not None:
         assert min(model.log.ts) >= score_from and len(keys) < len(world) // 2 + 1
     assert model.replay.events_in == len(world) and model.replay.updates_out == len(world)
-    assert [system.log.system for system in backtest.systems] == ["tiny", "popularity", "recency"]
+    assert [system.log.system for system in backtest.systems] == ["tiny", "popularity", "recency", "raw-id recency"]
     assert all(len(system.log) == len(keys) for system in backtest.systems)
 
 
@@ -253,7 +253,7 @@ def test_two_models_give_a_report_whose_judgments_reproduce_its_metrics(
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / name).stat().st_size > 5000
 
     report = orjson.loads((out / "report.json").read_bytes())
-    assert list(report["systems"]) == [tiny_model_dir.name, "twin", "popularity", "recency"]
+    assert list(report["systems"]) == [tiny_model_dir.name, "twin", "popularity", "recency", "raw-id recency"]
     rows_by_system = defaultdict(list)
     for line in (out / "judgments.jsonl").read_bytes().splitlines():
         row = orjson.loads(line)
@@ -307,3 +307,18 @@ def test_a_users_current_title_stays_rankable_however_many_new_titles_the_stream
     assert len(continued) == 12  # two continuations of each of six shows
     n_outputs = scorer.config.n_items + scorer.config.unknown_slots
     assert all(rank < n_outputs - 2 for rank in continued)  # never the unknown item's last place
+
+
+def test_raw_id_recency_ranks_the_users_titles_by_last_play_whatever_the_vocabulary(tmp_path, tiny_model_dir, scorer):
+    plays = [("known", scorer.vocab.items.token(2)), ("new", "never-trained-on"), ("known", scorer.vocab.items.token(3)),
+             ("new", "never-trained-on"), ("new", "another-new-one"), ("known", scorer.vocab.items.token(2))]
+    events = [PlayEvent(event_id=f"e{n}", user_id="u", item_id=title, ts=1_700_000_000_000 + n * 60_000, action="a",
+                        genres=(), kind="movie", release_ts=None, duration_s=60.0) for n, (_, title) in enumerate(plays)]
+    log = tmp_path / "raw.jsonl"
+    write_log(log, events)
+    backtest = backtest_of(LogReplay(log), tiny_model_dir, scorer)
+    raw = next(system.log for system in backtest.systems if system.log.system == "raw-id recency")
+    # Each event judged against the next: e2 -> e3 ("never-trained-on", played before e2: second);
+    # e4 -> e5 (the first title, behind another-new-one, never-trained-on and the second title).
+    last = len(scorer.vocab.items)
+    assert raw.rank == [last, last, 2, last, 4] and raw.rank_unseen == [last, last, 0, last, 0]
