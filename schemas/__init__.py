@@ -1,5 +1,5 @@
-"""Wire contracts: the typed messages, their limits, and the codec that is the only way in or out
-(schemas.update_batch: a whole micro-batch of IntentUpdates at once)."""
+"""Wire contracts: the typed messages (and the catalogue file's record), their limits, and the codec
+that is the only way in or out (schemas.update_batch: a whole micro-batch of IntentUpdates at once)."""
 from schemas.codec import (
     ERROR_CODES,
     FORMATS,
@@ -17,9 +17,11 @@ from schemas.codec import (
     VALUE_OUT_OF_RANGE,
     WRONG_TYPE,
     ContractError,
+    decode_catalogue_entry,
     decode_dead_letter,
     decode_intent_update,
     decode_play_event,
+    encode_catalogue_entry,
     encode_dead_letter,
     encode_intent_update,
     encode_play_event,
@@ -36,6 +38,7 @@ from schemas.contracts import (
     RELEASE_TS_MIN_MS,
     TS_MAX_MS,
     TS_MIN_MS,
+    CatalogueEntry,
     DeadLetter,
     IntentUpdate,
     ItemScore,
@@ -62,9 +65,11 @@ __all__ = [
     "VALUE_OUT_OF_RANGE",
     "WRONG_TYPE",
     "ContractError",
+    "decode_catalogue_entry",
     "decode_dead_letter",
     "decode_intent_update",
     "decode_play_event",
+    "encode_catalogue_entry",
     "encode_dead_letter",
     "encode_intent_update",
     "encode_intent_updates",
@@ -80,6 +85,7 @@ __all__ = [
     "RELEASE_TS_MIN_MS",
     "TS_MAX_MS",
     "TS_MIN_MS",
+    "CatalogueEntry",
     "DeadLetter",
     "IntentUpdate",
     "ItemScore",

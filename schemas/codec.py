@@ -1,7 +1,8 @@
-"""Bytes <-> contract values for the three IntentStream messages.
+"""Bytes <-> contract values for the three IntentStream messages and the catalogue file's record.
 
 PlayEvents and IntentUpdates travel as JSON (orjson) or msgpack, chosen per topic; dead letters are
-always JSON, because people read the dead-letter topic (message bytes are base64 there).
+always JSON, because people read the dead-letter topic (message bytes are base64 there). Catalogue
+entries are records of a file, JSON or msgpack as a log's PlayEvents are.
 
 Decoding is the per-event hot path, so it validates with plain Python checks: the common case (plain
 types, within limits) in one pass, and anything else field by field, in the field order of the
@@ -17,8 +18,8 @@ this module publish the same rules for other languages; tests hold the two in ag
   included. Values must be plain Python types (call `.tolist()` on arrays first).
 - In msgpack, IntentUpdate floats are packed as float32: the model computes in float32, so
   nothing is lost and the update is half the size. PlayEvents keep float64 so watch times round-trip.
-- Only PlayEvents have a size limit (MAX_MESSAGE_BYTES, checked before parsing): they come from
-  outside. Updates and dead letters are written by IntentStream itself; a dead letter keeps at most
+- Only PlayEvents and catalogue entries have a size limit (MAX_MESSAGE_BYTES, checked before
+  parsing): they come from outside. Updates and dead letters are written by IntentStream itself; a dead letter keeps at most
   the first MAX_DEAD_LETTER_VALUE_BYTES of a too-large message, with its size and SHA-256, so that
   it always fits in a Kafka message.
 """
@@ -42,6 +43,7 @@ from schemas.contracts import (
     RELEASE_TS_MIN_MS,
     TS_MAX_MS,
     TS_MIN_MS,
+    CatalogueEntry,
     DeadLetter,
     IntentUpdate,
     ItemScore,
@@ -83,6 +85,7 @@ SCHEMA_FILES = {
     "play_event": Path(__file__).parent / "play_event.schema.json",
     "intent_update": Path(__file__).parent / "intent_update.schema.json",
     "dead_letter": Path(__file__).parent / "dead_letter.schema.json",
+    "catalogue_entry": Path(__file__).parent / "catalogue_entry.schema.json",
 }
 
 
@@ -329,6 +332,34 @@ def encode_play_event(event: PlayEvent, fmt: str) -> bytes:
             "duration_s": event.duration_s,
             "device": event.device,
         }
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# CatalogueEntry
+# ---------------------------------------------------------------------------------------------
+
+def decode_catalogue_entry(data: bytes, fmt: str) -> CatalogueEntry:
+    """Decode and validate one CatalogueEntry, field by field as a PlayEvent's fields of the same
+    names. Raises ContractError for any bytes that break the contract."""
+    entry = _parse_map(data, fmt, MAX_MESSAGE_BYTES)
+    return CatalogueEntry(
+        item_id=_id(_required(entry, "item_id"), "item_id"),
+        kind=_kind(_required(entry, "kind")),
+        genres=_genres(_required(entry, "genres")),
+        release_ts=_optional(
+            _epoch_ms, _required(entry, "release_ts"), "release_ts", RELEASE_TS_MIN_MS, TS_MAX_MS
+        ),
+    )
+
+
+def encode_catalogue_entry(entry: CatalogueEntry, fmt: str) -> bytes:
+    """Encode a CatalogueEntry (every field, `release_ts: null` included)."""
+    _check_format(fmt)
+    if fmt == "json":
+        return orjson.dumps(entry)
+    return _EVENT_PACKER.pack(
+        {"item_id": entry.item_id, "kind": entry.kind, "genres": entry.genres, "release_ts": entry.release_ts}
     )
 
 

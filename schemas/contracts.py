@@ -1,4 +1,5 @@
-"""The three messages IntentStream reads and writes, as typed Python values.
+"""The three messages IntentStream reads and writes, and the record of a catalogue file, as typed
+Python values.
 
 The JSON Schema files beside this module are the published form of the same contracts;
 `schemas.codec` turns bytes into these values and back, and is the only place that does.
@@ -38,6 +39,17 @@ class PlayEvent:
     release_ts: int | None  # epoch ms
     duration_s: float  # watch time, >= 0
     device: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueEntry:
+    """One title that a shop offers (a record of a catalogue file): what is known of it before anyone
+    plays it. The fields mean what PlayEvent's fields of the same names mean, within the same limits."""
+
+    item_id: str
+    kind: str  # one of KINDS
+    genres: tuple[str, ...]
+    release_ts: int | None  # epoch ms
 
 
 @dataclass(frozen=True, slots=True)
