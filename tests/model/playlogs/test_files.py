@@ -1,13 +1,25 @@
 import gzip
 import tracemalloc
+from pathlib import Path
 
 import msgpack
 import orjson
 import pytest
 
-from model.playlogs.files import LOG_SUFFIXES, LogError, log_format, read_log, read_user_sequences, write_log
-from schemas.codec import encode_play_event
-from schemas.contracts import MAX_MESSAGE_BYTES, PlayEvent
+from model.playlogs.files import (
+    LOG_SUFFIXES,
+    LogError,
+    catalogue_beside,
+    catalogue_format,
+    log_format,
+    read_catalogue,
+    read_log,
+    read_user_sequences,
+    write_catalogue,
+    write_log,
+)
+from schemas.codec import encode_catalogue_entry, encode_play_event
+from schemas.contracts import MAX_GENRES, MAX_MESSAGE_BYTES, CatalogueEntry, PlayEvent
 
 SUFFIXES = list(LOG_SUFFIXES)
 
@@ -253,3 +265,96 @@ def test_read_user_sequences_groups_sorts_and_cuts_at_until(tmp_path):
     assert {user: [e.ts for e in seq] for user, seq in before_300.items()} == {"a": [100, 200]}
     with pytest.raises(LogError, match="no events before ts=100"):
         read_user_sequences(path, until_ts=100)
+
+
+# ---------------------------------------------------------------------------------------------
+# Catalogues: the same files, with one CatalogueEntry a record
+# ---------------------------------------------------------------------------------------------
+
+def entry(n: int, **changes) -> CatalogueEntry:
+    fields = dict(
+        item_id=f"show-{n}" if n % 2 else f"movie-{n}",
+        kind="show" if n % 2 else "movie",
+        genres=("Drama", "Crime", "Comedy")[: n % 4],
+        release_ts=None if n % 5 == 0 else -315_619_200_000 + n * 86_400_000,
+    )
+    fields.update(changes)
+    return CatalogueEntry(**fields)
+
+
+ENTRIES = [entry(n) for n in range(30)] + [entry(30, item_id="Amélie 🎬", genres=("Comédie",))]
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_catalogue_round_trip(tmp_path, suffix):
+    path = tmp_path / f"titles{suffix}"
+    assert write_catalogue(path, iter(ENTRIES)) == len(ENTRIES)
+    assert list(read_catalogue(path)) == ENTRIES
+    assert (path.read_bytes()[:2] == b"\x1f\x8b") == suffix.endswith(".gz")
+    assert catalogue_format(path) == log_format(path)
+
+
+def test_catalogue_records_are_the_codec_encoding(tmp_path):
+    write_catalogue(tmp_path / "titles.jsonl", ENTRIES[:2])
+    lines = (tmp_path / "titles.jsonl").read_bytes().split(b"\n")
+    assert lines == [encode_catalogue_entry(ENTRIES[0], "json"), encode_catalogue_entry(ENTRIES[1], "json"), b""]
+
+
+@pytest.mark.parametrize(
+    "log, catalogue",
+    [
+        ("world.jsonl", "world.catalogue.jsonl"),
+        ("out/world.msgpack.gz", "out/world.catalogue.msgpack.gz"),
+        ("World.JSONL.GZ", "World.catalogue.JSONL.GZ"),
+        ("a.b.msgpack", "a.b.catalogue.msgpack"),
+    ],
+)
+def test_the_default_catalogue_sits_beside_the_log_in_its_format(log, catalogue):
+    assert catalogue_beside(Path(log)) == Path(catalogue)
+    assert catalogue_format(catalogue) == log_format(log)
+
+
+def test_catalogue_errors_name_the_file_and_say_catalogue(tmp_path):
+    with pytest.raises(LogError, match="unknown log format"):
+        catalogue_beside("world.csv")
+    with pytest.raises(LogError, match="unknown catalogue format"):
+        write_catalogue(tmp_path / "titles.csv", ENTRIES)
+    with pytest.raises(LogError, match="no such catalogue file"):
+        read_catalogue(tmp_path / "absent.jsonl")
+    write_catalogue(tmp_path / "empty.msgpack.gz", [])
+    with pytest.raises(LogError, match="empty.msgpack.gz: contains no titles"):
+        list(read_catalogue(tmp_path / "empty.msgpack.gz"))
+
+
+def test_an_invalid_catalogue_record_stops_the_read_at_its_line(tmp_path):
+    path = tmp_path / "titles.jsonl.gz"
+    too_many_genres = orjson.dumps({**orjson.loads(encode_catalogue_entry(ENTRIES[1], "json")),
+                                    "genres": ["Drama"] * (MAX_GENRES + 1)})
+    with gzip.open(path, "wb") as file:
+        file.write(b"\n".join([encode_catalogue_entry(ENTRIES[0], "json"), b"", too_many_genres, b""]))
+    entries = read_catalogue(path)
+    assert next(entries) == ENTRIES[0]  # streaming: records before the bad line arrive first
+    with pytest.raises(LogError) as error:
+        next(entries)
+    assert "line 3" in str(error.value) and "'genres'" in str(error.value) and "too_long" in str(error.value)
+
+
+def test_an_invalid_msgpack_catalogue_record_is_reported_by_number(tmp_path):
+    path = tmp_path / "titles.msgpack"
+    path.write_bytes(encode_catalogue_entry(ENTRIES[0], "msgpack") + msgpack.packb({"item_id": "x", "kind": "movie"}))
+    with pytest.raises(LogError, match="record 2.*'genres'.*missing_field"):
+        list(read_catalogue(path))
+
+
+def test_reading_a_catalogue_streams_in_constant_memory(tmp_path):
+    path = tmp_path / "titles.jsonl.gz"
+    count = 20_000
+    write_catalogue(path, (entry(n) for n in range(count)))
+    tracemalloc.start()
+    try:
+        seen = sum(1 for _ in read_catalogue(path))
+        _, streaming_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert seen == count
+    assert streaming_peak < 1_000_000  # a read buffer and one record, whatever the file's length
