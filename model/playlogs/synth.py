@@ -12,6 +12,15 @@ mostly related to the first; "Kids" titles only mix with family-friendly genres)
 a long tail into the past), a heavy-tailed popularity, a runtime, for shows a number of
 episodes, and a short list of similar titles (same first genre) that "because you watched" picks
 from. A show's item_id is the title: the user plays it once per episode, in order.
+`generate_world_and_catalogue` returns the titles beside the log, so that the whole catalogue,
+played or not, can be written too (`Title.catalogue_entry`).
+
+A world's cost grows about linearly with its number of titles (README, "Play logs", has times up
+to 1,000,000 titles): draws by popularity bisect cumulative popularity, built once per pool, and a
+session's new releases are found with array operations. These are the draws that the first,
+quadratic version made with `rng.choices` on filtered lists, in the same order (similar titles up to
+float rounding at a boundary between two titles: _Pool.positions_except), so the worlds it made
+have stayed the same (tests/model/playlogs/test_synth.py holds digests of some).
 
 Each user has a mix of intent modes, one session at a time:
 
@@ -39,17 +48,22 @@ from __future__ import annotations
 
 import math
 import random
+from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from itertools import accumulate
 
-from schemas.contracts import PlayEvent
+import numpy as np
+
+from schemas.contracts import TS_MAX_MS, CatalogueEntry, PlayEvent
 
 WORLD_START_MS = int(datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)  # a Monday
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
 YEAR_MS = 365 * DAY_MS
+MAX_DAYS = (TS_MAX_MS - WORLD_START_MS) // DAY_MS  # the longest period whose plays fit the contract's ts range
 
 GENRES = (
     "Action", "Adventure", "Animation", "Comedy", "Crime", "Documentary", "Drama", "Family",
@@ -108,6 +122,10 @@ class Title:
     def for_kids(self) -> bool:
         return "Kids" in self.genres
 
+    def catalogue_entry(self) -> CatalogueEntry:
+        """What a shop publishes of this title: its record in a catalogue file."""
+        return CatalogueEntry(self.item_id, self.kind, self.genres, self.release_ts)
+
 
 def generate_world(
     seed: int = 0, n_users: int = 1000, n_titles: int = 800, days: int = 60
@@ -117,7 +135,16 @@ def generate_world(
     Events are sorted by (ts, event_id); event ids are f"{user_id}-{n}", n counting the user's
     plays from 0. The simulated period starts at WORLD_START_MS and lasts `days`.
     """
-    catalogue = _Catalogue(generate_catalogue(seed, n_titles, days))
+    return generate_world_and_catalogue(seed, n_users, n_titles, days)[1]
+
+
+def generate_world_and_catalogue(
+    seed: int = 0, n_users: int = 1000, n_titles: int = 800, days: int = 60
+) -> tuple[list[Title], list[PlayEvent]]:
+    """(the titles of `generate_catalogue(seed, n_titles, days)`, the events of `generate_world`
+    with the same arguments): the whole catalogue, played or not, beside the play log."""
+    titles = generate_catalogue(seed, n_titles, days)
+    catalogue = _Catalogue(titles)
     end_ms = WORLD_START_MS + days * DAY_MS
     events: list[PlayEvent] = []
     for user_number in range(n_users):
@@ -125,7 +152,7 @@ def generate_world(
         viewer = _Viewer(_make_profile(rng, f"user-{user_number:04d}", days), catalogue, rng, end_ms)
         events.extend(viewer.live())
     events.sort(key=lambda event: (event.ts, event.event_id))
-    return events
+    return titles, events
 
 
 def user_modes(seed: int = 0, n_users: int = 1000, days: int = 60) -> dict[str, dict[str, float]]:
@@ -164,22 +191,29 @@ def generate_catalogue(seed: int = 0, n_titles: int = 800, days: int = 60) -> li
                 episodes=episodes,
             )
         )
-    return [replace(title, similar=_similar_titles(rng, title, titles)) for title in titles]
+    return [replace(title, similar=similar) for title, similar in zip(titles, _similar_titles(rng, titles))]
 
 
-def _similar_titles(rng: random.Random, title: Title, titles: list[Title]) -> tuple[str, ...]:
-    """SIMILAR_TITLES titles sharing `title`'s first genre and audience, popular ones likelier."""
-    candidates = [
-        other
-        for other in titles
-        if other is not title and other.genres[0] == title.genres[0] and other.for_kids == title.for_kids
-    ]
-    chosen: list[Title] = []
-    while candidates and len(chosen) < SIMILAR_TITLES:
-        pick = rng.choices(candidates, [other.popularity for other in candidates])[0]
-        candidates.remove(pick)
-        chosen.append(pick)
-    return tuple(other.item_id for other in chosen)
+def _similar_titles(rng: random.Random, titles: list[Title]) -> list[tuple[str, ...]]:
+    """For each title, SIMILAR_TITLES titles sharing its first genre and audience, popular ones likelier.
+
+    Title by title, each pick is what `rng.choices(group, popularity)` draws from the title's group
+    less itself and the titles already picked for it (one `rng.random()` a pick): the group's
+    cumulative popularity is built once, the excluded titles are holes in it (_Pool.positions_except).
+    """
+    groups: dict[tuple[str, bool], list[Title]] = {}
+    position_in_group = []
+    for title in titles:
+        group = groups.setdefault((title.genres[0], title.for_kids), [])
+        position_in_group.append(len(group))
+        group.append(title)
+    pools = {key: _Pool(group) for key, group in groups.items()}
+    similar = []
+    for title, position in zip(titles, position_in_group):
+        pool = pools[title.genres[0], title.for_kids]
+        picked = pool.positions_except(rng, position, min(SIMILAR_TITLES, len(pool.titles) - 1))
+        similar.append(tuple(pool.titles[other].item_id for other in picked))
+    return similar
 
 
 def _title_genres(rng: random.Random) -> tuple[str, ...]:
@@ -210,11 +244,7 @@ class _Pool:
 
     def __init__(self, titles: list[Title]) -> None:
         self.titles = titles
-        self.cumulative: list[float] = []
-        total = 0.0
-        for title in titles:
-            total += title.popularity
-            self.cumulative.append(total)
+        self.cumulative = list(accumulate(title.popularity for title in titles))
 
     def draw(self, rng: random.Random, now: int, exclude: set[str]) -> Title | None:
         """A released title not in `exclude`, by popularity; None when there is none."""
@@ -229,38 +259,119 @@ class _Pool:
             return None
         return rng.choices(candidates, [title.popularity for title in candidates])[0]
 
+    def positions_except(self, rng: random.Random, excluded: int, count: int) -> list[int]:
+        """The positions of `count` titles drawn one after another by popularity, each as
+        `rng.choices` draws it from this pool's titles less the one at position `excluded` and those
+        drawn before it; O(count^2 log n) instead of the O(n) per draw of building the list.
+
+        rng.choices bisects the running total of the remaining titles' popularity at random() times
+        their sum. Between two left-out positions (holes) that running total is this pool's
+        cumulative popularity less the popularity of the holes before them, so each stretch is
+        bisected with the target raised by what was skipped. The sums are equal up to float rounding
+        (the additions are done in another order), so a draw could differ from rng.choices' only
+        where random() lands within a rounding error of the boundary between two titles.
+        """
+        cumulative, titles = self.cumulative, self.titles
+        holes, hole_weights = [excluded], [titles[excluded].popularity]  # sorted by position
+        drawn = []
+        for _ in range(count):
+            target = rng.random() * (cumulative[-1] - sum(hole_weights))
+            position = bisect_right(cumulative, target)
+            skipped = 0.0
+            for hole, weight in zip(holes, hole_weights):
+                if position < hole:
+                    break
+                skipped += weight
+                position = max(hole + 1, bisect_right(cumulative, target + skipped))
+            if position >= len(titles):  # as rng.choices, whose bisect stops at the last title
+                position = len(titles) - 1
+                while position in holes:
+                    position -= 1
+            drawn.append(position)
+            index = bisect_left(holes, position)
+            holes.insert(index, position)
+            hole_weights.insert(index, titles[position].popularity)
+        return drawn
+
+
+class _NewReleases:
+    """New releases on offer in one session, in catalogue order, drawn by hype as
+    `rng.choices(range(len(releases)), hype)` draws from the list of them; a drawn title leaves."""
+
+    def __init__(self, titles: list[Title], positions: np.ndarray, hype: np.ndarray) -> None:
+        self.titles = titles
+        self.positions = positions  # into `titles`
+        self.hype = hype
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def take(self, rng: random.Random) -> Title:
+        # np.cumsum adds left to right as itertools.accumulate does, so the sums are the same floats.
+        cumulative = np.cumsum(self.hype)
+        target = rng.random() * float(cumulative[-1])
+        index = int(np.searchsorted(cumulative[:-1], target, side="right"))
+        title = self.titles[self.positions[index]]
+        self.positions = np.delete(self.positions, index)
+        self.hype = np.delete(self.hype, index)
+        return title
+
+
+class _RecentTitles:
+    """The titles of one audience released late enough to be new at some point of the period, as
+    arrays in catalogue order, so that a session's new releases are found without a Python loop."""
+
+    def __init__(self, titles: list[Title]) -> None:
+        self.titles = titles
+        self.position = {title.item_id: position for position, title in enumerate(titles)}
+        self.release_ts = np.array([title.release_ts for title in titles], dtype=np.int64)
+        self.popularity = np.array([title.popularity for title in titles], dtype=np.float64)
+        # Releases fall on a few dates (midnights), so hype fades with one math.exp per date
+        # rather than one per title (numpy's exp can differ from math.exp in the last bit).
+        self.release_dates, self.release_date_index = np.unique(self.release_ts, return_inverse=True)
+
+    def on_offer(self, now: int, exclude: set[str]) -> _NewReleases:
+        """Titles released at most NEW_RELEASE_WINDOW_MS before `now` and not in `exclude`, with a
+        hype that fades with age."""
+        offered = (self.release_ts >= now - NEW_RELEASE_WINDOW_MS) & (self.release_ts <= now)
+        for item_id in exclude:
+            position = self.position.get(item_id)
+            if position is not None:
+                offered[position] = False
+        positions = np.flatnonzero(offered)
+        first = np.searchsorted(self.release_dates, now - NEW_RELEASE_WINDOW_MS, side="left")
+        last = np.searchsorted(self.release_dates, now, side="right")
+        fading = np.zeros(len(self.release_dates))
+        fading[first:last] = [
+            math.exp(-(now - released) / DAY_MS / HYPE_DECAY_DAYS)
+            for released in self.release_dates[first:last].tolist()
+        ]
+        hype = self.popularity[positions] * fading[self.release_date_index[positions]]
+        return _NewReleases(self.titles, positions, hype)
+
 
 class _Catalogue:
     def __init__(self, titles: list[Title]) -> None:
         self.titles = titles
         self.by_id = {title.item_id: title for title in titles}
-        self._pools: dict[tuple, _Pool] = {}
-        self.recent = [title for title in titles if title.release_ts > WORLD_START_MS - NEW_RELEASE_WINDOW_MS]
+        # Every pool a viewer may ask for, filled in one pass: the titles of an audience (kids or
+        # not), of any genre or one genre, of any kind or one kind, in catalogue order.
+        pools: dict[tuple, list[Title]] = {}
+        for title in titles:
+            for genre in (None, *title.genres):
+                for kind in (None, title.kind):
+                    pools.setdefault((title.for_kids, genre, kind), []).append(title)
+        self._pools = {key: _Pool(pool) for key, pool in pools.items()}
+        recent = [title for title in titles if title.release_ts > WORLD_START_MS - NEW_RELEASE_WINDOW_MS]
+        self._recent = {kids: _RecentTitles([t for t in recent if t.for_kids == kids]) for kids in (False, True)}
 
     def pool(self, kids: bool, genre: str | None = None, kind: str | None = None) -> _Pool:
         """Titles a kids profile (kids titles only) or an adult (no kids titles) may pick."""
-        key = (kids, genre, kind)
-        if key not in self._pools:
-            self._pools[key] = _Pool(
-                [
-                    title
-                    for title in self.titles
-                    if title.for_kids == kids
-                    and (genre is None or genre in title.genres)
-                    and (kind is None or title.kind == kind)
-                ]
-            )
-        return self._pools[key]
+        return self._pools.get((kids, genre, kind)) or _Pool([])
 
-    def new_releases(self, kids: bool, now: int, exclude: set[str]) -> list[tuple[Title, float]]:
+    def new_releases(self, kids: bool, now: int, exclude: set[str]) -> _NewReleases:
         """Released titles at most NEW_RELEASE_WINDOW_MS old, with hype that fades with age."""
-        return [
-            (title, title.popularity * math.exp(-(now - title.release_ts) / DAY_MS / HYPE_DECAY_DAYS))
-            for title in self.recent
-            if title.for_kids == kids
-            and now - NEW_RELEASE_WINDOW_MS <= title.release_ts <= now
-            and title.item_id not in exclude
-        ]
+        return self._recent[kids].on_offer(now, exclude)
 
 
 @dataclass
@@ -464,8 +575,7 @@ class _Viewer:
             return
         teased = []
         for _ in range(min(self.rng.randint(1, 3), len(releases))):
-            index = self.rng.choices(range(len(releases)), [hype for _, hype in releases])[0]
-            title, _ = releases.pop(index)
+            title = releases.take(self.rng)
             self.trailer(title)
             teased.append(title)
         if self.rng.random() < 0.75:

@@ -18,6 +18,12 @@ def add_training_commands(commands) -> None:
     synth.add_argument("--out", type=Path, required=True, help="log file: .jsonl or .msgpack, optionally .gz")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--users", type=positive_int, default=None, help="number of users (default: the generator's)")
+    synth.add_argument("--titles", type=positive_int, default=None, help="number of titles (default: the generator's)")
+    synth.add_argument("--days", type=positive_int, default=None,
+                       help="days simulated from 2024-01-01 (default: the generator's)")
+    synth.add_argument("--catalogue-out", type=Path, default=None,
+                       help="catalogue file, every title played or not: .jsonl or .msgpack, optionally .gz "
+                            "(default: beside --out, its name with .catalogue before the suffix)")
     synth.set_defaults(handler=data_synth)
     movielens = data.add_parser("movielens", help="convert MovieLens-100K to play events")
     movielens.add_argument("directory", type=Path, help="ml-100k directory (RecBole atomic files or u.data/u.item)")
@@ -57,13 +63,23 @@ def add_training_commands(commands) -> None:
 
 
 def data_synth(args: argparse.Namespace) -> None:
-    from model.playlogs.files import log_format, write_log
-    from model.playlogs.synth import generate_world
+    from model.playlogs.files import catalogue_beside, catalogue_format, log_format, write_catalogue, write_log
+    from model.playlogs.synth import MAX_DAYS, generate_world_and_catalogue
 
     log_format(args.out)
-    options = {} if args.users is None else {"n_users": args.users}
-    count = write_log(args.out, generate_world(seed=args.seed, **options))
-    print(f"wrote {count} events to {args.out}")
+    catalogue_out = args.catalogue_out or catalogue_beside(args.out)
+    catalogue_format(catalogue_out)
+    if catalogue_out.resolve() == args.out.resolve():
+        raise CommandError(f"--catalogue-out {catalogue_out} is the log file --out; choose another path")
+    if args.days is not None and args.days > MAX_DAYS:
+        raise CommandError(f"--days {args.days}: at most {MAX_DAYS} (the plays must end before 2100)")
+    given = {"n_users": args.users, "n_titles": args.titles, "days": args.days}
+    titles, events = generate_world_and_catalogue(
+        seed=args.seed, **{name: value for name, value in given.items() if value is not None}
+    )
+    title_count = write_catalogue(catalogue_out, (title.catalogue_entry() for title in titles))
+    count = write_log(args.out, events)
+    print(f"wrote {count} events to {args.out} and {title_count} titles to {catalogue_out}")
 
 
 def data_movielens(args: argparse.Namespace) -> None:

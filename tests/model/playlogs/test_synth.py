@@ -1,19 +1,35 @@
+import hashlib
+import math
+import random
 import time
 from collections import Counter, defaultdict
+from dataclasses import astuple, replace
+from itertools import accumulate
 
 import numpy as np
 import pytest
 
+from model.playlogs.files import read_catalogue, read_log
 from model.playlogs.synth import (
     DAY_MS,
     DEVICES,
+    GENRE_WEIGHTS,
+    GENRES,
+    HYPE_DECAY_DAYS,
     KIDS_GENRES,
+    MAX_DAYS,
+    NEW_RELEASE_WINDOW_MS,
+    SIMILAR_TITLES,
     WORLD_START_MS,
+    _Catalogue,
+    _similar_titles,
     generate_catalogue,
     generate_world,
+    generate_world_and_catalogue,
     user_modes,
 )
 from schemas.codec import decode_play_event, encode_play_event
+from stream.cli import main
 
 ACTIONS = {"discover", "continue", "rewatch", "trailer"}
 SESSION_GAP_MS = 30 * 60_000
@@ -240,3 +256,205 @@ def test_user_modes_are_the_profiles_the_world_was_made_from():
     others = [user for user in modes if user not in binge_fans and user not in kids and plays[user]]
     binge_share = np.mean([continues[u] / plays[u] for u in binge_fans if plays[u]])
     assert binge_share > np.mean([continues[u] / plays[u] for u in others])
+
+
+# ---------------------------------------------------------------------------------------------
+# Worlds made before the generator scaled stay the same; worlds of 20,000 titles and more
+# ---------------------------------------------------------------------------------------------
+
+def _digest(rows) -> str:
+    """SHA-256 of the rows' field values (repr prints floats exactly: equal digests, equal values)."""
+    return hashlib.sha256("\n".join(repr(astuple(row)) for row in rows).encode()).hexdigest()
+
+
+# Recorded from the generator of commit d91d219, whose similar titles and new releases were drawn
+# with rng.choices on lists filtered per draw (quadratic in the titles); every benchmark recorded
+# since uses worlds that it made. (seed, n_users, n_titles, days) -> digest of the events.
+FIRST_GENERATOR_WORLDS = {
+    (3, 60, 120, 20): "aa818b20c45eb424759fd56995fb2eabe20206352f1903c16ed544c2cf28c51b",
+    (7, 100, 2000, 30): "7d3ad64c38d8427913f50cc0283b9c53bd47a19f17dc9716eeafd98f372c0d3a",
+}
+FIRST_GENERATOR_CATALOGUE_7_2000_30 = "abd81babe3a9f7ae81adfc994d392a6571af1943aa93e70bf188cce422fa2ad5"
+
+
+@pytest.mark.parametrize("seed, n_users, n_titles, days", list(FIRST_GENERATOR_WORLDS))
+def test_a_world_is_the_one_the_first_generator_made(seed, n_users, n_titles, days):
+    events = generate_world(seed=seed, n_users=n_users, n_titles=n_titles, days=days)
+    assert _digest(events) == FIRST_GENERATOR_WORLDS[seed, n_users, n_titles, days]
+
+
+def test_a_catalogue_is_the_one_the_first_generator_made():
+    assert _digest(generate_catalogue(seed=7, n_titles=2000, days=30)) == FIRST_GENERATOR_CATALOGUE_7_2000_30
+
+
+def _similar_as_first_drawn(rng: random.Random, title, titles) -> tuple[str, ...]:
+    """The first generator's similar titles: rng.choices on the group, less each pick, rebuilt per draw."""
+    candidates = [
+        other
+        for other in titles
+        if other is not title and other.genres[0] == title.genres[0] and other.for_kids == title.for_kids
+    ]
+    chosen = []
+    while candidates and len(chosen) < SIMILAR_TITLES:
+        pick = rng.choices(candidates, [other.popularity for other in candidates])[0]
+        candidates.remove(pick)
+        chosen.append(pick)
+    return tuple(other.item_id for other in chosen)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_similar_titles_are_drawn_as_rng_choices_drew_them_from_filtered_lists(seed):
+    titles = generate_catalogue(seed=seed, n_titles=900, days=30)
+    # A few titles far more popular than the rest put large holes among the cumulative popularity.
+    titles = [replace(t, popularity=t.popularity * 1e4) if n % 97 == 0 else t for n, t in enumerate(titles)]
+    first, scaled = random.Random(seed), random.Random(seed)
+    expected = [_similar_as_first_drawn(first, title, titles) for title in titles]
+    assert _similar_titles(scaled, titles) == expected
+    assert first.random() == scaled.random()  # the same number of draws
+
+
+def test_new_releases_are_drawn_as_rng_choices_drew_them_from_the_list_of_them():
+    titles = generate_catalogue(seed=2, n_titles=3000, days=60)
+    catalogue = _Catalogue(titles)
+    recent = [title for title in titles if title.release_ts > WORLD_START_MS - NEW_RELEASE_WINDOW_MS]
+    probe = random.Random(5)
+    drawn = 0
+    for session in range(200):
+        kids = probe.random() < 0.3
+        now = WORLD_START_MS + probe.randrange(60 * DAY_MS)
+        seen = {title.item_id for title in probe.sample(recent, 40)}
+        # The first generator's list, hype and draws, as it wrote them.
+        expected = [
+            (title, title.popularity * math.exp(-(now - title.release_ts) / DAY_MS / HYPE_DECAY_DAYS))
+            for title in recent
+            if title.for_kids == kids
+            and now - NEW_RELEASE_WINDOW_MS <= title.release_ts <= now
+            and title.item_id not in seen
+        ]
+        releases = catalogue.new_releases(kids, now, seen)
+        assert len(releases) == len(expected)
+        first, scaled = random.Random(session), random.Random(session)
+        for _ in range(min(3, len(expected))):
+            index = first.choices(range(len(expected)), [hype for _, hype in expected])[0]
+            assert releases.take(scaled) is expected.pop(index)[0]
+            drawn += 1
+    assert drawn > 300
+
+
+def test_pools_hold_the_titles_of_their_audience_genre_and_kind_in_catalogue_order():
+    titles = generate_catalogue(seed=3, n_titles=2000, days=30)
+    catalogue = _Catalogue(titles)
+    for kids in (False, True):
+        for genre in (None, *GENRES):
+            for kind in (None, "show"):
+                pool = catalogue.pool(kids, genre, kind)
+                assert pool.titles == [
+                    title
+                    for title in titles
+                    if title.for_kids == kids
+                    and (genre is None or genre in title.genres)
+                    and (kind is None or title.kind == kind)
+                ]
+                assert pool.cumulative == list(accumulate(title.popularity for title in pool.titles))
+    assert catalogue.pool(True, "Horror").draw(random.Random(0), WORLD_START_MS, set()) is None
+
+
+@pytest.fixture(scope="module")
+def large_world():
+    started = time.perf_counter()
+    titles, events = generate_world_and_catalogue(seed=0, n_users=300, n_titles=20_000, days=30)
+    return titles, events, time.perf_counter() - started
+
+
+def test_a_20000_title_world_is_quick_and_its_plays_have_a_long_tail(large_world):
+    titles, events, seconds = large_world
+    assert seconds < 20  # about 1 s here
+    assert len({title.item_id for title in titles}) == 20_000
+    plays = Counter(event.item_id for event in events)
+    assert sum(count for _, count in plays.most_common(200)) > 0.3 * len(events)  # the top 1%: 59% here
+    assert len(plays) < 0.3 * len(titles)  # most titles are never played (89% here)...
+    assert len(plays) > 1000  # ...yet plays reach deep into the catalogue,
+    assert sum(1 for count in plays.values() if count == 1) > 0.3 * len(plays)  # many of them once
+
+
+def test_a_20000_title_catalogue_keeps_the_attributes_of_a_small_one(large_world):
+    titles, _, _ = large_world
+    released_in_period = sum(title.release_ts >= WORLD_START_MS for title in titles)
+    assert 0.08 < released_in_period / len(titles) < 0.12
+    assert 0.37 < sum(title.kind == "show" for title in titles) / len(titles) < 0.43
+    first_genres = Counter(title.genres[0] for title in titles)
+    for genre, weight in zip(GENRES, GENRE_WEIGHTS):
+        assert first_genres[genre] / len(titles) == pytest.approx(weight / sum(GENRE_WEIGHTS), abs=0.01)
+    popularity = sorted((title.popularity for title in titles), reverse=True)
+    assert sum(popularity[:200]) > 0.25 * sum(popularity)  # heavy-tailed: the top 1% hold a large share
+
+
+def test_similar_titles_share_the_first_genre_and_audience_and_favour_the_popular(large_world):
+    titles, _, _ = large_world
+    by_id = {title.item_id: title for title in titles}
+    group_sizes = Counter((title.genres[0], title.for_kids) for title in titles)
+    picks = []
+    for title in titles:
+        assert len(set(title.similar)) == len(title.similar) == min(SIMILAR_TITLES, group_sizes[title.genres[0], title.for_kids] - 1)
+        assert title.item_id not in title.similar
+        for item_id in title.similar:
+            other = by_id[item_id]
+            assert (other.genres[0], other.for_kids) == (title.genres[0], title.for_kids)
+            picks.append(other)
+    most_popular = {}
+    for key in group_sizes:
+        group = sorted((t.popularity for t in titles if (t.genres[0], t.for_kids) == key), reverse=True)
+        most_popular[key] = group[len(group) // 10]
+    in_top_decile = sum(other.popularity > most_popular[other.genres[0], other.for_kids] for other in picks)
+    assert in_top_decile > 0.4 * len(picks)  # 66% here, against 10% for picks by chance
+
+
+# ---------------------------------------------------------------------------------------------
+# intentstream data synth: the log and the catalogue
+# ---------------------------------------------------------------------------------------------
+
+def test_data_synth_writes_the_log_and_every_title_to_a_catalogue_beside_it(tmp_path):
+    out = tmp_path / "world.msgpack"
+    arguments = ["--seed", "4", "--users", "30", "--titles", "500", "--days", "20"]
+    assert main(["data", "synth", "--out", str(out), *arguments]) == 0
+    titles, events = generate_world_and_catalogue(seed=4, n_users=30, n_titles=500, days=20)
+    assert list(read_log(out)) == events
+    catalogue = list(read_catalogue(tmp_path / "world.catalogue.msgpack"))
+    assert catalogue == [title.catalogue_entry() for title in titles]
+    listed = {entry.item_id: entry for entry in catalogue}
+    assert len(listed) == 500
+    played = {event.item_id for event in events}
+    assert played < set(listed)  # every played title is listed, and some listed titles were never played
+    for event in events:
+        entry = listed[event.item_id]
+        assert (entry.kind, entry.genres, entry.release_ts) == (event.kind, event.genres, event.release_ts)
+
+
+def test_data_synth_writes_the_catalogue_where_catalogue_out_says(tmp_path):
+    out, catalogue = tmp_path / "world.jsonl", tmp_path / "shop" / "titles.jsonl.gz"
+    assert main(["data", "synth", "--out", str(out), "--users", "5", "--titles", "40", "--catalogue-out", str(catalogue)]) == 0
+    assert [entry.item_id for entry in read_catalogue(catalogue)] == [t.item_id for t in generate_catalogue(n_titles=40)]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["shop", "world.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--titles", "0"], "--titles: expected a number >= 1, got 0"),
+        (["--days", "-3"], "--days: expected a number >= 1, got -3"),
+        (["--users", "many"], "--users: expected a whole number, got 'many'"),
+        (["--days", str(MAX_DAYS + 1)], f"--days {MAX_DAYS + 1}: at most {MAX_DAYS}"),
+        (["--catalogue-out", "{out}"], "is the log file --out"),
+        (["--catalogue-out", "{dir}/titles.csv"], "unknown catalogue format"),
+    ],
+)
+def test_data_synth_refuses_a_bad_argument_before_writing_anything(tmp_path, capsys, arguments, message):
+    out = tmp_path / "world.jsonl"
+    arguments = [argument.format(out=out, dir=tmp_path) for argument in arguments]
+    try:
+        status = main(["data", "synth", "--out", str(out), *arguments])
+    except SystemExit as exit:  # argparse's refusal
+        status = exit.code
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
