@@ -208,7 +208,8 @@ def serve_dataflow(settings: StreamSettings, scorer_factory, torch_threads: int,
         from stream.dataflow import StreamCounters, build_flow
 
         if scorer_factory is None:
-            scorer = load_serving_scorer(settings.model_dir, settings.backend, settings.kv_cache_bytes, settings.new_titles)
+            scorer = load_serving_scorer(settings.model_dir, settings.backend, settings.kv_cache_bytes, settings.new_titles,
+                                     settings.catalogue)
         else:
             scorer = scorer_factory(settings.model_dir)
         counters = StreamCounters(log_every_s=float("inf"))

@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+# How the catalogue is scored (model.serving.retrieval.CATALOGUES; here too, so that options parse
+# without importing torch).
+CATALOGUES = ("auto", "exact", "approximate")
+
+
 @dataclass(frozen=True)
 class StreamSettings:
     """Everything a dataflow needs to know, resolved and validated before any event is read."""
@@ -32,6 +37,9 @@ class StreamSettings:
     # who runs the model: auto | eager | eager:cuda | aoti:PATH | tensorrt:PATH (model.serving.backends)
     backend: str = "auto"
     kv_cache_mb: int = 1024  # memory for cached users' rows (incremental scoring); 0: recompute every event
+    # The catalogue scored whole (exact), from each event's retrieved candidates (approximate), or
+    # auto: approximate for catalogues too large to score whole (model.serving.retrieval)
+    catalogue: str = "auto"
     # Columns for titles first seen in the stream (model.serving.new_titles); None: the model's own
     # (256 by default); 0: a closed catalogue, whose updates are the same after a restart and at any
     # cluster size (each process learns new titles from the plays it reads, and forgets them on exit).

@@ -23,6 +23,7 @@ of one user in a batch can cost a rebuild from the history, never a wrong score.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass, replace
@@ -34,11 +35,14 @@ import numpy as np
 from model.config import IntentRecConfig
 from model.features import ROW_DTYPE
 from model.config import task_sizes
-from model.serving.backends import Backend, EagerBackend, load_backend
+from model.serving.backends import Backend, BackendError, EagerBackend, load_backend
 from model.serving.graphs import GraphOutputs, split_outputs
 from model.serving.host_inputs import HostToDevice, step_batch, window_batch
 from model.serving.kv_cache import CacheEntry, KVCache
+from model.serving.retrieval import attach_retriever, serves_approximately
 from model.serving.scorer import Predictions, Scorer, Scores, padded_length
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 1 << 30
 # Users x rows x rows of one window call at most: bounds the memory of its masks and attention weights.
@@ -176,17 +180,28 @@ class IncrementalScorer(Scorer):
 
 def load_serving_scorer(
     model: str | os.PathLike | Scorer, backend: str = "auto", cache_bytes: int = DEFAULT_CACHE_BYTES,
-    new_title_columns: int | None = None,
+    new_title_columns: int | None = None, catalogue: str = "auto",
 ) -> IncrementalScorer:
     """The scorer a stream serves with: the checkpoint `model` (a directory, or a loaded Scorer),
     its graphs run by `backend` (a spec of model.serving.backends.load_backend, which raises
     BackendError; `auto` looks beside a directory for a compiled artifact), `cache_bytes` of cached
-    users, `new_title_columns` for titles first seen in the stream (None: the checkpoint's). Live
-    runs, demos and backtests all build theirs here."""
+    users, `new_title_columns` for titles first seen in the stream (None: the checkpoint's), and the
+    catalogue scored whole ("exact") or from retrieved candidates ("approximate"; "auto": beyond
+    model.serving.retrieval.APPROXIMATE_FROM_ITEMS items). Live runs, demos and backtests all build
+    theirs here."""
     if isinstance(model, Scorer):
         scorer, model_dir = model, None
     else:
         scorer, model_dir = Scorer.load(model, new_title_columns), Path(model)
+    if serves_approximately(catalogue, scorer.config.n_items):
+        kind = backend.partition(":")[0]
+        if kind not in ("auto", "eager"):
+            raise BackendError(f"backend {backend!r} scores the whole catalogue; serving it from retrieved candidates "
+                               "(--catalogue approximate) runs eager: choose --backend eager, or --catalogue exact")
+        if kind == "auto":
+            log.info("the catalogue (%d items) is served from retrieved candidates, which run eager", scorer.config.n_items)
+            backend = "eager"
+        attach_retriever(scorer.model)
     return IncrementalScorer(scorer, load_backend(backend, scorer.model, model_dir), cache_bytes)
 
 

@@ -18,6 +18,8 @@ APPROXIMATE_FROM_ITEMS items).
 """
 from __future__ import annotations
 
+import logging
+import time
 from typing import Protocol
 
 import numpy as np
@@ -26,6 +28,8 @@ import torch
 from model.intentrec import IntentRec
 from model.item_layer import Candidates, ItemState
 from model.vocab import FIRST_REAL, PAD, UNKNOWN
+
+log = logging.getLogger(__name__)
 
 APPROXIMATE_FROM_ITEMS = 100_000  # `--catalogue auto` serves larger catalogues from candidates
 CANDIDATES = 512  # the index's best per query
@@ -50,6 +54,21 @@ class ExactSearch:
         return torch.topk(torch.from_numpy(queries) @ self.vectors.T, k, dim=-1).indices.numpy()
 
 
+class IndexSearch:
+    """FAISS's HNSW graph over the rows, by inner product (bench/results/ann-libraries.md: why)."""
+
+    def __init__(self, vectors: np.ndarray, links: int = 32, build_depth: int = 200, search_depth: int = 600):
+        import faiss
+
+        self.index = faiss.IndexHNSWFlat(vectors.shape[1], links, faiss.METRIC_INNER_PRODUCT)
+        self.index.hnsw.efConstruction = build_depth
+        self.index.hnsw.efSearch = search_depth
+        self.index.add(vectors)
+
+    def __call__(self, queries: np.ndarray, k: int) -> np.ndarray:
+        return self.index.search(queries, k)[1]
+
+
 def item_vectors(model: IntentRec) -> np.ndarray:
     """(n_items - FIRST_REAL, d): each real item's [embedding ; IntentMatch attributes]."""
     parts = [model.features.item.weight.detach()[FIRST_REAL:]]
@@ -66,6 +85,22 @@ def query_vectors(model: IntentRec, state: ItemState) -> np.ndarray:
     if match is not None and match.attribute_tasks:
         parts.append(match.attribute_query(state.intent)[:, -1])
     return torch.cat(parts, dim=1).float().contiguous().numpy()
+
+
+def serves_approximately(catalogue: str, n_items: int) -> bool:
+    """`--catalogue`: "exact", "approximate", or "auto" (approximate beyond APPROXIMATE_FROM_ITEMS items)."""
+    if catalogue not in CATALOGUES:
+        raise ValueError(f"catalogue={catalogue!r}; choose one of {CATALOGUES}")
+    return catalogue == "approximate" or (catalogue == "auto" and n_items > APPROXIMATE_FROM_ITEMS)
+
+
+def attach_retriever(model: IntentRec, candidates: int = CANDIDATES) -> "CandidateRetriever":
+    """Builds the index over the model's items and hands the item layer a retriever over it."""
+    started = time.perf_counter()
+    retriever = CandidateRetriever(model, IndexSearch(item_vectors(model)), candidates)
+    model.item_layer.retriever = retriever
+    log.info("indexed %d items for retrieval in %.1f s", model.config.n_items - FIRST_REAL, time.perf_counter() - started)
+    return retriever
 
 
 class CandidateRetriever:

@@ -37,13 +37,14 @@ class ProgressCounters(StreamCounters):
 def replay(replay_source, timeline: Timeline, scorer: Scorer, judge: ModelJudge, settings: StreamSettings,
            progress: bool) -> ReplayStats:
     """One pass of the whole input through the live dataflow, judged as it goes. The flow scores
-    incrementally, as live (eager, on the CPU, a fresh cache), with `scorer`'s model."""
+    incrementally, as live (eager, on the CPU, a fresh cache), with `scorer`'s model, the catalogue as
+    settings.catalogue says."""
     from bytewax.run import cli_main
 
     with tqdm(total=timeline.messages, desc=judge.log.system, unit="ev", disable=None if progress else True,
               dynamic_ncols=True) as bar:
         counters = ProgressCounters(bar)
-        serving = load_serving_scorer(scorer)
+        serving = load_serving_scorer(scorer, catalogue=settings.catalogue)
         register_new_titles(serving, timeline)
         flow = build_flow(settings, serving, source=replay_source.source(), sink=DiscardSink(), counters=counters,
                           observe_scores=judge)  # fmt: skip
@@ -75,6 +76,7 @@ def run_backtest(
     batch_size: int = StreamSettings.batch_size,
     lateness_s: float = StreamSettings.lateness_s,
     ttl_s: float = StreamSettings.ttl_s,
+    catalogue: str = StreamSettings.catalogue,
     progress: bool = True,
 ) -> Backtest:
     """Replay `replay_source` once per model (name -> (directory, loaded scorer)) and judge every
@@ -91,12 +93,12 @@ def run_backtest(
         source=replay_source.describe(),
         input=counts,
         settings={"score_from": score_from, "top_k": top_k, "batch_size": batch_size, "lateness_s": lateness_s,
-                  "ttl_s": ttl_s, "workers": 1},
+                  "ttl_s": ttl_s, "catalogue": catalogue, "workers": 1},
     )
     for name, (directory, scorer) in models.items():
         settings = StreamSettings(brokers="", model_dir=directory, format=replay_source.wire_format,
                                   latest_topic=None, batch_size=batch_size, top_k=top_k, ttl_s=ttl_s,
-                                  lateness_s=lateness_s, stop_at_end=True)
+                                  lateness_s=lateness_s, catalogue=catalogue, stop_at_end=True)
         judge = ModelJudge(name, scorer, timeline, score_from, top_k)
         stats = replay(replay_source, timeline, scorer, judge, settings, progress)
         model = {"name": scorer.model_ref.name, "version": scorer.model_ref.version, "directory": str(directory)}

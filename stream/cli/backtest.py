@@ -12,7 +12,7 @@ from stream.cli.arguments import duration, positive_int, timestamp_ms
 from stream.errors import EXIT_OK, CommandError
 from stream.kafka.config import KafkaConfigError, kafka_client
 from stream.parsing import format_duration
-from stream.settings import StreamSettings
+from stream.settings import CATALOGUES, StreamSettings
 
 BACKTEST_HELP = "replay a play log or topic through the dataflow and judge it"
 
@@ -55,6 +55,10 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
     stream.add_argument("--ttl", type=duration, default=StreamSettings.ttl_s, metavar="DURATION",
                         help="forget users idle longer than this, in event time (default: "
                              f"{format_duration(StreamSettings.ttl_s)})")
+    stream.add_argument("--catalogue", choices=CATALOGUES, default=StreamSettings.catalogue,
+                        help="score the whole catalogue, or each event's retrieved candidates (approximate: a target "
+                             "not among them ranks last); auto: approximate beyond 100,000 items (default: "
+                             f"{StreamSettings.catalogue})")
 
 
 def _replay_source(args: argparse.Namespace) -> LogReplay | TopicReplay:
@@ -101,7 +105,8 @@ def backtest_command(args: argparse.Namespace) -> int:
     models = {name: (directory, Scorer.load(directory))
               for name, directory in zip(model_names(args.models), args.models)}
     result = run_backtest(replay_source, models, score_from=args.score_from, top_k=args.top_k,
-                          batch_size=args.batch_size, lateness_s=args.lateness, ttl_s=args.ttl)
+                          batch_size=args.batch_size, lateness_s=args.lateness, ttl_s=args.ttl,
+                          catalogue=args.catalogue)
     data = write_report(result, args.out)
     print(summary(data, result.top_k))
     print(f"report written to {args.out}")

@@ -66,6 +66,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     service_option(scoring, "--kv-cache-mb", "memory for cached users' rows, from which a new event is scored "
             f"incrementally; 0 recomputes every event from its history (default: {default_of('kv_cache_mb')})",
             metavar="MB")
+    service_option(scoring, "--catalogue", "score the whole catalogue for every event (exact), or each event's "
+            "candidates retrieved from an index and rescored exactly (approximate: for catalogues too large to score "
+            "whole; runs eager); auto: approximate beyond 100,000 items (default: "
+            f"{default_of('catalogue')})", metavar="auto|exact|approximate")
     service_option(scoring, "--new-titles", "columns for titles first seen in the stream, ranked beside the "
             "catalogue from their kind, genres and release date; 0 keeps the catalogue closed, so that updates are "
             "the same after a restart and at any cluster size (default: the model's, 256)", metavar="N")

@@ -16,7 +16,7 @@ from stream.errors import CommandError
 from stream.kafka.config import KafkaConfigError, kafka_client
 from stream.kafka.source import OFFSET_GAP_POLICIES
 from stream.service.recovery import check_recovery_dir
-from stream.settings import ServiceSettings, StreamSettings
+from stream.settings import CATALOGUES, ServiceSettings, StreamSettings
 
 ENV_PREFIX = "INTENTSTREAM_"
 
@@ -81,6 +81,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         top_k=option("top_k", parsing.positive_int),
         backend=option("backend", parsing.backend),
         kv_cache_mb=option("kv_cache_mb", parsing.non_negative_int),
+        catalogue=option("catalogue", parsing.one_of(*CATALOGUES)),
         new_titles=resolve_option(args, environ, "new_titles", parsing.non_negative_int, None),
         recovery_dir=resolve_option(args, environ, "recovery_dir", Path, None),
         snapshot_interval_s=option("snapshot_interval", parsing.positive_duration, "snapshot_interval_s"),

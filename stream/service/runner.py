@@ -66,7 +66,8 @@ def serve(service: ServiceSettings) -> int:
 
     torch.set_num_threads(service.torch_threads)
     try:
-        serving = load_serving_scorer(settings.model_dir, settings.backend, settings.kv_cache_bytes, settings.new_titles)
+        serving = load_serving_scorer(settings.model_dir, settings.backend, settings.kv_cache_bytes, settings.new_titles,
+                                      settings.catalogue)
     except (CheckpointError, BackendError, CacheSizeError) as error:
         raise CommandError(str(error), EXIT_FAILED) from None
     if settings.history is not None and settings.history < serving.history_len:

@@ -73,3 +73,18 @@ def test_the_pointers_items_are_always_candidates_and_the_top_items_are_named_fr
     (scores,) = scorer.to_scores(predictions, top_k=5)
     named = {scorer.vocab.items.lookup(item.item_id) for item in scores.next_items}
     assert named <= candidates and len(named) == 5
+
+
+def test_the_serving_scorer_retrieves_where_asked_or_beyond_the_threshold_and_only_eager(tmp_path, monkeypatch):
+    from model.serving import retrieval
+    from model.serving.backends import BackendError, EagerBackend
+    from model.serving.incremental import load_serving_scorer
+
+    assert load_serving_scorer(make_scorer(), catalogue="auto").model.item_layer.retriever is None
+    approximate = load_serving_scorer(make_scorer(), catalogue="approximate")
+    assert approximate.model.item_layer.retriever is not None and isinstance(approximate.backend, EagerBackend)
+    monkeypatch.setattr(retrieval, "APPROXIMATE_FROM_ITEMS", 10)  # the tiny catalogue is "large"
+    assert load_serving_scorer(make_scorer(), catalogue="auto").model.item_layer.retriever is not None
+    assert load_serving_scorer(make_scorer(), catalogue="exact").model.item_layer.retriever is None
+    with pytest.raises(BackendError, match="scores the whole catalogue"):
+        load_serving_scorer(make_scorer(), backend=f"aoti:{tmp_path}", catalogue="approximate")

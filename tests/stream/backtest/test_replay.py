@@ -322,3 +322,15 @@ def test_raw_id_recency_ranks_the_users_titles_by_last_play_whatever_the_vocabul
     # e4 -> e5 (the first title, behind another-new-one, never-trained-on and the second title).
     last = len(scorer.vocab.items)
     assert raw.rank == [last, last, 2, last, 4] and raw.rank_unseen == [last, last, 0, last, 0]
+
+
+def test_a_backtest_from_retrieved_candidates_that_hold_the_catalogue_judges_as_the_exact_one(
+    world_log, tiny_model_dir, scorer
+):
+    exact = backtest_of(LogReplay(world_log), tiny_model_dir, scorer, catalogue="exact")
+    approximate = backtest_of(LogReplay(world_log), tiny_model_dir, Scorer.load(tiny_model_dir), catalogue="approximate")
+    assert scorer.config.n_items < 512  # the retriever's candidates hold the whole tiny catalogue
+    ranked = [rank if rank < scorer.config.n_items else "last" for rank in exact.systems[0].log.rank]
+    assert [rank if rank < scorer.config.n_items else "last" for rank in approximate.systems[0].log.rank] == ranked
+    assert ranked.count("last") < len(ranked) // 2
+    assert approximate.settings["catalogue"] == "approximate"

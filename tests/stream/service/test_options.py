@@ -23,7 +23,7 @@ def test_every_option_from_the_command_line(tmp_path):
         "--format", "JSON", "--input-topic", "in", "--output-topic", "out", "--dlq-topic", "dead",
         "--latest-topic", "last", "--batch-size", "64", "--history", "50", "--ttl", "7d",
         "--lateness", "90s", "--max-clock-skew", "1m", "--top-k", "5", "--backend", "eager:cuda", "--kv-cache-mb", "0",
-        "--max-users", "5000", "--on-offset-gap", "FAIL",
+        "--max-users", "5000", "--on-offset-gap", "FAIL", "--catalogue", "approximate",
         "--recovery-dir", str(tmp_path / "rec"),
         "--snapshot-interval", "500ms", "--workers", "2", "--process-id", "1",
         "--addresses", "a:2101, b:2101", "--stop-at-end",
@@ -32,7 +32,7 @@ def test_every_option_from_the_command_line(tmp_path):
         brokers="localhost:9092", model_dir=Path("/models/m"), format="json", input_topic="in",
         output_topic="out", dlq_topic="dead", latest_topic="last", batch_size=64, history=50,
         ttl_s=7 * 86_400.0, lateness_s=90.0, max_clock_skew_s=60.0, top_k=5, backend="eager:cuda", kv_cache_mb=0,
-        max_users=5000, on_offset_gap="fail", recovery_dir=tmp_path / "rec",
+        max_users=5000, on_offset_gap="fail", catalogue="approximate", recovery_dir=tmp_path / "rec",
         snapshot_interval_s=0.5, workers=2, process_id=1, addresses=("a:2101", "b:2101"), stop_at_end=True,
     )
 
@@ -46,12 +46,13 @@ def test_every_option_from_the_environment():
         "INTENTSTREAM_SNAPSHOT_INTERVAL": "2m", "INTENTSTREAM_WORKERS": "3", "INTENTSTREAM_PROCESS_ID": "0",
         "INTENTSTREAM_ADDRESSES": "h:1", "INTENTSTREAM_STOP_AT_END": "yes", "INTENTSTREAM_BACKEND": "aoti:/a",
         "INTENTSTREAM_KV_CACHE_MB": "64", "INTENTSTREAM_MAX_USERS": "70", "INTENTSTREAM_ON_OFFSET_GAP": "fail",
+        "INTENTSTREAM_CATALOGUE": "exact",
     }
     assert settings_from_args(parse(), env) == StreamSettings(
         brokers="k1:9092,k2:9092", model_dir=Path("/m"), format="json", input_topic="in", output_topic="out",
         dlq_topic="dead", latest_topic=None, batch_size=32, history=20, ttl_s=3600.0, lateness_s=0.0,
         top_k=3, snapshot_interval_s=120.0, workers=3, process_id=0, addresses=("h:1",), stop_at_end=True,
-        backend="aoti:/a", kv_cache_mb=64, max_users=70, on_offset_gap="fail",
+        backend="aoti:/a", kv_cache_mb=64, max_users=70, on_offset_gap="fail", catalogue="exact",
     )
 
 
@@ -114,6 +115,7 @@ def test_stop_at_end_flag_beats_the_environment():
         (["--kv-cache-mb", "-1"], {}, "--kv-cache-mb '-1': must be 0 or more"),
         (["--ttl", "1s", "--lateness", "1h"], {}, "--ttl 1s is shorter than --lateness 1h"),
         ([], {"INTENTSTREAM_MAX_CLOCK_SKEW": "soon"}, "INTENTSTREAM_MAX_CLOCK_SKEW='soon': not a duration"),
+        (["--catalogue", "sampled"], {}, "--catalogue 'sampled'"),
     ],
 )
 def test_bad_options_say_what_to_fix(argv, env, expected):
