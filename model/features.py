@@ -6,6 +6,7 @@ arrays as per-user state; training, evaluation and serving all featurize through
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 
 from model.config import IntentRecConfig
 from model.vocab import PAD, UNKNOWN, Vocabularies, release_bucket
-from schemas import PlayEvent
+from schemas import CatalogueEntry, PlayEvent
 
 GENRE_SLOTS = 4  # genres kept per interaction (a title rarely has more)
 ROW_DTYPE = np.dtype(
@@ -67,6 +68,18 @@ def catalogue_entries(rows: np.ndarray, events) -> np.ndarray:
     for name in ("item", "kind", "genres"):
         entries[name] = rows[name]
     entries["release_ts"] = [NO_RELEASE if event.release_ts is None else event.release_ts for event in events]
+    return entries
+
+
+def listed_entries(titles: Sequence[CatalogueEntry], vocab: Vocabularies) -> np.ndarray:
+    """What a catalogue file says of its titles, as catalogue_entries says it of plays."""
+    entries = np.zeros(len(titles), dtype=CATALOGUE_DTYPE)
+    for entry, title in zip(entries, titles):
+        entry["item"] = vocab.items.lookup(title.item_id)
+        entry["kind"] = vocab.kinds.lookup(title.kind)
+        genres = [vocab.genres.lookup(g) for g in title.genres[:GENRE_SLOTS]]
+        entry["genres"][: len(genres)] = genres
+        entry["release_ts"] = NO_RELEASE if title.release_ts is None else title.release_ts
     return entries
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from schemas import PlayEvent
+from schemas import CatalogueEntry, PlayEvent
 
 PAD = 0
 UNKNOWN = 1
@@ -57,9 +57,11 @@ class Vocabularies:
     genres: Vocabulary
 
     @classmethod
-    def fit(cls, events: Iterable[PlayEvent], min_item_count: int = 1) -> "Vocabularies":
+    def fit(cls, events: Iterable[PlayEvent], min_item_count: int = 1,
+            catalogue: Iterable[CatalogueEntry] = ()) -> "Vocabularies":  # fmt: skip
         """Learn the vocabularies of a training log; items seen fewer than `min_item_count` times
-        share the unknown index."""
+        share the unknown index. Every title of a `catalogue` (what a shop offers, played or not)
+        gets an index too."""
         items, actions, devices, genres = Counter(), Counter(), Counter(), Counter()
         for e in events:
             items[e.item_id] += 1
@@ -67,8 +69,12 @@ class Vocabularies:
             if e.device is not None:
                 devices[e.device] += 1
             genres.update(e.genres)
+        listed = set()
+        for entry in catalogue:
+            listed.add(entry.item_id)
+            genres.update(entry.genres)
         return cls(
-            items=Vocabulary(sorted(i for i, n in items.items() if n >= min_item_count)),
+            items=Vocabulary(sorted({i for i, n in items.items() if n >= min_item_count} | listed)),
             actions=Vocabulary(sorted(actions)),
             kinds=Vocabulary(("movie", "show")),
             release=Vocabulary(name for name, _ in RELEASE_BUCKETS),

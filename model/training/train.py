@@ -21,13 +21,14 @@ from tqdm import tqdm
 from model.checkpoint import save_checkpoint
 from model.config import IntentRecConfig, TrainConfig, variant_overrides
 from model.training.validation import Validation, held_out
-from model.features import CATALOGUE_DTYPE, ROW_DTYPE, batch_tensors, catalogue_entries, featurize_all
+from model.features import CATALOGUE_DTYPE, ROW_DTYPE, batch_tensors, catalogue_entries, featurize_all, listed_entries
 from model.inputs import model_inputs
 from model.intentrec import IntentRec
 from model.item_layer import Targets
 from model.training.negatives import NegativeSampler, uses_sampled_softmax
-from model.playlogs.files import LogError, read_user_sequences
+from model.playlogs.files import LogError, read_catalogue, read_user_sequences
 from model.vocab import FIRST_REAL, PAD, UNKNOWN, Vocabularies
+from schemas import CatalogueEntry
 
 WATCH_FLOOR_S = 60.0  # d_k = watch time + one minute, so a zero-length play still counts a little
 
@@ -160,18 +161,21 @@ def train_model(
     train_config: TrainConfig = TrainConfig(),
     model_overrides: dict | None = None,
     progress: bool = True,
+    catalogue_path=None,
 ) -> TrainResult:
     """Train IntentRec on a play log and save the checkpoint to out_dir: the number of epochs is
     chosen on the validation targets (the best epoch by NDCG@10, with early stopping), then, with
     TrainConfig.refit, a model is trained that many epochs on every event but the test targets (the
     most recent plays are what a deployed model most needs); without it, the selection run's best
-    epoch is kept."""
+    epoch is kept. `catalogue_path`: a catalogue file (model.playlogs.files.read_catalogue) whose
+    titles, played or not, the model ranks too, with what it says of them."""
     started = time.perf_counter()
     sequences = read_user_sequences(log_path, until_ts=until_ts)
+    catalogue = list(read_catalogue(catalogue_path)) if catalogue_path is not None else []
     splits = {user: held_out(len(events), train_config.validation_share) for user, events in sequences.items()}
     origin_ms = min(events[0].ts for events in sequences.values())
     selection = Run(sequences, {user: split.validation_from for user, split in splits.items()}, variant, origin_ms,
-                    model_overrides, train_config)  # fmt: skip
+                    model_overrides, train_config, catalogue)  # fmt: skip
     if selection.events < 2:
         raise LogError(f"{log_path}: too few events to train on (each user's last ones are held out)")
     validation = Validation(featurize_sequences(sequences, selection.vocab)[0], splits, selection.model.config.history_len)
@@ -179,13 +183,14 @@ def train_model(
     final = selection
     if train_config.refit:
         final = Run(sequences, {user: split.test for user, split in splits.items()}, variant, origin_ms,
-                    model_overrides, train_config)  # fmt: skip
+                    model_overrides, train_config, catalogue)  # fmt: skip
         final.fit(chosen.best_epoch, None, progress)
     metadata = {
         "name": f"intentrec-{variant}",
         "version": time.strftime("%Y%m%dT%H%M%S"),
         "trained_on": str(log_path),
         "until_ts": until_ts,
+        "catalogue": None if catalogue_path is None else str(catalogue_path),
         "train": {**train_config.__dict__, "best_epoch": chosen.best_epoch, "validation_ndcg10": chosen.best_ndcg,
                   "validation_targets": validation.targets, "trained_events": final.events},
     }
@@ -203,15 +208,16 @@ class Chosen:
 
 class Run:
     """One training run: a model made for the events before each user's `end` (the vocabularies and
-    the catalogue it learns come from those alone) and trained on them by `fit`."""
+    the catalogue it learns come from those alone, and from the `catalogue` file's titles) and trained
+    on them by `fit`."""
 
     def __init__(self, sequences: dict[str, list], end: dict[str, int], variant: str, origin_ms: int,
-                 model_overrides: dict | None, train_config: TrainConfig):  # fmt: skip
+                 model_overrides: dict | None, train_config: TrainConfig, catalogue: list[CatalogueEntry]):  # fmt: skip
         seed_everything(train_config.seed)
         self.train_config = train_config
         events = {user: user_events[: end[user]] for user, user_events in sequences.items()}
         self.events = sum(len(user_events) for user_events in events.values())
-        self.vocab = Vocabularies.fit(e for user_events in events.values() for e in user_events)
+        self.vocab = Vocabularies.fit((e for user_events in events.values() for e in user_events), catalogue=catalogue)
         rows_by_user, _ = featurize_sequences(events, self.vocab)
         config = IntentRecConfig(
             n_items=len(self.vocab.items),
@@ -226,7 +232,8 @@ class Run:
         if model_overrides:
             config = replace(config, **model_overrides)
         self.model = IntentRec(config)
-        self.model.learn_catalogue(learnt_catalogue(events, rows_by_user))
+        self.model.learn_catalogue(np.concatenate([learnt_catalogue(events, rows_by_user),
+                                                   listed_entries(catalogue, self.vocab)]))  # fmt: skip
         warmup = min(config.history_len - 1, train_config.chunk_len // 2)
         self.windows = training_windows(rows_by_user, train_config.chunk_len, warmup)
         self.description = f"{'select' if train_config.refit else 'train'} {variant}"

@@ -35,6 +35,9 @@ def add_training_commands(commands) -> None:
     train.add_argument("--out", type=Path, required=True, help="model directory to write")
     train.add_argument("--variant", choices=("V0", "V1", "V2", "V3"), default="V3",
                        help="V0 no intent tasks, V1 parallel heads, V2 no short-term encoder, V3 full (default)")
+    train.add_argument("--catalogue", type=Path, default=None, metavar="FILE",
+                       help="a catalogue file (as `data synth` writes beside its log): its titles are ranked too, "
+                            "played or not, with their kind, genres and release date")
     train.add_argument("--until", type=timestamp_ms, default=None,
                        help="train only on events before this time (epoch ms or ISO date, UTC)")
     train.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs)
@@ -107,6 +110,7 @@ def train_command(args: argparse.Namespace) -> None:
         train_config=TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed,
                                  loss_weighting=args.loss_weighting, ema_decay=args.ema_decay, refit=args.refit),
         model_overrides=SMALL_MODEL if args.small else None,
+        catalogue_path=args.catalogue,
     )
     print(
         f"trained {args.variant} on {result.train_events} events in {result.wall_s:.0f}s: best validation "

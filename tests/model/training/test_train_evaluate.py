@@ -16,7 +16,8 @@ from model.training.evaluate import (
 )
 from model.features import ROW_DTYPE
 from model.vocab import UNKNOWN
-from model.playlogs.files import LogError, read_log, read_user_sequences, write_log
+from model.playlogs.files import LogError, read_log, read_user_sequences, write_catalogue, write_log
+from schemas import CatalogueEntry
 from model.serving.scorer import Scorer
 from model.playlogs.synth import generate_world
 from model.features import batch_tensors
@@ -290,3 +291,20 @@ def test_a_model_trained_with_sampled_negatives_predicts_better_than_chance(worl
     scorer = Scorer.load(tmp_path / "m")
     report = evaluate(scorer, load_rows(world_log, vocab=scorer.vocab)[0], scorer.vocab)
     assert report["test"]["overall"]["HR@10"] > 2 * 10 / (len(scorer.vocab.items) - 2)
+
+
+def test_a_catalogue_file_gives_every_listed_title_an_index_and_its_attributes(world_log, tmp_path):
+    played = {event.item_id for event in read_log(world_log)}
+    listed = [CatalogueEntry(item_id=f"shelf-{n}", kind="show" if n % 2 else "movie", genres=("Drama",),
+                             release_ts=None if n % 3 else 1_700_000_000_000) for n in range(5)]  # fmt: skip
+    write_catalogue(tmp_path / "catalogue.jsonl", listed)
+    train_model(world_log, tmp_path / "m", train_config=TrainConfig(epochs=1, refit=False), model_overrides=SMALL_MODEL,
+                progress=False, catalogue_path=tmp_path / "catalogue.jsonl")  # fmt: skip
+    model, vocab, meta = load_checkpoint(tmp_path / "m")
+    assert {entry.item_id for entry in listed} | played >= set(vocab.items.tokens) >= {e.item_id for e in listed}
+    match = model.item_layer.intent_match
+    shelf = [vocab.items.lookup(entry.item_id) for entry in listed]
+    kinds = match.item_attributes[shelf, : len(vocab.kinds)].argmax(1)
+    assert kinds.tolist() == [vocab.kinds.lookup(entry.kind) for entry in listed]
+    assert torch.isfinite(match.item_release_day[shelf]).tolist() == [entry.release_ts is not None for entry in listed]
+    assert meta["catalogue"] == str(tmp_path / "catalogue.jsonl")
