@@ -1,10 +1,10 @@
 """Do the intent weights and the intent embedding Z tell users apart? Judged on the synthetic
 world, where every user's intent modes are known (model.playlogs.synth.user_modes).
 
-    python bench/intents.py [--users 1000] [--model DIR] [--out bench/results/intents.md]
+    python bench/intents.py [--users 1000] [--seeds 3 --jobs 2 | --model DIR] [--out bench/results/intents.md]
 
-Trains a V3 with `intentstream train`'s defaults (unless --model names one trained on the same
-world), scores every user's whole history, and measures, after each user's newest interaction:
+Trains a V3 per seed with `intentstream train`'s defaults (unless --model names one trained on the
+same world), scores every user's whole history, and measures, after each user's newest interaction:
 - the intent weights (softmax(alpha), the paper's Fig. 7): their mean and spread across users per
   task, and how far each user's weights are from uniform;
 - whether the top-weighted task is what the user's main mode is about (binge: action or kind;
@@ -17,11 +17,13 @@ and draws Z in 2-D (PCA) coloured by main mode, the paper's Fig. 6 (bench/result
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import platform
 import shlex
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from model.config import TrainConfig  # noqa: E402
 from model.playlogs.files import write_log  # noqa: E402
 from model.playlogs.synth import generate_world, user_modes  # noqa: E402
 from model.serving.scorer import Scorer  # noqa: E402
@@ -130,37 +133,56 @@ def measure(model_dir: Path, log: Path, n_users: int) -> dict:
     }
 
 
-def markdown(result: dict, command: str, model: str) -> str:
-    tasks = result["tasks"]
+def markdown(results: list[dict], command: str, model: str) -> str:
+    """One block per seed, then the targets' summary over seeds."""
+    tasks = results[0]["tasks"]
     lines = [
         "# Do intent weights and Z explain? (synthetic world, each user's main mode known)",
         "",
         f"Command: `{command}`  ",
         f"Model: {model}  ",
         f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}; "
-        f"{time.strftime('%Y-%m-%d')}; {result['users']} users, judged after each one's newest play.",
+        f"{time.strftime('%Y-%m-%d')}; {results[0]['users']} users, judged after each one's newest play.",
         "",
-        "| task | mean weight | std across users |",
-        "|---|---|---|",
-        *[f"| {t} | {m:.3f} | {s:.3f} |" for t, m, s in zip(tasks, result["weight_mean"], result["weight_std"])],
+        "| seed | " + " | ".join(f"{t}: mean (std across users)" for t in tasks) + " | top task = main mode's | "
+        "independent of the mode | mode from Z | from weights | from intents | commonest mode |",
+        "|---" * (len(tasks) + 7) + "|",
+    ]
+    for result in results:
+        weights = " | ".join(f"{m:.3f} ({s:.3f})" for m, s in zip(result["weight_mean"], result["weight_std"]))
+        lines.append(
+            f"| {result['seed']} | {weights} | {result['top_task_match']:.1%} | {result['top_task_chance']:.1%} | "
+            f"{result['mode_from_z']:.1%} | {result['mode_from_weights']:.1%} | {result['mode_from_intents']:.1%} | "
+            f"{result['commonest_mode']:.1%} |"
+        )
+    spread = np.array([result["weight_std"] for result in results])
+    ratio = [result["top_task_match"] / max(result["top_task_chance"], 1e-9) for result in results]
+    lines += [
         "",
-        f"- Mean over users of the largest |weight − 1/{len(tasks)}|: {result['max_from_uniform']:.3f}.",
-        f"- Top-weighted task is what the main mode is about: {result['top_task_match']:.1%} of users "
-        f"(independent of the mode: {result['top_task_chance']:.1%}).",
-        f"- Main mode told from Z (nearest centroid, leave-one-out): {result['mode_from_z']:.1%}; from the intent "
-        f"weights: {result['mode_from_weights']:.1%}; from the intent predictions: {result['mode_from_intents']:.1%}; "
-        f"always the commonest mode: {result['commonest_mode']:.1%}.",
+        "- Tasks whose weights spread across users by at least 0.10 (std), per seed: "
+        + ", ".join(f"seed {r['seed']}: {sum(s >= 0.10 for s in spread[n])}" for n, r in enumerate(results)) + ".",
+        "- Top-weighted task matching the main mode, over its rate independent of the mode: "
+        + ", ".join(f"{x:.2f}x" for x in ratio) + ".",
         "",
-        "![Z by main mode, and intent weights by main mode](intents.png)",
+        "![Z by main mode, and intent weights by main mode (seed 0)](intents.png)",
         "",
     ]
     return "\n".join(lines)
+
+
+def train_and_measure(log: Path, directory: Path, seed: int, n_users: int) -> dict:
+    torch.set_num_threads(1)
+    model_dir = directory / f"v3-{seed}"
+    train_model(log, model_dir, variant="V3", train_config=TrainConfig(seed=seed), progress=False)
+    return {"seed": seed, **measure(model_dir, log, n_users)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=1000, help="users in the synthetic world")
     parser.add_argument("--model", type=Path, default=None, help="a V3 trained on this world (default: train one)")
+    parser.add_argument("--seeds", type=int, default=1, help="V3s trained, one per seed (without --model)")
+    parser.add_argument("--jobs", type=int, default=1, help="models trained at once, each in its own process")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "intents.md")
     args = parser.parse_args()
     command = "python bench/intents.py " + shlex.join(sys.argv[1:])
@@ -168,13 +190,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "synth.msgpack"
         write_log(log, generate_world(seed=0, n_users=args.users))
-        model_dir = args.model
-        if model_dir is None:
-            model_dir = Path(tmp) / "v3"
-            train_model(log, model_dir, variant="V3")
-        result = measure(model_dir, log, args.users)
-    plot(result["z"], result["weights"], result["tasks"], result["modes"], args.out.with_suffix(".png"))
-    text = markdown(result, command, "V3, `intentstream train` defaults" if args.model is None else str(args.model))
+        if args.model is not None:
+            results = [{"seed": "-", **measure(args.model, log, args.users)}]
+        else:
+            with ProcessPoolExecutor(args.jobs, multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(train_and_measure, log, Path(tmp), seed, args.users) for seed in range(args.seeds)]
+                results = [future.result() for future in futures]
+    first = results[0]
+    plot(first["z"], first["weights"], first["tasks"], first["modes"], args.out.with_suffix(".png"))
+    text = markdown(results, command, "V3, `intentstream train` defaults" if args.model is None else str(args.model))
     args.out.write_text(text)
     print(text)
 
