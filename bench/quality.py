@@ -55,9 +55,12 @@ PEER_PYTHON = ROOT / "bench" / ".venv-recbole" / "bin" / "python"
 FLOORS = ("popularity", "recency")
 
 
-def make_log(dataset: str, directory: Path, synth_users: int) -> Path:
+def make_log(dataset: str, directory: Path, synth_users: int, synth_titles: int) -> Path:
     path = directory / f"{dataset}.msgpack"
-    events = generate_world(seed=0, n_users=synth_users) if dataset == "synth" else read_movielens(MOVIELENS)
+    if dataset == "synth":
+        events = generate_world(seed=0, n_users=synth_users, n_titles=synth_titles)
+    else:
+        events = read_movielens(MOVIELENS)
     write_log(path, events)
     return path
 
@@ -254,6 +257,7 @@ def main() -> None:
                         help="where SASRec's results are kept by the digest of the split and reused (default: "
                              "bench/results/peers)")
     parser.add_argument("--synth-users", type=int, default=1000, help="users in the synthetic world")
+    parser.add_argument("--synth-titles", type=int, default=800, help="titles in the synthetic world")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="intra-op threads; one is fastest on a shared 2-core machine")
     parser.add_argument("--jobs", type=int, default=1,
@@ -272,7 +276,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         jobs = [(d, v, s) for d in args.datasets.split(",") for s in range(args.seeds) for v in variants]
-        logs = {d: make_log(d, workdir, args.synth_users) for d in args.datasets.split(",")}
+        logs = {d: make_log(d, workdir, args.synth_users, args.synth_titles) for d in args.datasets.split(",")}
         for dataset, log in logs.items():
             results[dataset] = floor_baselines(log)
             if args.peer_seeds:
