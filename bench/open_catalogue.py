@@ -9,10 +9,11 @@ event time), so titles first played after it are not in its vocabulary, as betwe
 retrainings. `intentstream backtest` then replays the whole log and judges every update after the
 cut, three times on the same weights:
 
-- "open" (the default): the users' unknown-title slots (`unknown_slots` 8: the repeat pointer
-  continues and returns to a user's own new titles) and the new-title columns (`new_title_columns`
-  256: every title first seen in the stream is ranked for everyone from its first play, scored
-  from its kind, genres and release date; model.serving.new_titles);
+- "open" (the default): the users' unknown-title slots (`unknown_slots` 50: the repeat pointer
+  continues and returns to a user's own new titles, a new one taking the slot of the one played
+  least recently) and the new-title columns (`new_title_columns` 256: every title first seen in the
+  stream that 3 users have played is ranked for everyone from then, scored from its kind, genres and
+  release date; model.serving.new_titles);
 - "slots only": no new-title columns (`run --new-titles 0`);
 - "closed": neither; every unknown title is "unknown" and ranks last.
 
@@ -51,9 +52,9 @@ MOVIELENS = ROOT.parent / "shared" / "data" / "ml-100k"
 K = 10
 
 
-def dataset_log(name: str, work: Path, users: int) -> Path:
+def dataset_log(name: str, work: Path, users: int, titles: int, days: int) -> Path:
     log = work / f"{name}.msgpack"
-    events = generate_world(seed=0, n_users=users, n_titles=400, days=60) if name == "synth" else read_movielens(MOVIELENS)
+    events = generate_world(seed=0, n_users=users, n_titles=titles, days=days) if name == "synth" else read_movielens(MOVIELENS)
     write_log(log, events)
     return log
 
@@ -68,7 +69,7 @@ def closed_catalogue(model_dir: Path, out: Path) -> Path:
 
 
 def measure(name: str, args, work: Path) -> dict:
-    log = dataset_log(name, work, args.synth_users)
+    log = dataset_log(name, work, args.synth_users, args.synth_titles, args.synth_days)
     times = np.array([event.ts for event in read_log(log)])
     cut = int(np.quantile(times, args.cut))
     model_dir = work / f"{name}-model"
@@ -108,6 +109,8 @@ def main() -> None:
     parser.add_argument("--cut", type=float, default=0.7, help="quantile of event time: train before, judge after")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--synth-users", type=int, default=1000)
+    parser.add_argument("--synth-titles", type=int, default=400)
+    parser.add_argument("--synth-days", type=int, default=60)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/open-catalogue.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
