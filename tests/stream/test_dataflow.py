@@ -25,6 +25,7 @@ from tests.model.serving.test_new_titles import scorer_that_saw
 from model.features import slot_history
 from model.playlogs.synth import generate_world
 from model.serving.incremental import IncrementalScorer, load_serving_scorer
+from model.serving.retrieval import CandidateRetriever, ExactSearch, item_vectors
 from model.serving.scorer import Scorer, Scores
 from model.vocab import UNKNOWN
 from schemas import (
@@ -432,7 +433,8 @@ def build_scenario(fmt: str, context: int, lateness_ms: int, seed: int = 0) -> S
 
 def serving_scorer(settings: StreamSettings) -> IncrementalScorer:
     """As `intentstream run` serves: the settings' model, backend and cache size."""
-    return load_serving_scorer(settings.model_dir, settings.backend, settings.kv_cache_bytes, settings.new_titles)
+    return load_serving_scorer(settings.model_dir, settings.backend, settings.kv_cache_bytes, settings.new_titles,
+                               settings.catalogue)
 
 
 def run_flow(settings, scenario, workers=1, serving: IncrementalScorer | None = None):
@@ -550,6 +552,23 @@ def test_the_flow_scores_incrementally_by_default_and_recomputes_without_a_cache
         assert serving.scored_from_cache == 0
     updates = [decode_intent_update(m.value, "json") for m in sent if m.topic == settings.output_topic]
     expected = offline_scores(scorer, scenario.histories, top_k=5, open_catalogue=False)
+    for update in updates:
+        assert_same_scores(update, expected[update.event_id])
+
+
+def test_a_flow_serving_retrieved_candidates_equals_offline_scoring_of_the_same_candidates(tiny_model_dir):
+    settings = settings_for(tiny_model_dir, format="json", batch_size=16, top_k=5, new_titles=0, catalogue="approximate")
+    serving = serving_scorer(settings)
+    model = serving.model
+    assert model.item_layer.retriever is not None  # served from candidates
+    model.item_layer.retriever = CandidateRetriever(model, ExactSearch(item_vectors(model)), candidates=8)
+    scenario = build_scenario("json", serving.history_len, round(settings.lateness_s * 1000), seed=7)
+    sent, counters = run_flow(settings, scenario, serving=serving)
+
+    offline = Scorer(model, serving.vocab, serving.model_ref)  # the same model, so the same retriever
+    expected = offline_scores(offline, scenario.histories, top_k=5, open_catalogue=False)
+    updates = [decode_intent_update(m.value, "json") for m in sent if m.topic == settings.output_topic]
+    assert len(updates) == counters.updates_out == len(scenario.histories)
     for update in updates:
         assert_same_scores(update, expected[update.event_id])
 
