@@ -284,18 +284,7 @@ class ItemLayer(nn.Module):
                      new_titles: NewTitles | None = None) -> torch.Tensor:  # fmt: skip
         """The mixture over every column, computed in place (for inference)."""
         explore = torch.softmax(self.logits(state, item_embeddings), dim=-1)
-        # The users' unknown-title slots sit between the catalogue and the new titles: only the pointer reaches them.
-        slots = explore.new_zeros(*explore.shape[:-1], self.unknown_slots)
-        if new_titles is None:
-            explore = torch.cat([explore, slots], dim=-1)
-        else:
-            new = new_titles.distribution(state.queries, self.intent_match, state.intent)
-            explore = torch.cat([explore * (1 - new_titles.share.view(-1, 1, 1)), slots, new], dim=-1)
-        if state.pointer is None:
-            return explore
-        gate = state.gate
-        return explore.mul_(1 - gate).scatter_add_(-1, pointer_slots(state.key_items, state.pointer),
-                                                   state.pointer * gate)  # fmt: skip
+        return self._mixed(state, self._beside(state, explore, new_titles), state.key_items)
 
     def candidate_distribution(self, state: ItemState, item_embeddings: torch.Tensor, candidates: Candidates,
                                new_titles: NewTitles | None = None) -> torch.Tensor:  # fmt: skip
@@ -316,24 +305,32 @@ class ItemLayer(nn.Module):
         log_rest = torch.logsumexp(sample_logits, -1, keepdim=True) + (rest / sampled.clamp(min=1)).log()
         log_rest = log_rest.masked_fill((rest == 0) | (sampled == 0), float("-inf"))  # nothing left, or nothing to tell
         log_z = torch.logaddexp(torch.logsumexp(logits, -1, keepdim=True), log_rest)
-        explore = (logits - log_z).exp()
-        slots = explore.new_zeros(*explore.shape[:-1], self.unknown_slots)
-        if new_titles is None:
-            explore = torch.cat([explore, slots], dim=-1)
-        else:
-            new = new_titles.distribution(state.queries, self.intent_match, state.intent)
-            explore = torch.cat([explore * (1 - new_titles.share.view(-1, 1, 1)), slots, new], dim=-1)
-        if state.pointer is None:
-            return explore
+        explore = self._beside(state, (logits - log_z).exp(), new_titles)
         key_items = state.key_items.long()
         in_catalogue = key_items < self.n_items
         key_columns = torch.where(in_catalogue, torch.searchsorted(items, key_items.where(in_catalogue, 0)),
                                   items.shape[1] + key_items - self.n_items)  # fmt: skip
-        gate = state.gate
-        mixed = explore.mul_(1 - gate).scatter_add_(-1, pointer_slots(key_columns, state.pointer), state.pointer * gate)
+        mixed = self._mixed(state, explore, key_columns)
         # What the pointer gave padding and unknown rows is never ranked (the exact path's columns 0 and 1).
         mixed[..., : items.shape[1]].masked_fill_((items < FIRST_REAL).unsqueeze(1), 0.0)
         return mixed
+
+    def _beside(self, state: ItemState, explore: torch.Tensor, new_titles: NewTitles | None) -> torch.Tensor:
+        """The explore probabilities of the catalogue (or the candidates), then the users' unknown-title
+        slots' (0: only the pointer reaches them), then the new titles' share of explore."""
+        slots = explore.new_zeros(*explore.shape[:-1], self.unknown_slots)
+        if new_titles is None:
+            return torch.cat([explore, slots], dim=-1)
+        new = new_titles.distribution(state.queries, self.intent_match, state.intent)
+        return torch.cat([explore * (1 - new_titles.share.view(-1, 1, 1)), slots, new], dim=-1)
+
+    @staticmethod
+    def _mixed(state: ItemState, explore: torch.Tensor, key_columns: torch.Tensor) -> torch.Tensor:
+        """(1 - g) explore + g x the pointer's weights, each landing on its position's column (B, P)."""
+        if state.pointer is None:
+            return explore
+        gate = state.gate
+        return explore.mul_(1 - gate).scatter_add_(-1, pointer_slots(key_columns, state.pointer), state.pointer * gate)
 
     def target_probability(self, state: ItemState, item_embeddings: torch.Tensor, targets: Targets) -> torch.Tensor:
         """p(target) (B, T) without the (B, T, n_items) mixture: the target's explore probability,
