@@ -172,20 +172,24 @@ class Scorer:
         ranked = [catalogue, np.where(new_scores > 0, new_scores, -np.inf)]  # 0: not played that week
         fewest_named = 0
         if named_slots:
-            names = [tuple(titles) + ("",) * (slots - len(titles)) for titles in unknown_titles]  # () for none yet
-            named = np.array([[bool(title) for title in titles] for titles in names])
+            named = np.zeros((B, slots), dtype=bool)  # a user's slots are taken from the first on
+            for b, titles in enumerate(unknown_titles):
+                named[b, : len(titles)] = True
             ranked.append(np.where(named, item_scores[:, n:first_new], -np.inf))
             fewest_named = int(named.sum(axis=1).min())
         ranked = np.concatenate(ranked, axis=1)
         top = top_indices(ranked, min(k, n - FIRST_REAL + fewest_named))  # never an unnamed slot
         values, labels = np.take_along_axis(ranked, top, -1), predictions.items(top, self.config.n_items)
         # Label n_items + j of the extra names (TopLabels.extra) is new title j; then, where slots are
-        # named, label n_items + len(new_titles) + b * slots + j is answer b's slot j.
+        # named, the slots the answers rank, one label each (only those: a batch may hold 50 per user).
         if not named_slots:
             return TopLabels(self._item_labels, labels, values, self._new_title_labels(new_titles))
         first_slot = self.config.n_items + len(new_titles)
-        indices = np.where(labels >= first_slot, labels + np.arange(B)[:, None] * slots, labels)
-        own_names = LabelTable(list(new_titles) + [title for titles in names for title in titles])
+        ranked_slots = labels >= first_slot
+        rows, slot_of = np.nonzero(ranked_slots)[0], labels[ranked_slots] - first_slot
+        indices = labels.copy()
+        indices[ranked_slots] = first_slot + np.arange(len(rows))
+        own_names = LabelTable([*new_titles, *(unknown_titles[b][j] for b, j in zip(rows.tolist(), slot_of.tolist()))])
         return TopLabels(self._item_labels, indices, values, own_names)
 
     def _new_title_labels(self, new_titles: tuple[str, ...]) -> LabelTable:
