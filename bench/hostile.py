@@ -48,6 +48,7 @@ from schemas import (  # noqa: E402
     decode_intent_update, encode_play_event,
 )
 from bench.process_memory import resident_mb  # noqa: E402
+from bench.results_section import write_section  # noqa: E402
 from stream.demo import DemoOptions, demo_world, train_or_reuse  # noqa: E402
 from stream.harness import StreamTopics  # noqa: E402
 from stream.kafka.apache_broker import ApacheKafkaBroker  # noqa: E402
@@ -316,11 +317,7 @@ def main() -> None:
     ]
     plot_memory([s for s in samples if s[1] == s[1]], args.out.with_suffix(".png"))
     plot_flood(floods, args.flood_users, args.out.with_name(args.out.stem + "-flood.png"))
-    # Only this campaign's section, from its heading to the next "# " heading: other benches keep theirs there.
-    existing = args.out.read_text() if args.out.exists() else ""
-    before, found, after = existing.partition(HEADING)
-    rest = after[after.find("\n# "):] if found and "\n# " in after else ""
-    args.out.write_text(before + "\n".join(lines) + rest)
+    write_section(args.out, HEADING, lines)  # other benches keep their sections of the file
     print("\n".join(lines))
 
 

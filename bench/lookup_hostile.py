@@ -42,6 +42,7 @@ sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != 
 
 from bench.lookup import fill_topic, start_serve  # noqa: E402
 from bench.process_memory import resident_mb  # noqa: E402
+from bench.results_section import write_section  # noqa: E402
 from stream.kafka.apache_broker import ApacheKafkaBroker  # noqa: E402
 from stream.kafka.broker import free_loopback_port  # noqa: E402
 from stream.lookup.app import batch_get_body_limit  # noqa: E402
@@ -198,12 +199,8 @@ def main() -> None:
         f"flood; still serving: {'yes' if alive else 'NO'}; tracebacks in its log: {log_text.count('Traceback')}.",
         "",
     ]
-    section = "\n".join(lines)
-    print(section)
-    existing = args.out.read_text() if args.out.exists() else ""
-    before, found, after = existing.partition(HEADING)
-    rest = after[after.find("\n# "):] if found and "\n# " in after else ""
-    args.out.write_text(before.rstrip("\n") + ("\n\n" if before.strip() else "") + section + rest)
+    print("\n".join(lines))
+    write_section(args.out, HEADING, lines)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,118 @@
+"""A flood of made-up titles: what the registry of titles first seen in the stream keeps, and what
+reaches other users' recommendations, when producers send plays of ids nobody else plays.
+
+    python bench/registry_flood.py [--plays 1000000] [--real-titles 40]
+
+The serving scorer of the stream benches' model (bench/world.py), its registry fed as the score step
+feeds it (batches of 256 plays, model.serving.new_titles.NewTitleRegistry.register_plays), with:
+
+- `--plays` plays of made-up item ids, each by a fresh user (an outsider who can produce to the
+  input topic), over an hour of event time, and one in fifty of them backdated to 1970;
+- among them, plays of `--real-titles` real new releases, each played by five users.
+
+Measured: the titles given a column, how many of them made up; the titles waiting for users and
+the hours of counts the registry holds; plays refused as backdated; the registry's memory
+(tracemalloc, allocations made while it registers) and the process's resident memory; and what an
+update after the flood ranks of the new titles. Replaces its own section of bench/results/hostile.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.process_memory import resident_mb  # noqa: E402
+from bench.results_section import write_section  # noqa: E402
+from bench.world import BenchWorld  # noqa: E402
+from model.serving.new_titles import HORIZON_MS, PENDING_LIMIT  # noqa: E402
+from model.serving.scorer import Scorer  # noqa: E402
+from schemas import PlayEvent  # noqa: E402
+
+HEADING = "# A flood of made-up titles"
+BATCH = 256
+HOUR_MS = 3_600_000
+
+
+def flood(plays: int, real_titles: int, start_ms: int) -> list[PlayEvent]:
+    """The made-up plays, one in fifty backdated, with the real releases' plays among them."""
+    events = []
+    for n in range(plays):
+        ts = 0 if n % 50 == 49 else start_ms + n * HOUR_MS // plays
+        events.append(PlayEvent(event_id=f"flood-{n}", user_id=f"fresh-{n}", item_id=f"made-up-{n}", ts=ts,
+                                action="discover", genres=("Drama",), kind="movie", release_ts=None, duration_s=60.0))
+    for title in range(real_titles):
+        for user in range(5):
+            at = (title * 5 + user) * plays // (real_titles * 5)
+            events.insert(at, PlayEvent(event_id=f"release-{title}-{user}", user_id=f"viewer-{user}",
+                                        item_id=f"release-{title}", ts=start_ms + at * HOUR_MS // plays,
+                                        action="discover", genres=("Comedy",), kind="show", release_ts=None,
+                                        duration_s=1800.0))  # fmt: skip
+    return events
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plays", type=int, default=1_000_000)
+    parser.add_argument("--real-titles", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "hostile.md")
+    args = parser.parse_args()
+    command = "python bench/registry_flood.py " + shlex.join(sys.argv[1:])
+    world = BenchWorld(small_model=True)
+    scorer = Scorer.load(world.model(lambda text: print(text, file=sys.stderr)))
+    registry = scorer.new_titles
+    start_ms = int(time.time() * 1000) - HOUR_MS
+    events = flood(args.plays, args.real_titles, start_ms)
+    rows = [scorer.featurize(event) for event in events[:1]]  # every made-up id featurizes alike
+    resident_before = resident_mb(os.getpid())
+    tracemalloc.start()
+    started = time.perf_counter()
+    for at in range(0, len(events), BATCH):
+        batch = events[at : at + BATCH]
+        registry.register_plays(batch, rows * len(batch))
+    wall_s = time.perf_counter() - started
+    held_bytes, peak_bytes = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    resident_after = resident_mb(os.getpid())
+    made_up = [name for name in registry.names if name.startswith("made-up")]
+    titles = registry.at(np.array([start_ms + HOUR_MS]))
+    ranked = [name for name, plays in zip(titles.names, np.exp(titles.recent_plays[0][0])) if plays > 0]
+    lines = [
+        HEADING,
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, 2 shared "
+        f"cores; {time.strftime('%Y-%m-%d')}. The stream benches' small model's registry (new_title_columns "
+        f"{registry.capacity}, new_title_min_users {registry.min_users}), fed in batches of {BATCH} as the score step "
+        "feeds it.",
+        "",
+        f"- {args.plays:,} plays of made-up ids, each by a fresh user, one in fifty backdated to 1970; among them "
+        f"{args.real_titles} real releases played by five users each ({len(events):,} plays in {wall_s:.1f} s, "
+        f"{len(events) / wall_s:,.0f} plays/s).",
+        f"- Columns given: {len(registry.names)}, made-up ids among them: {len(made_up)}; real releases given one: "
+        f"{sum(name.startswith('release') for name in registry.names)} of {args.real_titles}.",
+        f"- Titles waiting for users: {len(registry.pending):,} (at most {PENDING_LIMIT:,}); hours of counts held: "
+        f"{len(registry.plays_by_hour)} (at most {HORIZON_MS // HOUR_MS + 1}); backdated plays refused: "
+        f"{registry.too_old:,}.",
+        f"- The registry's allocations while registering: {held_bytes / 1e6:.1f} MB held at the end, "
+        f"{peak_bytes / 1e6:.1f} MB at the peak; the process's resident memory {resident_before:.0f} → "
+        f"{resident_after:.0f} MB.",
+        f"- What an update an hour after the flood began ranks of the new titles: {len(ranked)} titles, "
+        f"{sum(name.startswith('made-up') for name in ranked)} of them made up.",
+        "",
+    ]
+    write_section(args.out, HEADING, lines)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
