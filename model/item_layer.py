@@ -16,7 +16,10 @@ one of these ways, behind one interface (`forward`):
   against sampled negatives with the logQ correction (`Negatives`; model.training.negatives draws
   them), so that a step's cost does not grow with the catalogue;
 - each target's rank (`ranks`), by a count over the catalogue in blocks rather than a distribution
-  held whole: validation, and judging, at any catalogue size.
+  held whole: validation, and judging, at any catalogue size;
+- each row's candidates (`candidate_distribution`), retrieved from an index by the serving process
+  (model.serving.retrieval sets `retriever`) and rescored exactly: serving a catalogue too large to
+  score whole, approximate only in what the index misses.
 """
 from __future__ import annotations
 
