@@ -14,13 +14,16 @@ rest estimated from a fixed uniform sample of the catalogue. What the exact path
 
 `load_serving_scorer` (model.serving.incremental) attaches a CandidateRetriever to the model's item
 layer when the catalogue is served approximately (`--catalogue approximate`, or `auto` beyond
-APPROXIMATE_FROM_ITEMS items).
+APPROXIMATE_FROM_ITEMS items). The index is built the first time, and saved beside the model when
+its directory is writable, for later starts to load (`saved_beside`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -28,12 +31,15 @@ import torch
 
 from model.intentrec import IntentRec
 from model.item_layer import Candidates, ItemState
+from model.serving.backends import BackendError, fingerprint, refuse_if_others_may_write, sha256_of
 from model.vocab import FIRST_REAL, PAD, UNKNOWN
 
 log = logging.getLogger(__name__)
 
 APPROXIMATE_FROM_ITEMS = 100_000  # `--catalogue auto` serves larger catalogues from candidates
 CANDIDATES = 100  # the index's best per query
+LINKS, BUILD_DEPTH, SEARCH_DEPTH = 32, 100, 200  # the HNSW graph's M, ef_construction and ef
+INDEX_DIR, INDEX_FILE, MANIFEST = "index", "hnsw.bin", "manifest.json"
 NORMALISER_SAMPLE = 1024  # uniform catalogue items that estimate the softmax's sum over the rest
 CATALOGUES = ("auto", "exact", "approximate")
 
@@ -56,21 +62,83 @@ class ExactSearch:
 
 
 class IndexSearch:
-    """An HNSW graph over the rows, by inner product (hnswlib): at 1,000,000 items, 0.994 of the exact
-    top 10 among 100 candidates in 74 ms per 256 queries on one core, against 1.6 s exact, built in
-    75 s on two (bench/results/ann-libraries.md, which compares it with FAISS and usearch)."""
+    """An HNSW graph over the rows, by inner product (hnswlib): at 1,000,000 items, 0.996 of the exact
+    top 10 among 100 candidates in 104-120 ms per 256 queries on one core, against 1.6 s exact
+    (bench/results/ann-libraries.md, which compares it with FAISS and usearch). Building it takes
+    two minutes there on two cores, loading a saved one a second: `saved_beside` keeps one beside
+    the model."""
 
-    def __init__(self, vectors: np.ndarray, links: int = 16, build_depth: int = 100, search_depth: int = 200):
+    def __init__(self, index):
+        self.index = index
+        self.index.set_ef(SEARCH_DEPTH)
+        self.index.set_num_threads(1)  # a scoring process uses one core (README: Threads)
+
+    @classmethod
+    def build(cls, vectors: np.ndarray) -> "IndexSearch":
         import hnswlib
 
-        self.index = hnswlib.Index(space="ip", dim=vectors.shape[1])
-        self.index.init_index(max_elements=len(vectors), M=links, ef_construction=build_depth, random_seed=0)
-        self.index.add_items(vectors, np.arange(len(vectors)), num_threads=os.cpu_count() or 1)
-        self.index.set_ef(search_depth)
-        self.index.set_num_threads(1)  # a scoring process uses one core (README: Threads)
+        index = hnswlib.Index(space="ip", dim=vectors.shape[1])
+        index.init_index(max_elements=len(vectors), M=LINKS, ef_construction=BUILD_DEPTH, random_seed=0)
+        index.add_items(vectors, np.arange(len(vectors)), num_threads=os.cpu_count() or 1)
+        return cls(index)
+
+    @classmethod
+    def load(cls, path: Path, vectors: np.ndarray) -> "IndexSearch":
+        import hnswlib
+
+        index = hnswlib.Index(space="ip", dim=vectors.shape[1])
+        index.load_index(str(path), max_elements=len(vectors))
+        return cls(index)
 
     def __call__(self, queries: np.ndarray, k: int) -> np.ndarray:
         return self.index.knn_query(queries, k=k)[0].astype(np.int64)
+
+
+def saved_beside(model: IntentRec, model_dir: Path | None) -> IndexSearch:
+    """The index of the model's items: the one saved in MODEL_DIR/index by an earlier load, where it
+    was built from exactly these weights (its manifest says so) and its file is what was saved there
+    and no one but its owner may change it (hnswlib reads the file as it is, unchecked); else built
+    now, and saved there if the model directory is writable (a restart then loads it in seconds)."""
+    vectors = item_vectors(model)
+    directory = None if model_dir is None else Path(model_dir) / INDEX_DIR
+    expected = None if directory is None else index_manifest(model)
+    if directory is not None and saved_index_fits(directory, expected):
+        return IndexSearch.load(directory / INDEX_FILE, vectors)
+    search = IndexSearch.build(vectors)
+    if directory is not None:
+        try:
+            directory.mkdir(exist_ok=True)
+            search.index.save_index(str(directory / INDEX_FILE))
+            (directory / INDEX_FILE).chmod(0o644)
+            manifest = {**expected, "file": sha256_of(directory / INDEX_FILE)}
+            (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        except OSError as error:
+            log.warning("could not save the retrieval index beside the model (%s): the next start builds it again", error)
+    return search
+
+
+def index_manifest(model: IntentRec) -> dict:
+    return {"model": fingerprint(model), "links": LINKS, "build_depth": BUILD_DEPTH}
+
+
+def saved_index_fits(directory: Path, expected: dict) -> bool:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    index_file = directory / INDEX_FILE
+    if not isinstance(manifest, dict) or {k: manifest.get(k) for k in expected} != expected:
+        log.info("the retrieval index in %s was built from another model or with other settings: building it again", directory)
+        return False
+    try:
+        refuse_if_others_may_write(index_file, "the retrieval index")
+    except BackendError as error:
+        log.warning("%s; building it again instead", error)
+        return False
+    if sha256_of(index_file) != manifest.get("file"):
+        log.warning("the retrieval index %s is not the file its manifest recorded: building it again", index_file)
+        return False
+    return True
 
 
 def item_vectors(model: IntentRec) -> np.ndarray:
@@ -98,12 +166,14 @@ def serves_approximately(catalogue: str, n_items: int) -> bool:
     return catalogue == "approximate" or (catalogue == "auto" and n_items > APPROXIMATE_FROM_ITEMS)
 
 
-def attach_retriever(model: IntentRec, candidates: int = CANDIDATES) -> "CandidateRetriever":
-    """Builds the index over the model's items and hands the item layer a retriever over it."""
+def attach_retriever(model: IntentRec, model_dir: Path | None = None,
+                     candidates: int = CANDIDATES) -> "CandidateRetriever":  # fmt: skip
+    """Hands the item layer a retriever over an index of the model's items (saved_beside)."""
     started = time.perf_counter()
-    retriever = CandidateRetriever(model, IndexSearch(item_vectors(model)), candidates)
+    retriever = CandidateRetriever(model, saved_beside(model, model_dir), candidates)
     model.item_layer.retriever = retriever
-    log.info("indexed %d items for retrieval in %.1f s", model.config.n_items - FIRST_REAL, time.perf_counter() - started)
+    log.info("an index of %d items for retrieval ready in %.1f s", model.config.n_items - FIRST_REAL,
+             time.perf_counter() - started)  # fmt: skip
     return retriever
 
 

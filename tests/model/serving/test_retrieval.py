@@ -88,3 +88,40 @@ def test_the_serving_scorer_retrieves_where_asked_or_beyond_the_threshold_and_on
     assert load_serving_scorer(make_scorer(), catalogue="exact").model.item_layer.retriever is None
     with pytest.raises(BackendError, match="scores the whole catalogue"):
         load_serving_scorer(make_scorer(), backend=f"aoti:{tmp_path}", catalogue="approximate")
+
+
+def test_the_index_is_saved_beside_the_model_and_loaded_only_where_it_is_the_one_saved_for_these_weights(
+    tmp_path, monkeypatch, caplog
+):
+    from model.checkpoint import save_checkpoint
+    from model.serving import retrieval
+    from model.serving.incremental import load_serving_scorer
+
+    scorer = make_scorer()
+    save_checkpoint(tmp_path / "m", scorer.model, scorer.vocab, {"name": "t", "version": "1"})
+    first = load_serving_scorer(tmp_path / "m", catalogue="approximate")
+    assert (tmp_path / "m" / "index" / "hnsw.bin").is_file() and (tmp_path / "m" / "index" / "manifest.json").is_file()
+
+    built = []
+    real_build = retrieval.IndexSearch.build
+    monkeypatch.setattr(retrieval.IndexSearch, "build", classmethod(lambda cls, v: built.append(1) or real_build(v)))
+    again = load_serving_scorer(tmp_path / "m", catalogue="approximate")
+    assert built == []  # loaded, not built
+    history = random_history(9, seed=2)
+    np.testing.assert_array_equal(first.predict([history]).item_columns, again.predict([history]).item_columns)
+
+    with open(tmp_path / "m" / "index" / "hnsw.bin", "r+b") as index_file:
+        index_file.seek(100)
+        index_file.write(b"\xff\xff")  # changed since it was saved
+    with caplog.at_level("WARNING"):
+        load_serving_scorer(tmp_path / "m", catalogue="approximate")
+    assert built == [1] and "is not the file its manifest recorded" in caplog.text
+
+    (tmp_path / "m" / "index" / "hnsw.bin").chmod(0o666)  # anyone may change it
+    load_serving_scorer(tmp_path / "m", catalogue="approximate")
+    assert built == [1, 1]
+
+    other = make_scorer(seed=5)  # other weights under the same directory
+    save_checkpoint(tmp_path / "m", other.model, other.vocab, {"name": "t", "version": "2"})
+    load_serving_scorer(tmp_path / "m", catalogue="approximate")
+    assert built == [1, 1, 1]
