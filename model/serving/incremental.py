@@ -180,15 +180,15 @@ class IncrementalScorer(Scorer):
 
 def load_serving_scorer(
     model: str | os.PathLike | Scorer, backend: str = "auto", cache_bytes: int = DEFAULT_CACHE_BYTES,
-    new_title_columns: int | None = None, catalogue: str = "auto",
+    new_title_columns: int | None = None, catalogue: str = "auto", index_dir: Path | None = None,
 ) -> IncrementalScorer:
     """The scorer a stream serves with: the checkpoint `model` (a directory, or a loaded Scorer),
     its graphs run by `backend` (a spec of model.serving.backends.load_backend, which raises
     BackendError; `auto` looks beside a directory for a compiled artifact), `cache_bytes` of cached
     users, `new_title_columns` for titles first seen in the stream (None: the checkpoint's), and the
     catalogue scored whole ("exact") or from retrieved candidates ("approximate"; "auto": beyond
-    model.serving.retrieval.APPROXIMATE_FROM_ITEMS items). Live runs, demos and backtests all build
-    theirs here."""
+    model.serving.retrieval.APPROXIMATE_FROM_ITEMS items), its index kept beside the model (a loaded
+    Scorer's: beside `index_dir`). Live runs, demos and backtests all build theirs here."""
     if isinstance(model, Scorer):
         scorer, model_dir = model, None
     else:
@@ -201,7 +201,7 @@ def load_serving_scorer(
         if kind == "auto":
             log.info("the catalogue (%d items) is served from retrieved candidates, which run eager", scorer.config.n_items)
             backend = "eager"
-        attach_retriever(scorer.model, model_dir)
+        attach_retriever(scorer.model, model_dir or index_dir)
     return IncrementalScorer(scorer, load_backend(backend, scorer.model, model_dir), cache_bytes)
 
 

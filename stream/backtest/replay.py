@@ -44,7 +44,7 @@ def replay(replay_source, timeline: Timeline, scorer: Scorer, judge: ModelJudge,
     with tqdm(total=timeline.messages, desc=judge.log.system, unit="ev", disable=None if progress else True,
               dynamic_ncols=True) as bar:
         counters = ProgressCounters(bar)
-        serving = load_serving_scorer(scorer, catalogue=settings.catalogue)
+        serving = load_serving_scorer(scorer, catalogue=settings.catalogue, index_dir=settings.model_dir)
         register_new_titles(serving, timeline)
         flow = build_flow(settings, serving, source=replay_source.source(), sink=DiscardSink(), counters=counters,
                           observe_scores=judge)  # fmt: skip
