@@ -1,14 +1,15 @@
 """A flood of made-up titles: what the registry of titles first seen in the stream keeps, and what
 reaches other users' recommendations, when producers send plays of ids nobody else plays.
 
-    python bench/registry_flood.py [--plays 1000000] [--real-titles 40]
+    python bench/registry_flood.py [--plays 1000000] [--real-titles 20] [--gaps 1000,2000,5000,50000]
 
 The serving scorer of the stream benches' model (bench/world.py), its registry fed as the score step
 feeds it (batches of 256 plays, model.serving.new_titles.NewTitleRegistry.register_plays), with:
 
 - `--plays` plays of made-up item ids, each by a fresh user (an outsider who can produce to the
   input topic), over an hour of event time, and one in fifty of them backdated to 1970;
-- among them, plays of `--real-titles` real new releases, each played by five users.
+- among them, plays of real new releases, each played by five users: `--real-titles` of them for
+  each of `--gaps`, the made-up plays between one viewer of a release and the next.
 
 Measured: the titles given a column, how many of them made up; the titles waiting for users and
 the hours of counts the registry holds; plays refused as backdated; the registry's memory
@@ -43,27 +44,33 @@ BATCH = 256
 HOUR_MS = 3_600_000
 
 
-def flood(plays: int, real_titles: int, start_ms: int) -> list[PlayEvent]:
-    """The made-up plays, one in fifty backdated, with the real releases' plays among them."""
+def flood(plays: int, real_titles: int, gaps: tuple[int, ...], start_ms: int) -> list[PlayEvent]:
+    """The made-up plays, one in fifty backdated, with the real releases' plays among them: as many
+    releases for each of `gaps`, whose five viewers come that many made-up plays apart."""
     events = []
     for n in range(plays):
         ts = 0 if n % 50 == 49 else start_ms + n * HOUR_MS // plays
         events.append(PlayEvent(event_id=f"flood-{n}", user_id=f"fresh-{n}", item_id=f"made-up-{n}", ts=ts,
                                 action="discover", genres=("Drama",), kind="movie", release_ts=None, duration_s=60.0))
-    for title in range(real_titles):
-        for user in range(5):
-            at = (title * 5 + user) * plays // (real_titles * 5)
-            events.insert(at, PlayEvent(event_id=f"release-{title}-{user}", user_id=f"viewer-{user}",
-                                        item_id=f"release-{title}", ts=start_ms + at * HOUR_MS // plays,
-                                        action="discover", genres=("Comedy",), kind="show", release_ts=None,
-                                        duration_s=1800.0))  # fmt: skip
+    releases = []
+    for gap in gaps:
+        for title in range(real_titles):
+            first = title * (plays - 4 * gap) // real_titles
+            releases += [(first + user * gap, PlayEvent(event_id=f"release-{gap}-{title}-{user}", user_id=f"viewer-{user}",
+                                                        item_id=f"release-{gap}-{title}", ts=start_ms + (first + user * gap) * HOUR_MS // plays,
+                                                        action="discover", genres=("Comedy",), kind="show", release_ts=None,
+                                                        duration_s=1800.0)) for user in range(5)]  # fmt: skip
+    for at, event in sorted(releases, key=lambda pair: pair[0], reverse=True):
+        events.insert(at, event)
     return events
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plays", type=int, default=1_000_000)
-    parser.add_argument("--real-titles", type=int, default=40)
+    parser.add_argument("--real-titles", type=int, default=20, help="real releases for each of --gaps")
+    parser.add_argument("--gaps", default="1000,2000,5000,50000",
+                        help="made-up plays between a real release's viewers, one group of releases for each")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "hostile.md")
     args = parser.parse_args()
     command = "python bench/registry_flood.py " + shlex.join(sys.argv[1:])
@@ -71,7 +78,8 @@ def main() -> None:
     scorer = Scorer.load(world.model(lambda text: print(text, file=sys.stderr)))
     registry = scorer.new_titles
     start_ms = int(time.time() * 1000) - HOUR_MS
-    events = flood(args.plays, args.real_titles, start_ms)
+    gaps = tuple(int(gap) for gap in args.gaps.split(","))
+    events = flood(args.plays, args.real_titles, gaps, start_ms)
     rows = [scorer.featurize(event) for event in events[:1]]  # every made-up id featurizes alike
     resident_before = resident_mb(os.getpid())
     tracemalloc.start()
@@ -95,11 +103,15 @@ def main() -> None:
         f"{registry.capacity}, new_title_min_users {registry.min_users}), fed in batches of {BATCH} as the score step "
         "feeds it.",
         "",
-        f"- {args.plays:,} plays of made-up ids, each by a fresh user, one in fifty backdated to 1970; among them "
-        f"{args.real_titles} real releases played by five users each ({len(events):,} plays in {wall_s:.1f} s, "
-        f"{len(events) / wall_s:,.0f} plays/s).",
-        f"- Columns given: {len(registry.names)}, made-up ids among them: {len(made_up)}; real releases given one: "
-        f"{sum(name.startswith('release') for name in registry.names)} of {args.real_titles}.",
+        f"- {args.plays:,} plays of made-up ids over an hour, each by a fresh user, one in fifty backdated to 1970; "
+        f"among them real releases played by five users each, {args.real_titles} for each gap between their viewers "
+        f"({len(events):,} plays in {wall_s:.1f} s, {len(events) / wall_s:,.0f} plays/s).",
+        f"- Columns given: {len(registry.names)}, made-up ids among them: {len(made_up)}; real releases given one, "
+        "by the made-up plays between their viewers: "
+        + ", ".join(f"{gap:,} apart {sum(name.startswith(f'release-{gap}-') for name in registry.names)} of "
+                    f"{args.real_titles}" for gap in gaps) + ". A title waits for its users among at most "
+        f"{PENDING_LIMIT:,} others, those played by the fewest users forgotten first: a release whose second viewer "
+        f"comes within about {PENDING_LIMIT:,} made-up ids of its first is kept whatever the flood.",
         f"- Titles waiting for users: {len(registry.pending):,} (at most {PENDING_LIMIT:,}); hours of counts held: "
         f"{len(registry.plays_by_hour)} (at most {HORIZON_MS // HOUR_MS + 1}); backdated plays refused: "
         f"{registry.too_old:,}.",

@@ -37,7 +37,9 @@ column is given again once its title has not been played for HORIZON_MS (the wee
 counted over, plus a day for late events), so the titles being played keep theirs after any number
 of releases; play times older than that are dropped, as are plays that old when they arrive (a
 backdated event counts for nothing); titles still short of their users wait in a list of at most
-PENDING_LIMIT, the least recently played forgotten first. A replay (`preload`) knows its whole input
+PENDING_LIMIT: when it is full, a title played by the fewest users is forgotten, the least recently
+played among them, so that a flood of made-up ids, each played once, pushes out only its own kind
+and never a title that a second user has played. A replay (`preload`) knows its whole input
 and keeps every title that earns a column, each from the time it earned it.
 """
 from __future__ import annotations
@@ -92,7 +94,7 @@ class NewTitleRegistry:
         self.genres = np.zeros((self.capacity, GENRE_SLOTS), dtype=np.int32)
         self.release_days = np.full(self.capacity, np.inf, dtype=np.float32)
         self.plays: list[TitlePlays] = []  # per column
-        self.pending: OrderedDict[str, TitlePlays] = OrderedDict()  # least recently played first
+        self.pending = PendingTitles(self.min_users)
         self.plays_by_hour: dict[int, int] = {}  # every play of the last HORIZON_MS, by hour since the epoch
         self.newest_ts: int | None = None
         self.preloaded = False
@@ -143,7 +145,7 @@ class NewTitleRegistry:
         if column is not None:
             self.plays[column].add(event.user_id, event.ts, self.min_users, forget_before)
             return
-        pending = self.pending.pop(event.item_id, None) or TitlePlays()
+        pending = self.pending.pop(event.item_id) or TitlePlays()
         pending.add(event.user_id, event.ts, self.min_users, forget_before)
         if len(pending.first_plays) >= self.min_users:
             column = self._free_column()
@@ -155,9 +157,7 @@ class NewTitleRegistry:
                             "earn one from now on rank last until a column is free (raise --new-titles)",
                             self.capacity, HORIZON_MS // 86_400_000)  # fmt: skip
             self.unregistered += 1
-        self.pending[event.item_id] = pending
-        if len(self.pending) > PENDING_LIMIT:
-            self.pending.popitem(last=False)
+        self.pending.put(event.item_id, pending)
 
     def _free_column(self) -> int | None:
         """A column never used, else the one whose title was played least recently if that was
@@ -271,6 +271,37 @@ class RegisteredTitles:
     def new_titles(self) -> NewTitles:
         """The inputs as the model's forward pass takes them."""
         return NewTitles(*(torch.from_numpy(array) for array in self.inputs()))
+
+
+class PendingTitles:
+    """The titles short of their users, at most PENDING_LIMIT: one list per count of distinct users
+    (1, 2, ..., min_users and more), each least recently played first; a full one forgets from the
+    list of the fewest users."""
+
+    def __init__(self, min_users: int):
+        self._by_users: list[OrderedDict[str, TitlePlays]] = [OrderedDict() for _ in range(max(min_users, 1))]
+        self._users_of: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._users_of)
+
+    def __contains__(self, title: str) -> bool:
+        return title in self._users_of
+
+    def __iter__(self):
+        return iter(self._users_of)
+
+    def pop(self, title: str) -> "TitlePlays | None":
+        tier = self._users_of.pop(title, None)
+        return None if tier is None else self._by_users[tier].pop(title)
+
+    def put(self, title: str, plays: "TitlePlays") -> None:
+        tier = min(len(plays.first_plays), len(self._by_users)) - 1
+        self._by_users[tier][title] = plays
+        self._users_of[title] = tier
+        if len(self._users_of) > PENDING_LIMIT:
+            forgotten, _ = next(titles for titles in self._by_users if titles).popitem(last=False)
+            del self._users_of[forgotten]
 
 
 @dataclass

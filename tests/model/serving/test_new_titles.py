@@ -97,10 +97,14 @@ def test_a_title_earns_its_column_once_enough_distinct_users_have_played_it_and_
 
 
 def test_the_registry_stays_bounded_whatever_the_producers_send():
-    scorer = make_scorer(new_title_min_users=2)
+    scorer = make_scorer(new_title_min_users=3)
     registry, start = scorer.new_titles, int(random_history(1)["ts"][0])
+    register(scorer, [play("release", start, user="a"), play("release", start + 1, user="b")])
     register(scorer, [play(f"made-up-{n}", start + n * 60_000) for n in range(PENDING_LIMIT + 100)])
     assert len(registry.pending) == PENDING_LIMIT and "made-up-0" not in registry.pending
+    assert "release" in registry.pending  # a second user's play outlasts any number of made-up ids played once
+    register(scorer, [play("release", start + PENDING_LIMIT * 60_000, user="c")])
+    assert registry.names == ["release"]
     register(scorer, [play("backdated", 0, user=f"fresh-{n}") for n in range(3)])  # from 1970
     assert registry.too_old == 3 and "backdated" not in registry.pending and "backdated" not in registry.columns
     register(scorer, [play(f"t{n}", start + n * DAY, user=f"u{n % 7}") for n in range(60)])  # two months, an hour a day
