@@ -144,12 +144,15 @@ def floor_baselines(log: Path) -> dict[str, dict]:
 def train_and_judge(
     log: Path, variant: str, seed: int, train_config: TrainConfig, model_overrides: dict, workdir: Path
 ) -> dict:
-    """`variant`: V0-V3, or V0-paper .. V3-paper for the paper's own item layer (no repeat pointer, no
-    IntentMatch: IntentRecConfig.repeat_and_match off)."""
+    """`variant`: V0-V3, with -paper for the paper's own item layer (no repeat pointer, no IntentMatch:
+    IntentRecConfig.repeat_and_match off), and -full or -sampled for the training's softmax
+    (TrainConfig.softmax; without either, the size of the catalogue picks)."""
     model_dir = workdir / f"{log.stem}-{variant}-{seed}"
-    ablation, _, paper = variant.partition("-")
-    if paper:
+    ablation, *suffixes = variant.split("-")
+    if "paper" in suffixes:
         model_overrides = {**model_overrides, "repeat_and_match": False}
+    for softmax in {"full", "sampled"} & set(suffixes):
+        train_config = replace(train_config, softmax=softmax)
     result = train_model(
         log, model_dir, variant=ablation, train_config=replace(train_config, seed=seed),
         model_overrides=model_overrides, progress=False,
@@ -202,6 +205,7 @@ def comparisons(rows: dict) -> list[str]:
     pairs = [("V3", name) for name in [*models, *FLOORS] if name != "V3"]
     pairs += [(f"{variant}-paper", "V0-paper") for variant in VARIANTS[1:]]  # the hierarchy without our additions
     pairs += [(variant, f"{variant}-paper") for variant in VARIANTS]  # our item layer against the paper's
+    pairs += [(f"{variant}-sampled", other) for variant in VARIANTS for other in (variant, f"{variant}-full")]
     for name, reference in pairs:
         if name in rows and reference in rows:
             difference, low, high = paired_interval(as_runs(name), as_runs(reference))
@@ -245,7 +249,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", default="synth,movielens")
     parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="V0-V3, and V0-paper .. V3-paper for the paper's item layer (no pointer, no IntentMatch)")
+                        help="V0-V3; -paper for the paper's item layer (no pointer, no IntentMatch), "
+                             "-full or -sampled for the training's softmax (V3-sampled, V0-paper-full)")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--patience", type=int, default=TrainConfig.patience)
     parser.add_argument("--peer-seeds", type=int, default=1,
