@@ -7,7 +7,6 @@ import pytest
 import torch
 from tests.model.test_intentrec import ARCHITECTURES, HOUR, architecture, random_history, random_model, tiny_config, tiny_vocab
 
-from model.config import variant_overrides
 from model.serving.host_inputs import HostToDevice
 from model.serving.incremental import IncrementalScorer, rounds
 from model.serving.kv_cache import KVCache

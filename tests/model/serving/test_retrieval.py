@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from tests.model.serving.test_incremental import assert_same_predictions, interleaved_stream, make_scorer
 from tests.model.test_intentrec import ARCHITECTURES, architecture, random_history
 

@@ -14,8 +14,8 @@ from stream.harness import StreamTopics
 from stream.kafka.apache_broker import ApacheKafkaBroker
 from stream.kafka.broker import produce_messages, read_topic
 from tests.stream.service.test_processes import (
-    MESSAGES, PARTITIONS, PROCESS_TIMEOUT_S, UpdateWatcher, copies_by_key, outputs_of, start_run, stop, tail,
-    valid_events_in, wait_for_exit,
+    MESSAGES, PARTITIONS, PROCESS_TIMEOUT_S, UpdateWatcher, copies_by_key, outputs_of, run_to_end, start_run, stop, tail,
+    valid_events_in,
 )
 
 
@@ -60,12 +60,7 @@ def test_a_lost_broker_ends_the_run_with_status_75_and_a_restart_loses_nothing(b
     broker.start()  # same ports, same data
     produce_messages(broker.bootstrap, topics.input, MESSAGES[150:])
     restart_log = tmp_path / "restart.log"
-    restarted = start_run(broker.bootstrap, tiny_model_dir, topics.input, outputs_of(topics), restart_log, *recovery,
-                          "--stop-at-end")  # fmt: skip
-    try:
-        wait_for_exit((restarted, restart_log))
-    finally:
-        stop(restarted)
+    run_to_end(broker.bootstrap, tiny_model_dir, topics.input, outputs_of(topics), restart_log, *recovery)
     updates = copies_by_key(read_topic(broker.bootstrap, topics.output))
     assert set(updates) == valid_events_in(MESSAGES)  # every event has its update, at least once
 

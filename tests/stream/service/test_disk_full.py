@@ -11,8 +11,8 @@ from stream.errors import EXIT_DISK_FULL
 from stream.kafka.broker import produce_messages, read_topic
 from stream.small_volume import SmallVolume
 from tests.stream.service.test_processes import (
-    FORMAT, MESSAGES, PARTITIONS, PROCESS_TIMEOUT_S, UpdateWatcher, copies_by_key, outputs_of, start_run, stop, tail,
-    valid_events_in, wait_for_exit,
+    FORMAT, MESSAGES, PARTITIONS, PROCESS_TIMEOUT_S, UpdateWatcher, copies_by_key, outputs_of, run_to_end, start_run,
+    stop, tail, valid_events_in,
 )
 
 FLOOD_USERS = 5000  # their first snapshot, some 2 MB, needs more room than the write-ahead log already has
@@ -58,12 +58,7 @@ def test_a_full_recovery_volume_stops_the_run_with_status_74_and_the_restart_los
         volume.free()
         produce_messages(kafka_bootstrap, topics.input, rest)
         restart_log = tmp_path / "restart.log"
-        restarted = start_run(kafka_bootstrap, tiny_model_dir, topics.input, outputs, restart_log, *options,
-                              "--stop-at-end")  # fmt: skip
-        try:
-            wait_for_exit((restarted, restart_log))
-        finally:
-            stop(restarted)
+        run_to_end(kafka_bootstrap, tiny_model_dir, topics.input, outputs, restart_log, *options)
 
     updated = set(copies_by_key(read_topic(kafka_bootstrap, topics.output)))
     assert updated == valid_events_in(MESSAGES) | valid_events_in(flood)

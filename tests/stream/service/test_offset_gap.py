@@ -16,8 +16,8 @@ from stream.harness import StreamTopics
 from stream.kafka.apache_broker import QUICK_RETENTION, ApacheKafkaBroker, retained_bytes
 from stream.kafka.broker import create_topics, produce_messages, read_topic, watermarks
 from tests.stream.service.test_processes import (
-    MESSAGES, PROCESS_TIMEOUT_S, UpdateWatcher, copies_by_key, outputs_of, run_summary, start_run, stop, tail,
-    valid_events_in, wait_for_exit,
+    MESSAGES, PROCESS_TIMEOUT_S, UpdateWatcher, copies_by_key, outputs_of, run_summary, run_to_end, start_run, stop, tail,
+    valid_events_in,
 )
 
 SEGMENT_BYTES = 8192  # some 35 play events; retention keeps the newest two or three segments
@@ -86,12 +86,8 @@ def test_input_deleted_before_it_was_read_stops_the_run_or_is_counted_as_lost(br
     assert len(read_topic(broker.bootstrap, topics.output)) == updates_before  # nothing after the gap was scored
 
     resumed_log = tmp_path / "resume.log"
-    resumed = start_run(broker.bootstrap, tiny_model_dir, topics.input, outputs, resumed_log, *recovery,
-                        "--stop-at-end", "--on-offset-gap", "resume")  # fmt: skip
-    try:
-        wait_for_exit((resumed, resumed_log))
-    finally:
-        stop(resumed)
+    run_to_end(broker.bootstrap, tiny_model_dir, topics.input, outputs, resumed_log, *recovery, "--on-offset-gap",
+               "resume")  # fmt: skip
     log = resumed_log.read_text(errors="replace")
     assert gap in log and "they are lost" in log, tail(resumed_log)
     assert f"offsets lost to retention {lost}" in log, tail(resumed_log)

@@ -102,6 +102,16 @@ def start_run(bootstrap: str, model_dir: Path, input_topic: str, outputs: Output
                                 stdout=log_file, stderr=subprocess.STDOUT)  # fmt: skip
 
 
+def run_to_end(bootstrap: str, model_dir: Path, input_topic: str, outputs: Outputs, log_path: Path,
+               *options: str) -> None:  # fmt: skip
+    """`intentstream run --stop-at-end`, waited for: it must exit with status 0."""
+    process = start_run(bootstrap, model_dir, input_topic, outputs, log_path, *options, "--stop-at-end")
+    try:
+        wait_for_exit((process, log_path))
+    finally:
+        stop(process)
+
+
 def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.kill()
@@ -302,12 +312,7 @@ def test_a_run_killed_mid_stream_resumes_from_its_recovery_dir(
 
     # The restart resumes from the last snapshot and stops at the end of the input.
     restart_log = tmp_path / "restart.log"
-    restarted = start_run(kafka_bootstrap, tiny_model_dir, topics.input, outputs, restart_log, *recovery,
-                          "--stop-at-end")  # fmt: skip
-    try:
-        wait_for_exit((restarted, restart_log))
-    finally:
-        stop(restarted)
+    run_to_end(kafka_bootstrap, tiny_model_dir, topics.input, outputs, restart_log, *recovery)
 
     # It resumed from a snapshot: it read what the killed run never saw, and not everything ...
     summary = run_summary(restart_log)
