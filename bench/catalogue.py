@@ -107,7 +107,8 @@ def train_cost(log: Path, catalogue: Path, variant: str, softmax: str, epochs: i
     if out is not None:
         if epochs > 1:
             run.fit(epochs - 1, None, progress=False)
-        save_checkpoint(out, run.model.eval(), run.vocab, {"name": f"catalogue-{variant}", "version": "bench"})
+        save_checkpoint(out, run.model.eval(), run.vocab, {"name": f"catalogue-{variant}", "version": "bench",
+                                                           "most_played": run.most_played})  # fmt: skip
         result["model_mb"] = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     return result
 

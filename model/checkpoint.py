@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from model.config import IntentRecConfig
 from model.errors import CheckpointError  # noqa: F401 - raised here, and importable from here
 from model.intentrec import IntentRec
-from model.vocab import Vocabularies
+from model.vocab import FIRST_REAL, Vocabularies
 
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
@@ -63,6 +63,17 @@ def load_checkpoint(directory: Path, new_title_columns: int | None = None) -> tu
     check_sizes(config, vocab, directory)
     model.eval()
     return model, vocab, meta
+
+
+def most_played(meta: dict, n_items: int, directory: Path) -> list[int]:
+    """config.json's "most_played": the training's most played items (their indices, most played
+    first), which retrieval always adds to an index's candidates (model.serving.retrieval); none in
+    a checkpoint saved before it was recorded."""
+    items = meta.get("most_played", [])
+    if not isinstance(items, list) or not all(isinstance(i, int) and FIRST_REAL <= i < n_items for i in items):
+        raise CheckpointError(f"{directory / CONFIG_FILE}: most_played must be a list of item indices from "
+                              f"{FIRST_REAL} to {n_items - 1}; train the model again")  # fmt: skip
+    return items
 
 
 def weights_mismatch(expected: dict, found: dict) -> str | None:

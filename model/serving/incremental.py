@@ -201,7 +201,7 @@ def load_serving_scorer(
         if kind == "auto":
             log.info("the catalogue (%d items) is served from retrieved candidates, which run eager", scorer.config.n_items)
             backend = "eager"
-        attach_retriever(scorer.model, model_dir or index_dir)
+        attach_retriever(scorer.model, model_dir or index_dir, most_played=scorer.most_played)
     return IncrementalScorer(scorer, load_backend(backend, scorer.model, model_dir), cache_bytes)
 
 

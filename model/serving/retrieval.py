@@ -7,7 +7,10 @@ probabilities with the item's attribute row (IntentMatch.attribute_query). So th
 [embedding ; attributes] per item and is queried with [query ; attribute query]: it looks for the
 items of highest logit but for the release-recency term, which depends on the query's time. Each
 row's candidates are the index's `candidates` best, plus the items the repeat pointer can reach (the
-user's last L), plus padding and unknown (where the pointer's weight on them lands); the item layer
+user's last L), plus the training's most played items (an HNSW graph over inner products can leave
+the very titles that top everyone's list unreachable: on the 20,000-title world the two most played
+were in every query's exact top 10 and never found, bench/results/catalogue.md), plus padding and
+unknown (where the pointer's weight on them lands); the item layer
 (model.item_layer.ItemLayer.candidate_distribution) scores them exactly, the softmax's sum over the
 rest estimated from a fixed uniform sample of the catalogue. What the exact path ranks in its top
 10 and this path misses is what the index missed: bench/results/catalogue.md measures it.
@@ -24,7 +27,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -166,11 +169,11 @@ def serves_approximately(catalogue: str, n_items: int) -> bool:
     return catalogue == "approximate" or (catalogue == "auto" and n_items > APPROXIMATE_FROM_ITEMS)
 
 
-def attach_retriever(model: IntentRec, model_dir: Path | None = None,
-                     candidates: int = CANDIDATES) -> "CandidateRetriever":  # fmt: skip
+def attach_retriever(model: IntentRec, model_dir: Path | None = None, candidates: int = CANDIDATES,
+                     most_played: Sequence[int] = ()) -> "CandidateRetriever":  # fmt: skip
     """Hands the item layer a retriever over an index of the model's items (saved_beside)."""
     started = time.perf_counter()
-    retriever = CandidateRetriever(model, saved_beside(model, model_dir), candidates)
+    retriever = CandidateRetriever(model, saved_beside(model, model_dir), candidates, most_played)
     model.item_layer.retriever = retriever
     log.info("an index of %d items for retrieval ready in %.1f s", model.config.n_items - FIRST_REAL,
              time.perf_counter() - started)  # fmt: skip
@@ -180,14 +183,15 @@ def attach_retriever(model: IntentRec, model_dir: Path | None = None,
 class CandidateRetriever:
     """What the item layer calls (model.item_layer.Retriever): each row's candidates, `width` of them."""
 
-    def __init__(self, model: IntentRec, search: Search, candidates: int = CANDIDATES,
+    def __init__(self, model: IntentRec, search: Search, candidates: int = CANDIDATES, most_played: Sequence[int] = (),
                  sample: int = NORMALISER_SAMPLE, seed: int = 0):  # fmt: skip
         self.model = model
         self.search = search
         self.real_items = model.config.n_items - FIRST_REAL
         self.candidates = min(candidates, self.real_items)
         self.reach = model.config.attention_window  # the pointer's: the user's last L interactions
-        self.width = 2 + self.reach + self.candidates
+        self.most_played = torch.tensor(list(most_played), dtype=torch.long)
+        self.width = 2 + self.reach + self.candidates + len(self.most_played)
         generator = torch.Generator().manual_seed(seed)
         self.sample = torch.randint(FIRST_REAL, model.config.n_items, (sample,), generator=generator).unique()
 
@@ -199,5 +203,5 @@ class CandidateRetriever:
             reached = torch.nn.functional.pad(reached, (self.reach - reached.shape[1], 0), value=PAD)
         rows = len(found)
         known = torch.tensor([PAD, UNKNOWN]).expand(rows, 2)
-        items = torch.cat([known, reached, torch.from_numpy(found).long()], dim=1)
+        items = torch.cat([known, reached, torch.from_numpy(found).long(), self.most_played.expand(rows, -1)], dim=1)
         return Candidates(items.sort(dim=1).values, self.sample)

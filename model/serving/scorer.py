@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from model.checkpoint import CheckpointError, load_checkpoint
+from model.checkpoint import CheckpointError, load_checkpoint, most_played
 from model.features import ROW_DTYPE, batch_tensors, featurize
 from model.inputs import model_inputs
 from model.intentrec import IntentRec
@@ -86,10 +86,11 @@ class Scores:
 class Scorer:
     row_dtype = ROW_DTYPE
 
-    def __init__(self, model: IntentRec, vocab: Vocabularies, model_ref: ModelRef):
+    def __init__(self, model: IntentRec, vocab: Vocabularies, model_ref: ModelRef, most_played: Sequence[int] = ()):
         self.model = model.eval()
         self.vocab = vocab
         self.model_ref = model_ref
+        self.most_played = tuple(most_played)  # training's most played items, most first (checkpoint.most_played)
         self.config = model.config
         self.history_len = model.config.history_len
         task_vocab = {"action": vocab.actions, "genre": vocab.genres, "kind": vocab.kinds, "release": vocab.release}
@@ -103,7 +104,8 @@ class Scorer:
         """The checkpoint in `model_dir`; `new_title_columns` replaces its config's (None: keep it)."""
         model, vocab, meta = load_checkpoint(Path(model_dir), new_title_columns)
         name = meta.get("name", f"intentrec-{model.config.variant}")
-        return cls(model, vocab, ModelRef(name=name, version=str(meta.get("version", "0"))))
+        return cls(model, vocab, ModelRef(name=name, version=str(meta.get("version", "0"))),
+                   most_played(meta, model.config.n_items, Path(model_dir)))  # fmt: skip
 
     def featurize(self, event: PlayEvent) -> np.ndarray:
         return featurize(event, self.vocab)

@@ -31,6 +31,7 @@ from model.vocab import FIRST_REAL, PAD, UNKNOWN, Vocabularies
 from schemas import CatalogueEntry
 
 WATCH_FLOOR_S = 60.0  # d_k = watch time + one minute, so a zero-length play still counts a little
+MOST_PLAYED = 128  # the training's most played items a checkpoint records: retrieval's candidates for everyone
 
 
 @dataclass
@@ -191,6 +192,7 @@ def train_model(
         "trained_on": str(log_path),
         "until_ts": until_ts,
         "catalogue": None if catalogue_path is None else str(catalogue_path),
+        "most_played": final.most_played,
         "train": {**train_config.__dict__, "best_epoch": chosen.best_epoch, "validation_ndcg10": chosen.best_ndcg,
                   "validation_targets": validation.targets, "trained_events": final.events},
     }
@@ -237,10 +239,12 @@ class Run:
         warmup = min(config.history_len - 1, train_config.chunk_len // 2)
         self.windows = training_windows(rows_by_user, train_config.chunk_len, warmup)
         self.description = f"{'select' if train_config.refit else 'train'} {variant}"
+        targets = np.concatenate([following["item"][loss_from:] for _, loss_from, following in self.windows])
+        counts = np.bincount(targets[targets >= FIRST_REAL], minlength=config.n_items).astype(np.float64)
+        played = np.flatnonzero(counts)
+        self.most_played = [int(i) for i in played[np.argsort(-counts[played], kind="stable")][:MOST_PLAYED]]
         self.sampler = None
         if uses_sampled_softmax(train_config.softmax, config.n_items):
-            targets = np.concatenate([following["item"][loss_from:] for _, loss_from, following in self.windows])
-            counts = np.bincount(targets[targets >= FIRST_REAL], minlength=config.n_items).astype(np.float64)
             self.sampler = NegativeSampler(counts, train_config.negatives, train_config.seed)
 
     def fit(self, epochs: int, validation: Validation | None, progress: bool) -> Chosen:

@@ -74,6 +74,41 @@ def test_the_pointers_items_are_always_candidates_and_the_top_items_are_named_fr
     assert named <= candidates and len(named) == 5
 
 
+class MissingOne:
+    """An index that never finds `item`, as an HNSW graph over inner products may not."""
+
+    def __init__(self, vectors: np.ndarray, item: int):
+        self.exact, self.missing = ExactSearch(vectors), item - FIRST_REAL
+
+    def __call__(self, queries: np.ndarray, k: int) -> np.ndarray:
+        return np.array([[i for i in row if i != self.missing][:k] for row in self.exact(queries, k + 1)])
+
+
+def test_the_trainings_most_played_items_are_candidates_whatever_the_index_misses():
+    scorer = make_scorer()
+    history = random_history(12, seed=4)
+    reached = set(history["item"][-scorer.config.attention_window :].tolist())
+    explore = scorer.predict([history]).item_scores[0][: scorer.config.n_items]
+    best = max(set(range(FIRST_REAL, scorer.config.n_items)) - reached, key=lambda item: explore[item])
+    search = MissingOne(item_vectors(scorer.model), best)
+    for most_played, retrieved in (((), False), ((best, FIRST_REAL), True)):
+        scorer.model.item_layer.retriever = CandidateRetriever(scorer.model, search, 3, most_played)
+        assert (best in scorer.predict([history]).item_columns[0]) == retrieved
+
+
+def test_a_checkpoints_most_played_items_reach_the_retriever_and_a_bad_list_is_refused(tmp_path):
+    from model.checkpoint import CheckpointError, save_checkpoint
+    from model.serving.incremental import load_serving_scorer
+
+    scorer = make_scorer()
+    save_checkpoint(tmp_path / "m", scorer.model, scorer.vocab, {"most_played": [5, FIRST_REAL]})
+    served = load_serving_scorer(tmp_path / "m", catalogue="approximate")
+    assert served.model.item_layer.retriever.most_played.tolist() == [5, FIRST_REAL]
+    save_checkpoint(tmp_path / "m", scorer.model, scorer.vocab, {"most_played": [scorer.config.n_items]})
+    with pytest.raises(CheckpointError, match="most_played must be a list of item indices"):
+        load_serving_scorer(tmp_path / "m", catalogue="approximate")
+
+
 def test_the_serving_scorer_retrieves_where_asked_or_beyond_the_threshold_and_only_eager(tmp_path, monkeypatch):
     from model.serving import retrieval
     from model.serving.backends import BackendError, EagerBackend

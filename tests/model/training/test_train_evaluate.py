@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -25,7 +26,7 @@ from model.inputs import model_inputs
 from model.intentrec import IntentRec
 from model.config import variant_overrides
 from model.training.validation import held_out
-from model.training.train import WATCH_FLOOR_S, chunk_spans, debiased_ema, load_rows, loss_of_batch, train_model
+from model.training.train import MOST_PLAYED, WATCH_FLOOR_S, chunk_spans, debiased_ema, load_rows, loss_of_batch, train_model
 from tests.model.test_intentrec import random_history, tiny_config
 from stream.cli import main
 from stream.settings import SMALL_MODEL
@@ -279,6 +280,9 @@ def test_training_learns_nothing_from_its_held_out_events_and_keeps_finite_buffe
     assert expected_targets > sum(split.test >= 2 for split in splits)  # long histories give several
     end = "test" if refit else "validation_from"
     assert result.train_events == meta["train"]["trained_events"] == sum(getattr(split, end) for split in splits)
+    targets = Counter(vocab.items.lookup(event.item_id) for events, split in zip(sequences.values(), splits)
+                      for event in events[1 : getattr(split, end)])  # fmt: skip
+    assert meta["most_played"] == sorted(targets, key=lambda item: (-targets[item], item))[:MOST_PLAYED]
     release_days = model.item_layer.intent_match.item_release_day
     assert not torch.isnan(release_days).any() and torch.isinf(release_days).any()  # movies have no release date
     report = evaluate(Scorer.load(tmp_path / "m"), load_rows(log, vocab=vocab)[0], vocab)
