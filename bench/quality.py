@@ -206,7 +206,7 @@ def comparisons(rows: dict) -> list[str]:
     pairs += [(f"{variant}-paper", "V0-paper") for variant in VARIANTS[1:]]  # the hierarchy without our additions
     pairs += [(variant, f"{variant}-paper") for variant in VARIANTS]  # our item layer against the paper's
     pairs += [(f"{variant}-sampled", other) for variant in VARIANTS for other in (variant, f"{variant}-full")]
-    for name, reference in pairs:
+    for name, reference in dict.fromkeys(pairs):  # each pair once, in order
         if name in rows and reference in rows:
             difference, low, high = paired_interval(as_runs(name), as_runs(reference))
             lines.append(f"- {name} − {reference}: {difference:+.4f} NDCG@10, paired 95% interval "
