@@ -35,6 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +61,8 @@ def _measured(function, args) -> dict:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
     try:
         result = function(*args)
-    except (MemoryError, RuntimeError) as error:  # torch reports a failed allocation as RuntimeError
-        if "memory" not in str(error).lower() and not isinstance(error, MemoryError):
+    except Exception as error:  # torch reports a failed allocation as RuntimeError, Bytewax wraps it again
+        if not isinstance(error, MemoryError) and "allocate memory" not in "".join(traceback.format_exception(error)):
             raise
         result = {"error": f"does not fit in {MEMORY_LIMIT_BYTES >> 30} GB of address space"}
     return {**result, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

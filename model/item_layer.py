@@ -87,7 +87,7 @@ class IntentMatch(nn.Module):
         # Per item: one-hot kind, then genres summing to 1 (zeros where unknown).
         self.register_buffer("item_attributes", torch.zeros(config.n_items, sum(self.attribute_sizes)))
         self.register_buffer("item_release_day", torch.full((config.n_items,), math.inf))  # days since origin_ms
-        # release_buckets gives 0 below the first bound (the -inf age of an unknown release), then
+        # release_bonus gives bucket 0 below the first bound (the -inf age of an unknown release), then
         # one bucket per RELEASE_BUCKETS entry.
         bounds = [-1e12] + [upper for _, upper in RELEASE_BUCKETS[:-1]]
         self.register_buffer("age_bounds", torch.tensor(bounds), persistent=False)
@@ -108,7 +108,7 @@ class IntentMatch(nn.Module):
         if "release" in self.tasks:
             real = self.weighted(intent, "release")[..., FIRST_REAL:]
             by_bucket = torch.cat([torch.zeros_like(real[..., :1]), real], dim=-1)  # bucket 0: unknown
-            bonus = bonus + by_bucket.gather(-1, self.release_buckets(intent.days, release_days))
+            bonus = bonus + self.release_bonus(by_bucket, intent.days, release_days)
         return bonus
 
     def weighted(self, intent: "Intent", task: str) -> torch.Tensor:
@@ -121,12 +121,19 @@ class IntentMatch(nn.Module):
         attribute row is its bonus for them (so an index over [embedding; attributes] finds it)."""
         return torch.cat([self.weighted(intent, task) for task in self.attribute_tasks], dim=-1)
 
-    def release_buckets(self, days: torch.Tensor, release_days: torch.Tensor) -> torch.Tensor:
-        """(B, T, N): 1 + the index in RELEASE_BUCKETS of every item's age at each query time (how
-        many bounds the age has passed); 0 for an item without a release date (release day +inf,
-        age -inf). Compared, not bucketized: compilers fuse comparisons into one loop."""
+    def release_bonus(self, by_bucket: torch.Tensor, days: torch.Tensor, release_days: torch.Tensor) -> torch.Tensor:
+        """(B, T, N): the value `by_bucket` (B, T, buckets; bucket 0, an unknown release, is 0) gives
+        the bucket of every item's age at each query time: for each bound the age has passed, the step
+        from one bucket's value to the next's (an item without a release date, release day +inf, has
+        age -inf and passes none). A sum of comparisons, not a gather: no (B, T, N) index tensor, whose
+        int64 at a million items and 256 queries would be 2 GB (and 8 GB while counting the bounds),
+        and compilers fuse comparisons into one loop."""
         age_days = days.unsqueeze(-1) - release_days.unsqueeze(-2)
-        return (age_days.unsqueeze(-1) > self.age_bounds).sum(-1)
+        steps = by_bucket.diff(dim=-1).unsqueeze(-2)  # (B, T, 1, buckets - 1)
+        bonus = torch.zeros_like(age_days)
+        for k in range(len(self.age_bounds)):
+            bonus = bonus + (age_days > self.age_bounds[k]) * steps[..., k]
+        return bonus
 
     def attribute_rows(self, kinds: torch.Tensor, genres: torch.Tensor, rows: torch.Tensor | None = None,
                        n_rows: int | None = None) -> torch.Tensor:  # fmt: skip
