@@ -275,9 +275,9 @@ class _Messages:
     def labels(self, top: TopLabels) -> _Pieces:
         """The encoded names of a (B, k) column of labels."""
         indices = np.asarray(top.indices)
-        if top.extra is None:
-            return self._names(top.table, indices)
         beyond = indices >= len(top.table)
+        if top.extra is None or not beyond.any():  # an empty extra table has no name to stand in
+            return self._names(top.table, indices)
         common = self._names(top.table, np.where(beyond, 0, indices))
         own = self._names(top.extra, np.where(beyond, indices - len(top.table), 0))
         return _Pieces(np.where(beyond, own.starts, common.starts), np.where(beyond, own.lengths, common.lengths))

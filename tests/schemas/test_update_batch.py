@@ -144,6 +144,14 @@ def test_labels_of_the_batch_only_are_named_from_its_extra_table(fmt):
     assert first.next_items[1].item_id == "new-title-of-user-0"
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_empty_extra_table_is_fine_where_no_label_needs_it(fmt):
+    """A batch whose answers rank none of its own titles may carry an empty extra table."""
+    scores = random_columns(np.random.default_rng(5), 3, 4, TASKS, 2, ITEMS, 4)
+    scores = dataclasses.replace(scores, next_items=dataclasses.replace(scores.next_items, extra=LabelTable([])))
+    assert_encoded_like_one_by_one([trigger(b) for b in range(3)], scores, fmt)
+
+
 def _row(scores: ScoreColumns, b: int) -> ScoreColumns:
     def top(labels: TopLabels) -> TopLabels:
         return TopLabels(labels.table, labels.indices[b : b + 1], labels.values[b : b + 1], labels.extra)
