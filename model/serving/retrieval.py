@@ -39,7 +39,7 @@ from model.vocab import FIRST_REAL, PAD, UNKNOWN
 
 log = logging.getLogger(__name__)
 
-APPROXIMATE_FROM_ITEMS = 100_000  # `--catalogue auto` serves larger catalogues from candidates
+APPROXIMATE_FROM_ITEMS = 20_000  # `--catalogue auto` serves larger catalogues from candidates (bench/results/catalogue.md)
 CANDIDATES = 100  # the index's best per query
 LINKS, BUILD_DEPTH, SEARCH_DEPTH = 32, 100, 200  # the HNSW graph's M, ef_construction and ef
 INDEX_DIR, INDEX_FILE, MANIFEST = "index", "hnsw.bin", "manifest.json"

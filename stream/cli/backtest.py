@@ -57,7 +57,7 @@ def add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{format_duration(StreamSettings.ttl_s)})")
     stream.add_argument("--catalogue", choices=CATALOGUES, default=StreamSettings.catalogue,
                         help="score the whole catalogue, or each event's retrieved candidates (approximate: a target "
-                             "not among them ranks last); auto: approximate beyond 100,000 items (default: "
+                             "not among them ranks last); auto: approximate beyond 20,000 items (default: "
                              f"{StreamSettings.catalogue})")
 
 

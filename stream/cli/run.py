@@ -68,7 +68,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             metavar="MB")
     service_option(scoring, "--catalogue", "score the whole catalogue for every event (exact), or each event's "
             "candidates retrieved from an index and rescored exactly (approximate: for catalogues too large to score "
-            "whole; runs eager); auto: approximate beyond 100,000 items (default: "
+            "whole; runs eager); auto: approximate beyond 20,000 items (default: "
             f"{default_of('catalogue')})", metavar="auto|exact|approximate")
     service_option(scoring, "--new-titles", "columns for titles first seen in the stream, ranked beside the "
             "catalogue from their kind, genres and release date; 0 keeps the catalogue closed, so that updates are "
