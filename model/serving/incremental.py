@@ -63,7 +63,7 @@ class IncrementalScorer(Scorer):
     """
 
     def __init__(self, scorer: Scorer, backend: Backend | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES):
-        super().__init__(scorer.model, scorer.vocab, scorer.model_ref)
+        super().__init__(scorer.model, scorer.vocab, scorer.model_ref, scorer.most_played)
         self.backend = backend if backend is not None else EagerBackend(scorer.model)
         self.cache = KVCache(self.config, cache_bytes // KVCache.bytes_per_user(self.config), self.backend.device)
         self.to_device = HostToDevice(self.backend.device)
