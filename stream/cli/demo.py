@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -84,6 +85,9 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    # A script's background job starts with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: Ctrl-C (kill -INT) must stop the demo however it was started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     summary = run_demo(options_from_args(args), sys.stdout)
     if summary.interrupted:
         return EXIT_INTERRUPTED

@@ -101,6 +101,7 @@ def test_ctrl_c_stops_the_stream_the_dataflow_and_the_embedded_broker(tiny_model
          "--stream-users", "100", "--events", "5000", "--rate", "100", "--no-live"],  # fmt: skip
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a script's background job starts
     )  # fmt: skip
     try:
         lines = _lines_until(process, "(embedded)", timeout=30)
