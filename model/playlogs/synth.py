@@ -6,12 +6,9 @@ same events: every random draw comes from `random.Random` seeded with text deriv
 (the catalogue has its own stream, and so does each user, so user 7 is the same user in a world of
 100 users as in one of 1,000).
 
-The catalogue (`generate_catalogue`): movies and shows, each with 1-3 of GENRES (secondary genres
-mostly related to the first; "Kids" titles only mix with family-friendly genres), a release date
-(about 10% are released during the simulated period and cannot be played before it; the rest form
-a long tail into the past), a heavy-tailed popularity, a runtime, for shows a number of
-episodes, and a short list of similar titles (same first genre) that "because you watched" picks
-from. A show's item_id is the title: the user plays it once per episode, in order.
+The catalogue (`generate_catalogue`, model/playlogs/synth_titles.py): movies and shows with genres,
+release dates, a heavy-tailed popularity and similar titles. A show's item_id is the title: the
+user plays it once per episode, in order.
 `generate_world_and_catalogue` returns the titles beside the log, so that the whole catalogue,
 played or not, can be written too (`Title.catalogue_entry`).
 
@@ -19,7 +16,7 @@ A world's cost grows about linearly with its number of titles (README, "Play log
 to 1,000,000 titles): draws by popularity bisect cumulative popularity, built once per pool, and a
 session's new releases are found with array operations. These are the draws that the first,
 quadratic version made with `rng.choices` on filtered lists, in the same order (similar titles up to
-float rounding at a boundary between two titles: _Pool.positions_except), so the worlds it made
+float rounding at a boundary between two titles: Pool.positions_except), so the worlds it made
 have stayed the same (tests/model/playlogs/test_synth.py holds digests of some).
 
 Each user has a mix of intent modes, one session at a time:
@@ -48,47 +45,19 @@ from __future__ import annotations
 
 import math
 import random
-from bisect import bisect_left, bisect_right
 from collections import deque
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from itertools import accumulate
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas.contracts import TS_MAX_MS, CatalogueEntry, PlayEvent
+from model.playlogs.synth_titles import (
+    DAY_MS, GENRE_WEIGHTS, GENRES, KIDS_GENRES, WORLD_START_MS, Pool, Title, generate_catalogue,
+)
+from schemas.contracts import TS_MAX_MS, PlayEvent
 
-WORLD_START_MS = int(datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)  # a Monday
-DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
-YEAR_MS = 365 * DAY_MS
 MAX_DAYS = (TS_MAX_MS - WORLD_START_MS) // DAY_MS  # the longest period whose plays fit the contract's ts range
-
-GENRES = (
-    "Action", "Adventure", "Animation", "Comedy", "Crime", "Documentary", "Drama", "Family",
-    "Fantasy", "Horror", "Kids", "Mystery", "Romance", "Sci-Fi", "Thriller",
-)  # fmt: skip
-# How often each genre is a title's first genre, in the order of GENRES.
-GENRE_WEIGHTS = (8, 5, 3, 12, 7, 4, 14, 3, 3, 5, 8, 4, 6, 5, 7)
-RELATED_GENRES = {
-    "Action": ("Adventure", "Thriller", "Sci-Fi", "Crime"),
-    "Adventure": ("Action", "Fantasy", "Family", "Sci-Fi"),
-    "Animation": ("Family", "Comedy", "Adventure", "Fantasy"),
-    "Comedy": ("Romance", "Drama", "Family", "Crime"),
-    "Crime": ("Thriller", "Drama", "Mystery", "Action"),
-    "Documentary": ("Crime", "Drama"),
-    "Drama": ("Romance", "Crime", "Thriller", "Comedy"),
-    "Family": ("Comedy", "Adventure", "Animation", "Fantasy"),
-    "Fantasy": ("Adventure", "Sci-Fi", "Action", "Family"),
-    "Horror": ("Thriller", "Mystery", "Sci-Fi"),
-    "Kids": ("Animation", "Family", "Comedy", "Adventure"),
-    "Mystery": ("Thriller", "Crime", "Drama", "Horror"),
-    "Romance": ("Comedy", "Drama"),
-    "Sci-Fi": ("Action", "Adventure", "Thriller", "Fantasy"),
-    "Thriller": ("Crime", "Mystery", "Action", "Drama"),
-}
-KIDS_GENRES = ("Kids", "Animation", "Family")
 
 MODES = ("explorer", "binge", "rewatcher", "genre_fan", "kids", "new_release")
 ADULT_MODES = tuple(mode for mode in MODES if mode != "kids")
@@ -104,27 +73,6 @@ KIDS_HOURS = (0, 0, 0, 0, 0, 0, 1, 2, 1.5, 1, 1, 1, 1.5, 1.5, 2, 3, 4, 4, 3.5, 2
 MIN_GAP_BETWEEN_SESSIONS_MS = 30 * MINUTE_MS
 NEW_RELEASE_WINDOW_MS = 60 * DAY_MS  # what a new-release chaser considers new
 HYPE_DECAY_DAYS = 21.0
-SIMILAR_TITLES = 5
-
-
-@dataclass(frozen=True, slots=True)
-class Title:
-    item_id: str
-    kind: str  # movie | show
-    genres: tuple[str, ...]
-    release_ts: int  # epoch ms
-    popularity: float
-    minutes: int  # runtime of a movie, length of one episode of a show
-    episodes: int  # 1 for a movie
-    similar: tuple[str, ...] = ()  # "because you watched this": tried in this order
-
-    @property
-    def for_kids(self) -> bool:
-        return "Kids" in self.genres
-
-    def catalogue_entry(self) -> CatalogueEntry:
-        """What a shop publishes of this title: its record in a catalogue file."""
-        return CatalogueEntry(self.item_id, self.kind, self.genres, self.release_ts)
 
 
 def generate_world(
@@ -162,136 +110,6 @@ def user_modes(seed: int = 0, n_users: int = 1000, days: int = 60) -> dict[str, 
         profile.user_id: dict(profile.mode_weights)
         for profile in (_make_profile(random.Random(f"{seed}-user-{n}"), f"user-{n:04d}", days) for n in range(n_users))
     }
-
-
-def generate_catalogue(seed: int = 0, n_titles: int = 800, days: int = 60) -> list[Title]:
-    """The titles of the world that `generate_world(seed, n_titles=n_titles, days=days)` plays."""
-    rng = random.Random(f"{seed}-catalogue")
-    titles = []
-    for number in range(n_titles):
-        kind = "show" if rng.random() < 0.4 else "movie"
-        genres = _title_genres(rng)
-        release_ts = _release_ts(rng, days)
-        recent = release_ts > WORLD_START_MS - YEAR_MS
-        kids = "Kids" in genres
-        if kind == "show":
-            minutes = rng.choice((11, 22) if kids else (22, 25, 30, 45, 50, 55, 60))
-            episodes = rng.randint(6, 30)
-        else:
-            minutes = rng.randint(70, 95) if kids else rng.randint(80, 150)
-            episodes = 1
-        titles.append(
-            Title(
-                item_id=f"{kind}-{number:04d}",
-                kind=kind,
-                genres=genres,
-                release_ts=release_ts,
-                popularity=rng.paretovariate(1.1) * (3.0 if recent else 1.0),
-                minutes=minutes,
-                episodes=episodes,
-            )
-        )
-    return [replace(title, similar=similar) for title, similar in zip(titles, _similar_titles(rng, titles))]
-
-
-def _similar_titles(rng: random.Random, titles: list[Title]) -> list[tuple[str, ...]]:
-    """For each title, SIMILAR_TITLES titles sharing its first genre and audience, popular ones likelier.
-
-    Title by title, each pick is what `rng.choices(group, popularity)` draws from the title's group
-    less itself and the titles already picked for it (one `rng.random()` a pick): the group's
-    cumulative popularity is built once, the excluded titles are holes in it (_Pool.positions_except).
-    """
-    groups: dict[tuple[str, bool], list[Title]] = {}
-    position_in_group = []
-    for title in titles:
-        group = groups.setdefault((title.genres[0], title.for_kids), [])
-        position_in_group.append(len(group))
-        group.append(title)
-    pools = {key: _Pool(group) for key, group in groups.items()}
-    similar = []
-    for title, position in zip(titles, position_in_group):
-        pool = pools[title.genres[0], title.for_kids]
-        picked = pool.positions_except(rng, position, min(SIMILAR_TITLES, len(pool.titles) - 1))
-        similar.append(tuple(pool.titles[other].item_id for other in picked))
-    return similar
-
-
-def _title_genres(rng: random.Random) -> tuple[str, ...]:
-    first = rng.choices(GENRES, GENRE_WEIGHTS)[0]
-    genres = [first]
-    for _ in range(rng.choice((0, 1, 1, 2))):
-        if first == "Kids" or rng.random() < 0.75:
-            extra = rng.choice(RELATED_GENRES[first])
-        else:
-            extra = rng.choice([genre for genre in GENRES if genre not in KIDS_GENRES])
-        if extra not in genres:
-            genres.append(extra)
-    return tuple(genres)
-
-
-def _release_ts(rng: random.Random, days: int) -> int:
-    draw = rng.random()
-    if draw < 0.10:  # released during the simulated period
-        return WORLD_START_MS + rng.randrange(days) * DAY_MS
-    if draw < 0.25:  # in the year before it
-        return WORLD_START_MS - rng.randrange(1, 366) * DAY_MS
-    years_ago = min(1 + rng.expovariate(1 / 10), 90)
-    return WORLD_START_MS - int(years_ago * YEAR_MS) // DAY_MS * DAY_MS
-
-
-class _Pool:
-    """Titles to draw from by popularity, with cumulative weights for O(log n) draws."""
-
-    def __init__(self, titles: list[Title]) -> None:
-        self.titles = titles
-        self.cumulative = list(accumulate(title.popularity for title in titles))
-
-    def draw(self, rng: random.Random, now: int, exclude: set[str]) -> Title | None:
-        """A released title not in `exclude`, by popularity; None when there is none."""
-        if not self.titles:
-            return None
-        for _ in range(30):
-            title = rng.choices(self.titles, cum_weights=self.cumulative)[0]
-            if title.release_ts <= now and title.item_id not in exclude:
-                return title
-        candidates = [t for t in self.titles if t.release_ts <= now and t.item_id not in exclude]
-        if not candidates:
-            return None
-        return rng.choices(candidates, [title.popularity for title in candidates])[0]
-
-    def positions_except(self, rng: random.Random, excluded: int, count: int) -> list[int]:
-        """The positions of `count` titles drawn one after another by popularity, each as
-        `rng.choices` draws it from this pool's titles less the one at position `excluded` and those
-        drawn before it; O(count^2 log n) instead of the O(n) per draw of building the list.
-
-        rng.choices bisects the running total of the remaining titles' popularity at random() times
-        their sum. Between two left-out positions (holes) that running total is this pool's
-        cumulative popularity less the popularity of the holes before them, so each stretch is
-        bisected with the target raised by what was skipped. The sums are equal up to float rounding
-        (the additions are done in another order), so a draw could differ from rng.choices' only
-        where random() lands within a rounding error of the boundary between two titles.
-        """
-        cumulative, titles = self.cumulative, self.titles
-        holes, hole_weights = [excluded], [titles[excluded].popularity]  # sorted by position
-        drawn = []
-        for _ in range(count):
-            target = rng.random() * (cumulative[-1] - sum(hole_weights))
-            position = bisect_right(cumulative, target)
-            skipped = 0.0
-            for hole, weight in zip(holes, hole_weights):
-                if position < hole:
-                    break
-                skipped += weight
-                position = max(hole + 1, bisect_right(cumulative, target + skipped))
-            if position >= len(titles):  # as rng.choices, whose bisect stops at the last title
-                position = len(titles) - 1
-                while position in holes:
-                    position -= 1
-            drawn.append(position)
-            index = bisect_left(holes, position)
-            holes.insert(index, position)
-            hole_weights.insert(index, titles[position].popularity)
-        return drawn
 
 
 class _NewReleases:
@@ -361,13 +179,13 @@ class _Catalogue:
             for genre in (None, *title.genres):
                 for kind in (None, title.kind):
                     pools.setdefault((title.for_kids, genre, kind), []).append(title)
-        self._pools = {key: _Pool(pool) for key, pool in pools.items()}
+        self._pools = {key: Pool(pool) for key, pool in pools.items()}
         recent = [title for title in titles if title.release_ts > WORLD_START_MS - NEW_RELEASE_WINDOW_MS]
         self._recent = {kids: _RecentTitles([t for t in recent if t.for_kids == kids]) for kids in (False, True)}
 
-    def pool(self, kids: bool, genre: str | None = None, kind: str | None = None) -> _Pool:
+    def pool(self, kids: bool, genre: str | None = None, kind: str | None = None) -> Pool:
         """Titles a kids profile (kids titles only) or an adult (no kids titles) may pick."""
-        return self._pools.get((kids, genre, kind)) or _Pool([])
+        return self._pools.get((kids, genre, kind)) or Pool([])
 
     def new_releases(self, kids: bool, now: int, exclude: set[str]) -> _NewReleases:
         """Released titles at most NEW_RELEASE_WINDOW_MS old, with hype that fades with age."""

@@ -11,22 +11,24 @@ import pytest
 
 from model.playlogs.files import read_catalogue, read_log
 from model.playlogs.synth import (
-    DAY_MS,
     DEVICES,
-    GENRE_WEIGHTS,
-    GENRES,
     HYPE_DECAY_DAYS,
-    KIDS_GENRES,
     MAX_DAYS,
     NEW_RELEASE_WINDOW_MS,
-    SIMILAR_TITLES,
-    WORLD_START_MS,
     _Catalogue,
-    _similar_titles,
-    generate_catalogue,
     generate_world,
     generate_world_and_catalogue,
     user_modes,
+)
+from model.playlogs.synth_titles import (
+    DAY_MS,
+    GENRE_WEIGHTS,
+    GENRES,
+    KIDS_GENRES,
+    SIMILAR_TITLES,
+    WORLD_START_MS,
+    _similar_titles,
+    generate_catalogue,
 )
 from schemas.codec import decode_play_event, encode_play_event
 from stream.cli import main
