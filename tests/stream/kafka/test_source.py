@@ -43,7 +43,7 @@ def wait_for_retention(bootstrap: str, topic: str) -> int:
     """The oldest offset retained once retention has deleted what it will (unchanged for a second)."""
     deadline = time.monotonic() + READ_TIMEOUT_S
     seen = [watermarks(bootstrap, topic)[0]]
-    while seen[0] == 0 or len(seen) < 5 or len(set(seen[-5:])) > 1:
+    while seen[-1] == 0 or len(seen) < 5 or len(set(seen[-5:])) > 1:
         assert time.monotonic() < deadline, f"retention kept offsets from {seen[-1]} on"
         time.sleep(0.25)
         seen.append(watermarks(bootstrap, topic)[0])

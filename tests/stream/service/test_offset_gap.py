@@ -14,7 +14,8 @@ import pytest
 from stream.errors import EXIT_OFFSET_GAP, EXIT_TERMINATED
 from stream.harness import StreamTopics
 from stream.kafka.apache_broker import QUICK_RETENTION, ApacheKafkaBroker, retained_bytes
-from stream.kafka.broker import create_topics, produce_messages, read_topic, watermarks
+from stream.kafka.broker import create_topics, produce_messages, read_topic
+from tests.stream.kafka.test_source import wait_for_retention
 from tests.stream.service.test_processes import (
     MESSAGES, PROCESS_TIMEOUT_S, UpdateWatcher, copies_by_key, outputs_of, run_summary, run_to_end, start_run, stop, tail,
     valid_events_in,
@@ -29,17 +30,6 @@ READ_FIRST = 40  # events the first run reads before it stops
 def broker(tmp_path):
     with ApacheKafkaBroker(tmp_path / "kafka", server_properties=QUICK_RETENTION) as broker:
         yield broker
-
-
-def wait_for_retention(bootstrap: str, topic: str) -> int:
-    """The oldest offset retained once retention has deleted what it will (unchanged for a second)."""
-    deadline = time.monotonic() + 30
-    seen = [watermarks(bootstrap, topic)[0]]
-    while seen[-1] == 0 or len(seen) < 5 or len(set(seen[-5:])) > 1:
-        assert time.monotonic() < deadline, f"retention kept offsets from {seen[-1]} on"
-        time.sleep(0.25)
-        seen.append(watermarks(bootstrap, topic)[0])
-    return seen[-1]
 
 
 def test_input_deleted_before_it_was_read_stops_the_run_or_is_counted_as_lost(broker, tiny_model_dir, tmp_path):
