@@ -59,6 +59,28 @@ def retained_bytes(segment_bytes: int, retention_bytes: int) -> dict[str, str]:
     return {"internal.segment.bytes": str(segment_bytes), "retention.bytes": str(retention_bytes)}
 
 
+def _wait_until_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Return once every thread of `pid` is stopped. os.kill returns before SIGSTOP has acted: the
+    thread picked to take it must first be scheduled, and then stops the others. On a loaded machine
+    the broker's network threads went on serving requests for tens of milliseconds meanwhile."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():  # no procfs: allow a generous moment instead
+        time.sleep(0.5)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for stat in tasks.glob("*/stat"):
+            try:
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+            except (OSError, IndexError):  # the thread ended meanwhile
+                continue
+        if states and all(state in "tT" for state in states):
+            return
+        time.sleep(0.002)
+    raise RuntimeError(f"process {pid} did not stop within {timeout:g}s of SIGSTOP")
+
+
 LOG4J2_PROPERTIES = """\
 appender.out.type = Console
 appender.out.name = out
@@ -297,8 +319,11 @@ class ApacheKafkaBroker:
     def frozen(self) -> Iterator[None]:
         """SIGSTOP while inside, SIGCONT after: a broker that holds its connections and answers nothing
         (a long GC pause, a hung disk, a partitioned host)."""
+        if self._process is None or self._process.poll() is not None:
+            raise RuntimeError(f"the Apache Kafka broker is not running, so it cannot be frozen; its log: {self.log_path}")
         os.kill(self.pid, signal.SIGSTOP)
         try:
+            _wait_until_stopped(self.pid)
             yield
         finally:
             os.kill(self.pid, signal.SIGCONT)

@@ -4,6 +4,7 @@ them from Maven Central)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,20 @@ def test_topics_are_not_auto_created(broker):
     with pytest.raises(RuntimeError, match="not delivered"):
         produce_messages(broker.bootstrap, "never-made", [(b"k", b"v")], timeout=1)
     assert "never-made" not in fetch_metadata(broker.bootstrap).topics
+
+
+def thread_states(pid: int) -> set[str]:
+    return {stat.read_text().rsplit(")", 1)[1].split()[0] for stat in Path(f"/proc/{pid}/task").glob("*/stat")}
+
+
+def test_a_frozen_broker_has_every_thread_stopped_before_the_block_runs(broker):
+    # SIGSTOP acts only once one thread is scheduled to take it; meanwhile the others serve requests.
+    for _ in range(20):
+        with broker.frozen():
+            assert thread_states(broker.pid) <= set("tT")
+        assert not thread_states(broker.pid) & set("tT")
+    create_topics(broker.bootstrap, ["thawed"])
+    assert produce_messages(broker.bootstrap, "thawed", [(b"k", b"v")]) == 1
 
 
 def test_compaction_drops_superseded_values_of_a_key(broker):
