@@ -231,7 +231,7 @@ def index_cost(exact: dict, approximate: dict) -> dict:
             "mb": approximate["load_mb"] - exact.get("load_mb", 0.0)}  # fmt: skip
 
 
-def markdown(results: dict, command: str) -> str:
+def markdown(results: dict, command: str, plot_name: str) -> str:
     lines = [
         "# The item layer at catalogue scale",
         "",
@@ -269,7 +269,7 @@ def markdown(results: dict, command: str) -> str:
                 cell(run.get("recall", {}), "recall_at_10", 3), cell(backtest.get("exact", {}), "events_per_s"),
                 cell(backtest.get("approximate", {}), "events_per_s"),
             ]) + " |")  # fmt: skip
-    lines += ["", "![costs against catalogue size](catalogue.png)", ""]
+    lines += ["", f"![costs against catalogue size]({plot_name})", ""]
     return "\n".join(lines)
 
 
@@ -285,11 +285,13 @@ def main() -> None:
     parser.add_argument("--serve-events", type=int, default=20_000)
     parser.add_argument("--recall-events", type=int, default=5_000)
     parser.add_argument("--backtest-events", type=int, default=10_000)
+    parser.add_argument("--train-only", action="store_true", help="measure training alone (no serving, backtest, recall)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep worlds and models here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "catalogue.md")
     args = parser.parse_args()
     command = "python bench/catalogue.py " + shlex.join(sys.argv[1:])
     results = {"users": args.users, "days": args.days, "runs": {}}
+    plot_name = args.out.with_suffix(".png").name
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -301,20 +303,26 @@ def main() -> None:
                 if size <= args.full_up_to:
                     run["train"]["full"] = in_child(train_cost, log, catalogue, variant, "full", 1, None)
                 run["train"]["sampled"] = in_child(train_cost, log, catalogue, variant, "sampled", args.serving_epochs,
-                                                   model_dir)  # fmt: skip
-                for mode in ("exact", "approximate"):
-                    if mode == "exact" and size > args.exact_up_to:
-                        continue
-                    run["serve"][mode] = in_child(serving_cost, model_dir, log, args.serve_events, mode)
-                    run["backtest"][mode] = in_child(backtest_speed, model_dir, log, args.backtest_events, mode, workdir)
-                if size <= args.exact_up_to:
-                    run["recall"] = in_child(top10_recall, model_dir, log, args.recall_events)
+                                                   None if args.train_only else model_dir)  # fmt: skip
+                if not args.train_only:
+                    serve_and_judge(run, model_dir, log, size, args, workdir)
                 print(f"{variant} {size:,}: {json.dumps(run)}", flush=True)
                 args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-                args.out.write_text(markdown(results, command))
+                args.out.write_text(markdown(results, command, plot_name))
     plot(results, args.out.with_suffix(".png"))
-    args.out.write_text(markdown(results, command))
-    print(markdown(results, command))
+    args.out.write_text(markdown(results, command, plot_name))
+    print(markdown(results, command, plot_name))
+
+
+def serve_and_judge(run: dict, model_dir: Path, log: Path, size: int, args, workdir: Path) -> None:
+    """The served model's steps: serving and backtest (exact and approximate), and recall."""
+    for mode in ("exact", "approximate"):
+        if mode == "exact" and size > args.exact_up_to:
+            continue
+        run["serve"][mode] = in_child(serving_cost, model_dir, log, args.serve_events, mode)
+        run["backtest"][mode] = in_child(backtest_speed, model_dir, log, args.backtest_events, mode, workdir)
+    if size <= args.exact_up_to:
+        run["recall"] = in_child(top10_recall, model_dir, log, args.recall_events)
 
 
 if __name__ == "__main__":

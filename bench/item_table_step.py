@@ -1,51 +1,81 @@
-"""What one training step costs the item table alone, by catalogue size: the embedding's gradient
-(dense: a zeroed table-sized tensor), AdamW's update and the weight average's (AveragedModel), each
-over every row although a step of sampled softmax touches a few thousand. This is the part of
-sampled training that still grows with the catalogue (bench/results/catalogue.md).
+"""What one sampled-softmax training step costs, by catalogue size, with the item table updated
+over every row (AdamW, clipping and the weight average over the whole table, as before) or row by
+row (model.training.optimizer: the rows the step read). The step is `train`'s own: a default-size
+model, a batch of TrainConfig.batch_size sequences of TrainConfig.chunk_len plays, sampled negatives,
+Optimizer.step. Both ways run in one process, one after the other at each size.
 
-    python bench/item_table_step.py [--sizes 2000,200000,1000000] [--dim 64] [--rows 4096]
+    python bench/item_table_step.py [--sizes 2000,200000,1000000] [--variant V3] [--steps 9]
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
+import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel
+
+from model.config import IntentRecConfig, TrainConfig, variant_overrides
+from model.features import ROW_DTYPE
+from model.intentrec import IntentRec
+from model.training.negatives import NegativeSampler
+from model.training.optimizer import Optimizer
+from model.training.train import loss_of_batch
+from model.vocab import FIRST_REAL
+
+HOUR_MS = 3_600_000
 
 
-def step_parts(n_items: int, dim: int, rows: int, repeats: int = 9) -> dict[str, float]:
-    """Median milliseconds of each part of a step that touches `rows` random rows of the table."""
-    table = torch.nn.Embedding(n_items, dim)
-    optimizer = torch.optim.AdamW(table.parameters(), lr=1e-3, weight_decay=0.01)
-    average = AveragedModel(table)
-    touched = torch.randint(0, n_items, (rows,))
-    parts: dict[str, list[float]] = {"gradient": [], "AdamW": [], "average": []}
-    for _ in range(repeats):
+def random_batch(n_items: int, config: TrainConfig, rng: np.random.Generator):
+    """`loss_of_batch`'s (rows, loss_from, following) for sequences of long-tailed random items."""
+    rows, following = [], []
+    for _ in range(config.batch_size):
+        n = config.chunk_len + 1
+        row = np.zeros(n, dtype=ROW_DTYPE)
+        row["item"] = np.minimum(FIRST_REAL + rng.zipf(1.3, n) - 1, n_items - 1)
+        row["action"], row["kind"], row["release"], row["device"] = (rng.integers(2, 5, n) for _ in range(4))
+        row["genres"][:, :2] = rng.integers(2, 9, (n, 2))
+        row["ts"] = 1_600_000_000_000 + np.cumsum(rng.integers(60_000, 20 * HOUR_MS, n))
+        row["watch_s"] = rng.uniform(0, 3600, n)
+        rows.append(row[:-1])
+        following.append(row[1:])
+    return rows, [0] * len(rows), following
+
+
+def step_seconds(n_items: int, variant: str, sparse: bool, steps: int) -> list[float]:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    train = TrainConfig()
+    config = IntentRecConfig(n_items=n_items, n_actions=6, n_kinds=5, n_release_buckets=7, n_devices=6, n_genres=10,
+                             time_origin_ms=1_600_000_000_000, **variant_overrides(variant))  # fmt: skip
+    model = IntentRec(config).train()
+    batch = random_batch(n_items, train, rng)
+    counts = np.bincount(np.concatenate([f["item"] for f in batch[2]]), minlength=n_items).astype(np.float64)
+    sampler = NegativeSampler(counts, train.negatives, seed=0)
+    optimizer = Optimizer(model, train, total_steps=steps + 1, sparse_items=sparse)
+    seconds = []
+    for _ in range(steps + 1):
         started = time.perf_counter()
-        optimizer.zero_grad()
-        table(touched).sum().backward()
-        stepped = time.perf_counter()
-        optimizer.step()
-        averaged = time.perf_counter()
-        average.update_parameters(table)
-        done = time.perf_counter()
-        for name, seconds in zip(parts, (stepped - started, averaged - stepped, done - averaged)):
-            parts[name].append(seconds * 1e3)
-    return {name: sorted(values)[len(values) // 2] for name, values in parts.items()}
+        optimizer.step(loss_of_batch(model, batch, train.loss_weighting, sampler))
+        seconds.append(time.perf_counter() - started)
+    return seconds[1:]  # the first step allocates the optimizers' state
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="2000,200000,1000000")
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--rows", type=int, default=4096, help="rows a step touches (targets and negatives)")
+    parser.add_argument("--variant", default="V3")
+    parser.add_argument("--steps", type=int, default=9)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print("| items | gradient ms | AdamW ms | average ms | total ms |\n|---|---|---|---|---|")
+    print(f"{args.variant}, {TrainConfig.batch_size} x {TrainConfig.chunk_len} plays a step, {TrainConfig.negatives} "
+          "uniform negatives, one thread; median [min, max] of the steps\n")
+    print("| items | every row ms | row by row ms | every row ÷ row by row |\n|---|---|---|---|")
     for size in (int(size) for size in args.sizes.split(",")):
-        parts = step_parts(size, args.dim, args.rows)
-        print(f"| {size:,} | " + " | ".join(f"{ms:,.1f}" for ms in parts.values()) + f" | {sum(parts.values()):,.1f} |")
+        dense = step_seconds(size, args.variant, False, args.steps)
+        sparse = step_seconds(size, args.variant, True, args.steps)
+        cells = [f"{statistics.median(s) * 1e3:,.0f} [{min(s) * 1e3:,.0f}, {max(s) * 1e3:,.0f}]" for s in (dense, sparse)]
+        print(f"| {size:,} | {cells[0]} | {cells[1]} | {statistics.median(dense) / statistics.median(sparse):.2f} |")
 
 
 if __name__ == "__main__":

@@ -284,7 +284,8 @@ class ItemLayer(nn.Module):
                 logits = logits + self.intent_match(state.intent)
             logits[..., PAD] = logits[..., UNKNOWN] = float("-inf")
             return logits
-        logits = state.queries @ item_embeddings[items].mT
+        # As an embedding lookup: training's gradient then holds the rows read, not the whole table.
+        logits = state.queries @ F.embedding(items, item_embeddings, sparse=True).mT
         if self.intent_match is not None:
             match = self.intent_match
             logits = logits + match(state.intent, match.item_attributes[items], match.item_release_day[items])

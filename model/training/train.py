@@ -26,6 +26,7 @@ from model.inputs import model_inputs
 from model.intentrec import IntentRec
 from model.item_layer import Targets
 from model.training.negatives import NegativeSampler, uses_sampled_softmax
+from model.training.optimizer import Optimizer
 from model.playlogs.files import LogError, read_catalogue, read_user_sequences
 from model.vocab import FIRST_REAL, PAD, UNKNOWN, Vocabularies
 from schemas import CatalogueEntry
@@ -143,17 +144,6 @@ def loss_of_batch(model: IntentRec, batch, loss_weighting: str = TrainConfig.los
     return loss
 
 
-def debiased_ema(decay: float):
-    """AveragedModel's avg_fn for an exponential moving average of the weights that counts step i of n
-    decay^(n - i), normalised: a running mean over the first steps, then the usual EMA, never pulled
-    towards the first step's weights (which a short training would otherwise keep)."""
-
-    def average(averaged: torch.Tensor, current: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        return averaged + (current - averaged) * ((1 - decay) / (1 - decay ** (count + 1)))
-
-    return average
-
-
 def train_model(
     log_path,
     out_dir,
@@ -253,20 +243,11 @@ class Run:
         the best validation NDCG@10; leaves the model with the best epoch's weights (the weight
         average where there is one), or the last epoch's without validation."""
         config, model = self.train_config, self.model
-        # No weight decay on the intent fusion: it would pull the weights back to the same mix for every user.
-        fusion = {id(p) for p in model.intent_fusion.parameters()} if model.config.intent_tasks else set()
-        groups = [{"params": [p for p in model.parameters() if id(p) not in fusion]},
-                  {"params": [p for p in model.parameters() if id(p) in fusion], "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = -(-len(self.windows) // config.batch_size)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=config.epochs * steps_per_epoch, eta_min=config.lr / 20
-        )
-        averaged = None
-        if config.ema_decay:
-            # Parameters only: the buffers are what learn_catalogue wrote (an average of +inf release days is NaN).
-            averaged = torch.optim.swa_utils.AveragedModel(model, avg_fn=debiased_ema(config.ema_decay))
-        judged = model if averaged is None else averaged.module
+        # A sampled softmax reads a few rows of the item table a step: update those alone.
+        optimizer = Optimizer(model, config, config.epochs * steps_per_epoch, sparse_items=self.sampler is not None)
+        average = optimizer.average
+        judged = model if average is None else average.module
         best = (-1.0, 0, None)  # (validation NDCG@10, epoch, weights)
         epoch = 0
         order = np.random.default_rng(config.seed)
@@ -281,14 +262,10 @@ class Run:
             for b in order.permutation(len(batches)):
                 chosen = [self.windows[i] for i in batches[b]]
                 loss = loss_of_batch(model, tuple(zip(*chosen)), config.loss_weighting, self.sampler)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                schedule.step()
-                if averaged is not None:
-                    averaged.update_parameters(model)
+                optimizer.step(loss)
                 losses.append(loss.item())
+            if average is not None:
+                average.catch_up()
             bar.update(1)
             if validation is None:
                 bar.set_postfix(loss=f"{np.mean(losses):.3f}")

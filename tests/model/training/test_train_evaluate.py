@@ -26,7 +26,7 @@ from model.inputs import model_inputs
 from model.intentrec import IntentRec
 from model.config import variant_overrides
 from model.training.validation import held_out
-from model.training.train import MOST_PLAYED, WATCH_FLOOR_S, chunk_spans, debiased_ema, load_rows, loss_of_batch, train_model
+from model.training.train import MOST_PLAYED, WATCH_FLOOR_S, chunk_spans, load_rows, loss_of_batch, train_model
 from tests.model.test_intentrec import random_history, tiny_config
 from stream.cli import main
 from stream.settings import SMALL_MODEL
@@ -191,16 +191,6 @@ def test_an_unknown_loss_weighting_or_a_decay_outside_0_1_is_refused(world_log, 
         main(["train", str(world_log), "--out", str(tmp_path / "m"), "--ema-decay", "1"])
     assert exit_info.value.code == 2 and "expected a number in [0, 1), got 1" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
-
-
-def test_the_weights_kept_are_a_moving_average_that_is_not_pulled_to_the_first_steps():
-    decay, steps = 0.9, [torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([6.0])]
-    average = debiased_ema(decay)
-    averaged = steps[0].clone()
-    for count, current in enumerate(steps[1:], start=1):
-        averaged = average(averaged, current, torch.tensor(count))
-    weights = torch.tensor([decay**2, decay, 1.0])
-    assert averaged.item() == pytest.approx(float((weights * torch.cat(steps)).sum() / weights.sum()), rel=1e-6)
 
 
 def test_the_next_item_loss_weights_targets_by_watch_time_only_when_asked():
