@@ -198,6 +198,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (train_axis, serve_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    served = any(run["serve"] for by_size in results["runs"].values() for run in by_size.values())
     for variant, by_size in results["runs"].items():
         sizes = sorted(int(size) for size in by_size)
         for softmax, style in (("full", "--"), ("sampled", "-")):
@@ -211,8 +212,11 @@ def plot(results: dict, path: Path) -> None:
             points = [(size, value) for size, value in points if value is not None]
             if points:
                 serve_axis.plot(*zip(*points), style, marker="o", label=f"{variant} {catalogue}")
-    for axis, title, unit in ((train_axis, "Training: one epoch", "seconds"),
-                              (serve_axis, "Serving alone, batches of 256", "events/s")):  # fmt: skip
+        if not served:  # --train-only: the other half of an epoch of `train`
+            points = [(size, by_size[str(size)]["train"]["sampled"].get("validation_s")) for size in sizes]
+            serve_axis.plot(*zip(*points), "-", marker="o", label=f"{variant} sampled")
+    second = ("Serving alone, batches of 256", "events/s") if served else ("Training: one validation pass", "seconds")
+    for axis, title, unit in ((train_axis, "Training: one epoch", "seconds"), (serve_axis, *second)):
         axis.set_xscale("log")
         axis.set_xlabel("titles in the catalogue")
         axis.set_ylabel(unit)
