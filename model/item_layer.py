@@ -39,6 +39,7 @@ from model.vocab import FIRST_REAL, PAD, RELEASE_BUCKETS, UNKNOWN
 
 # Items scored at once when a pass over the catalogue goes in blocks (ranks, full-catalogue logsumexp).
 ITEM_BLOCK = 1 << 16
+RANKS_LOGITS_BYTES = 256 << 20  # ranks holds a chunk of targets' logits over the whole catalogue
 
 
 @dataclass
@@ -380,12 +381,21 @@ class ItemLayer(nn.Module):
         new titles) at n positions (state: n rows of one position; items (n, 1)): how many columns
         score at least as much as the target, counted over the catalogue in blocks of ITEM_BLOCK
         items, so memory does not grow with it. A target the vocabulary lacks ranks last (the number
-        of columns), as model.training.evaluate.target_ranks ranks it."""
+        of columns), as model.training.evaluate.target_ranks ranks it. The targets go in chunks whose
+        logits over the whole catalogue fit RANKS_LOGITS_BYTES, each block's computed once for the
+        two passes (the softmax's sum, then the count)."""
+        chunk = max(1, RANKS_LOGITS_BYTES // (4 * self.n_items))
+        every = torch.arange(len(items))
+        return torch.cat([self._ranks(state.at(rows, torch.zeros_like(rows)), item_embeddings, items[rows])
+                          for rows in every.split(chunk)]) if len(items) else torch.zeros(0, dtype=torch.int64)  # fmt: skip
+
+    def _ranks(self, state: ItemState, item_embeddings: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         n, slots = len(items), self.unknown_slots
         log_z = torch.full((n, 1), float("-inf"))
         target_logit = torch.zeros(n, 1)
-        for block in self._blocks():
-            logits = self.logits(state, item_embeddings, block)[:, 0]
+        blocks = self._blocks()
+        logits_by_block = [self.logits(state, item_embeddings, block)[:, 0] for block in blocks]
+        for block, logits in zip(blocks, logits_by_block):
             log_z = torch.logaddexp(log_z, torch.logsumexp(logits, dim=-1, keepdim=True))
             inside = (items >= block[0]) & (items <= block[-1])
             column = (items - block[0]).clamp(0, len(block) - 1)
@@ -394,9 +404,9 @@ class ItemLayer(nn.Module):
         explore_target = torch.where(known, (target_logit - log_z).exp(), 0.0)
         p_target = self.mix(state, explore_target, items)  # (n, 1)
         higher = torch.zeros(n, dtype=torch.int64)  # other columns scoring at least as much as the target
-        for block in [*self._blocks(), torch.arange(self.n_items, self.n_items + slots)]:
-            explore = (self.logits(state, item_embeddings, block)[:, 0] - log_z).exp() if block[0] < self.n_items \
-                else torch.zeros(n, len(block))
+        slot_block = torch.arange(self.n_items, self.n_items + slots)
+        for block, explore in [*zip(blocks, ((logits - log_z).exp() for logits in logits_by_block)),
+                               (slot_block, torch.zeros(n, slots))]:  # fmt: skip
             mixed = self._mixed_block(state, explore, block)
             higher += ((mixed >= p_target) & (block != items)).sum(-1)  # the target's own: counted once below
         return torch.where(known[:, 0], higher + 1, self.n_items + slots)

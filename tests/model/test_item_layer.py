@@ -35,9 +35,12 @@ def test_a_sampled_softmax_that_draws_every_item_once_is_the_full_softmax(varian
 
 
 @pytest.mark.parametrize("variant", ARCHITECTURES)
-def test_ranks_counted_in_blocks_are_those_of_the_whole_distribution(variant, monkeypatch):
+@pytest.mark.parametrize("targets_at_once", [3, None])
+def test_ranks_counted_in_blocks_are_those_of_the_whole_distribution(variant, targets_at_once, monkeypatch):
     monkeypatch.setattr(item_layer, "ITEM_BLOCK", 7)  # several blocks, the last one short
     model = random_model(tiny_config(**architecture(variant)))
+    if targets_at_once:  # the targets in chunks, the last one short
+        monkeypatch.setattr(item_layer, "RANKS_LOGITS_BYTES", 4 * model.config.n_items * targets_at_once)
     history = random_history(16, seed=5)
     x, targets = encoded(model, history)
     targets[0, 3] = 1  # an unknown item: last, as target_ranks ranks it
