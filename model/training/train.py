@@ -26,7 +26,7 @@ from model.inputs import model_inputs
 from model.intentrec import IntentRec
 from model.item_layer import Targets
 from model.training.negatives import NegativeSampler, uses_sampled_softmax
-from model.training.optimizer import Optimizer
+from model.training.optimizer import ROW_BY_ROW_FROM_ITEMS, Optimizer
 from model.playlogs.files import LogError, read_catalogue, read_user_sequences
 from model.vocab import FIRST_REAL, PAD, UNKNOWN, Vocabularies
 from schemas import CatalogueEntry
@@ -244,8 +244,9 @@ class Run:
         average where there is one), or the last epoch's without validation."""
         config, model = self.train_config, self.model
         steps_per_epoch = -(-len(self.windows) // config.batch_size)
-        # A sampled softmax reads a few rows of the item table a step: update those alone.
-        optimizer = Optimizer(model, config, config.epochs * steps_per_epoch, sparse_items=self.sampler is not None)
+        # A sampled softmax on a large catalogue reads a few rows of the item table a step: update those alone.
+        sparse_items = self.sampler is not None and model.config.n_items > ROW_BY_ROW_FROM_ITEMS
+        optimizer = Optimizer(model, config, config.epochs * steps_per_epoch, sparse_items=sparse_items)
         average = optimizer.average
         judged = model if average is None else average.module
         best = (-1.0, 0, None)  # (validation NDCG@10, epoch, weights)

@@ -26,6 +26,7 @@ from model.inputs import model_inputs
 from model.intentrec import IntentRec
 from model.config import variant_overrides
 from model.training.validation import held_out
+from model.training.optimizer import Optimizer
 from model.training.train import MOST_PLAYED, WATCH_FLOOR_S, chunk_spans, load_rows, loss_of_batch, train_model
 from tests.model.test_intentrec import random_history, tiny_config
 from stream.cli import main
@@ -285,6 +286,21 @@ def test_a_model_trained_with_sampled_negatives_predicts_better_than_chance(worl
     scorer = Scorer.load(tmp_path / "m")
     report = evaluate(scorer, load_rows(world_log, vocab=scorer.vocab)[0], scorer.vocab)
     assert report["test"]["overall"]["HR@10"] > 2 * 10 / (len(scorer.vocab.items) - 2)
+
+
+@pytest.mark.parametrize("row_by_row_from", [50, None])
+def test_the_item_table_is_updated_row_by_row_only_when_sampled_beyond_the_threshold(world_log, tmp_path, monkeypatch,
+                                                                                   row_by_row_from):  # fmt: skip
+    import model.training.train as train
+
+    if row_by_row_from:
+        monkeypatch.setattr(train, "ROW_BY_ROW_FROM_ITEMS", row_by_row_from)  # this world has some 120 titles
+    made = []
+    monkeypatch.setattr(train, "Optimizer", lambda *args, **kwargs: made.append(kwargs) or Optimizer(*args, **kwargs))
+    for softmax in ("sampled", "full"):
+        train_model(world_log, tmp_path / softmax, train_config=TrainConfig(epochs=1, softmax=softmax, refit=False),
+                    model_overrides=SMALL_MODEL, progress=False)  # fmt: skip
+    assert [kwargs["sparse_items"] for kwargs in made] == [bool(row_by_row_from), False]
 
 
 def test_a_catalogue_file_gives_every_listed_title_an_index_and_its_attributes(world_log, tmp_path):
