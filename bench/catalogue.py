@@ -80,10 +80,9 @@ def make_world(size: int, users: int, days: int, directory: Path) -> tuple[Path,
     return log, catalogue
 
 
-def train_cost(log: Path, catalogue: Path, variant: str, softmax: str, epochs: int, out: Path | None) -> dict:
-    """One epoch's and one validation pass's seconds (the first of `epochs` epochs), and the model
-    after `epochs` epochs saved to `out` (if given)."""
-    from model.checkpoint import save_checkpoint
+def selection_run(log: Path, catalogue: Path, variant: str, softmax: str):
+    """`train`'s selection run of the variant on a world and its catalogue (refit off), its
+    validation targets, and the seconds the run took to set up."""
     from model.config import TrainConfig
     from model.playlogs.files import read_catalogue, read_user_sequences
     from model.training.train import Run, featurize_sequences
@@ -98,6 +97,15 @@ def train_cost(log: Path, catalogue: Path, variant: str, softmax: str, epochs: i
               config, list(read_catalogue(catalogue)))  # fmt: skip
     setup_s = time.perf_counter() - started
     validation = Validation(featurize_sequences(sequences, run.vocab)[0], splits, run.model.config.history_len)
+    return run, validation, setup_s
+
+
+def train_cost(log: Path, catalogue: Path, variant: str, softmax: str, epochs: int, out: Path | None) -> dict:
+    """One epoch's and one validation pass's seconds (the first of `epochs` epochs), and the model
+    after `epochs` epochs saved to `out` (if given)."""
+    from model.checkpoint import save_checkpoint
+
+    run, validation, setup_s = selection_run(log, catalogue, variant, softmax)
     started = time.perf_counter()
     run.fit(1, None, progress=False)
     epoch_s = time.perf_counter() - started

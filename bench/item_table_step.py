@@ -16,30 +16,19 @@ import numpy as np
 import torch
 
 from model.config import IntentRecConfig, TrainConfig, variant_overrides
-from model.features import ROW_DTYPE
 from model.intentrec import IntentRec
+from model.serving.backends import example_rows
 from model.training.negatives import NegativeSampler
 from model.training.optimizer import Optimizer
 from model.training.train import loss_of_batch
 from model.vocab import FIRST_REAL
 
-HOUR_MS = 3_600_000
 
-
-def random_batch(n_items: int, config: TrainConfig, rng: np.random.Generator):
-    """`loss_of_batch`'s (rows, loss_from, following) for sequences of long-tailed random items."""
-    rows, following = [], []
-    for _ in range(config.batch_size):
-        n = config.chunk_len + 1
-        row = np.zeros(n, dtype=ROW_DTYPE)
-        row["item"] = np.minimum(FIRST_REAL + rng.zipf(1.3, n) - 1, n_items - 1)
-        row["action"], row["kind"], row["release"], row["device"] = (rng.integers(2, 5, n) for _ in range(4))
-        row["genres"][:, :2] = rng.integers(2, 9, (n, 2))
-        row["ts"] = 1_600_000_000_000 + np.cumsum(rng.integers(60_000, 20 * HOUR_MS, n))
-        row["watch_s"] = rng.uniform(0, 3600, n)
-        rows.append(row[:-1])
-        following.append(row[1:])
-    return rows, [0] * len(rows), following
+def random_batch(config: IntentRecConfig, train: TrainConfig, rng: np.random.Generator):
+    """`loss_of_batch`'s (rows, loss_from, following) for random sequences of long-tailed items."""
+    rows = example_rows(config, train.batch_size, train.chunk_len + 1, seed=0)
+    rows["item"] = np.minimum(FIRST_REAL + rng.zipf(1.3, rows.shape) - 1, config.n_items - 1)
+    return list(rows[:, :-1]), [0] * len(rows), list(rows[:, 1:])
 
 
 def step_seconds(n_items: int, variant: str, sparse: bool, steps: int) -> list[float]:
@@ -49,7 +38,7 @@ def step_seconds(n_items: int, variant: str, sparse: bool, steps: int) -> list[f
     config = IntentRecConfig(n_items=n_items, n_actions=6, n_kinds=5, n_release_buckets=7, n_devices=6, n_genres=10,
                              time_origin_ms=1_600_000_000_000, **variant_overrides(variant))  # fmt: skip
     model = IntentRec(config).train()
-    batch = random_batch(n_items, train, rng)
+    batch = random_batch(config, train, rng)
     counts = np.bincount(np.concatenate([f["item"] for f in batch[2]]), minlength=n_items).astype(np.float64)
     sampler = NegativeSampler(counts, train.negatives, seed=0)
     optimizer = Optimizer(model, train, total_steps=steps + 1, sparse_items=sparse)

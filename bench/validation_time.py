@@ -14,11 +14,8 @@ from pathlib import Path
 
 import torch
 
-import model.item_layer
-from model.config import TrainConfig
-from model.playlogs.files import read_catalogue, read_user_sequences
-from model.training.train import Run, featurize_sequences
-from model.training.validation import Validation, held_out
+import model.item_layer  # first: the checkout on PYTHONPATH is measured (catalogue puts this one's root first)
+from catalogue import selection_run
 
 
 def main() -> None:
@@ -29,13 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     log, catalogue = args.workdir / f"world-{args.size}.msgpack", args.workdir / f"world-{args.size}.catalogue.msgpack"
-    config = TrainConfig(softmax="sampled", refit=False)
-    sequences = read_user_sequences(log)
-    splits = {user: held_out(len(events), config.validation_share) for user, events in sequences.items()}
-    origin = min(events[0].ts for events in sequences.values())
-    run = Run(sequences, {user: split.validation_from for user, split in splits.items()}, args.variant, origin, None,
-              config, list(read_catalogue(catalogue)))  # fmt: skip
-    validation = Validation(featurize_sequences(sequences, run.vocab)[0], splits, run.model.config.history_len)
+    run, validation, _ = selection_run(log, catalogue, args.variant, "sampled")
     started = time.perf_counter()
     ndcg = validation.ndcg(run.model)
     print(json.dumps({"code": model.item_layer.__file__, "size": args.size, "variant": args.variant,

@@ -34,20 +34,20 @@ ROW_BY_ROW_FROM_ITEMS = 10_000
 
 
 class WeightAverage:
-    """`module`: a copy of the model whose parameters are the exponential moving average of the
+    """`averaged()`: a copy of the model whose parameters are the exponential moving average of the
     model's, update n (0-based) weighted (1 - d) / (1 - d^(n+1)) (d = decay): a running mean over the
     first steps, then the usual EMA, never pulled towards the first step's weights (which a short
     training would otherwise keep). Its buffers stay those of the model when the average was made
     (an average of learn_catalogue's +inf release days would be NaN).
 
     With a `sparse_table`, rows of that parameter are updated only when `update` names them; call
-    `catch_up(rows)` before the weights of `rows` move, and `catch_up()` before reading `module`."""
+    `catch_up(rows)` before the weights of `rows` move (`averaged()` catches up every row)."""
 
     def __init__(self, model: nn.Module, decay: float, sparse_table: nn.Parameter | None = None):
-        self.module = copy.deepcopy(model)
+        self._module = copy.deepcopy(model)
         self.decay = decay
         self.updates = 0
-        averages = dict(self.module.named_parameters())
+        averages = dict(self._module.named_parameters())
         self._dense = [(averages[name], weights) for name, weights in model.named_parameters()
                        if weights is not sparse_table]  # fmt: skip
         self._table = None
@@ -55,6 +55,11 @@ class WeightAverage:
             name = next(name for name, weights in model.named_parameters() if weights is sparse_table)
             self._table = (averages[name], sparse_table)
             self._updated_to = torch.zeros(len(sparse_table), dtype=torch.int64)  # per row: updates it has
+
+    def averaged(self) -> nn.Module:
+        """The model with the averaged weights, every row up to date."""
+        self.catch_up()
+        return self._module
 
     def _weight(self, n: int) -> float:
         return (1 - self.decay) / (1 - self.decay ** (n + 1))

@@ -247,8 +247,10 @@ class Run:
         # A sampled softmax on a large catalogue reads a few rows of the item table a step: update those alone.
         sparse_items = self.sampler is not None and model.config.n_items > ROW_BY_ROW_FROM_ITEMS
         optimizer = Optimizer(model, config, config.epochs * steps_per_epoch, sparse_items=sparse_items)
-        average = optimizer.average
-        judged = model if average is None else average.module
+
+        def judged() -> torch.nn.Module:  # what validation sees and the checkpoint keeps
+            return model if optimizer.average is None else optimizer.average.averaged()
+
         best = (-1.0, 0, None)  # (validation NDCG@10, epoch, weights)
         epoch = 0
         order = np.random.default_rng(config.seed)
@@ -265,21 +267,19 @@ class Run:
                 loss = loss_of_batch(model, tuple(zip(*chosen)), config.loss_weighting, self.sampler)
                 optimizer.step(loss)
                 losses.append(loss.item())
-            if average is not None:
-                average.catch_up()
             bar.update(1)
             if validation is None:
                 bar.set_postfix(loss=f"{np.mean(losses):.3f}")
                 continue
-            ndcg = validation.ndcg(judged)
+            ndcg = validation.ndcg(judged())
             if ndcg > best[0]:
-                best = (ndcg, epoch, {k: v.detach().clone() for k, v in judged.state_dict().items()})
+                best = (ndcg, epoch, {k: v.detach().clone() for k, v in judged().state_dict().items()})
             bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_ndcg10=f"{ndcg:.4f}", best_epoch=best[1])
             if epoch - best[1] >= config.patience:
                 break
         bar.close()
         if validation is None:
-            model.load_state_dict(judged.state_dict())
+            model.load_state_dict(judged().state_dict())
             return Chosen(epoch, epoch, None)
         model.load_state_dict(best[2])
         return Chosen(epoch, best[1], best[0])

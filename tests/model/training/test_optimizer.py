@@ -35,7 +35,7 @@ def test_the_average_is_a_moving_average_that_is_not_pulled_to_the_first_steps()
         average.update()
     weights = np.array([decay**2, decay, 1.0])
     expected = float((weights * np.array(steps)).sum() / weights.sum())
-    assert average.module.other.tolist() == pytest.approx([expected] * 3, rel=1e-6)
+    assert average.averaged().other.tolist() == pytest.approx([expected] * 3, rel=1e-6)
 
 
 def test_a_sparse_tables_rows_average_lazily_to_what_every_step_would_give():
@@ -54,11 +54,9 @@ def test_a_sparse_tables_rows_average_lazily_to_what_every_step_would_give():
         dense.update()
         lazy.update(touched)
         if step % 7 == 0:  # read mid-way: then go on
-            lazy.catch_up()
-            torch.testing.assert_close(lazy.module.table, dense.module.table)
-    lazy.catch_up()
-    torch.testing.assert_close(lazy.module.table, dense.module.table)
-    torch.testing.assert_close(lazy.module.other, dense.module.other)
+            torch.testing.assert_close(lazy.averaged().table, dense.averaged().table)
+    torch.testing.assert_close(lazy.averaged().table, dense.averaged().table)
+    torch.testing.assert_close(lazy.averaged().other, dense.averaged().other)
 
 
 def sampled_step_model():
@@ -76,13 +74,13 @@ def test_a_sampled_step_updates_the_item_rows_it_read_and_no_other():
     model, batch, sampler = sampled_step_model()
     optimizer = Optimizer(model, TrainConfig(), total_steps=10, sparse_items=True)
     before = model.features.item.weight.detach().clone()
-    averaged_before = optimizer.average.module.features.item.weight.detach().clone()
+    averaged_before = optimizer.average.averaged().features.item.weight.detach().clone()
     optimizer.step(loss_of_batch(model, batch, sampler=sampler))
     read = model.features.item.weight.grad.coalesce().indices()[0]
     changed = (model.features.item.weight != before).any(-1).nonzero()[:, 0]
     assert set(changed.tolist()) == set(read.tolist())
     assert set(batch[0][0]["item"].tolist()) < set(read.tolist()) and len(read) < 100  # its items, some negatives
-    averaged_changed = (optimizer.average.module.features.item.weight != averaged_before).any(-1).nonzero()[:, 0]
+    averaged_changed = (optimizer.average.averaged().features.item.weight != averaged_before).any(-1).nonzero()[:, 0]
     assert set(averaged_changed.tolist()) <= set(read.tolist())
 
 
@@ -108,6 +106,5 @@ def test_the_sparse_steps_average_is_the_average_of_every_steps_weights():
     for _ in range(5):  # the same batch, other negatives each step
         optimizer.step(loss_of_batch(model, batch, sampler=sampler))
         every_row.update()
-    optimizer.average.catch_up()
-    for name, expected in every_row.module.state_dict().items():
-        torch.testing.assert_close(optimizer.average.module.state_dict()[name], expected, msg=name)
+    for name, expected in every_row.averaged().state_dict().items():
+        torch.testing.assert_close(optimizer.average.averaged().state_dict()[name], expected, msg=name)
