@@ -145,12 +145,15 @@ def train_and_judge(
     log: Path, variant: str, seed: int, train_config: TrainConfig, model_overrides: dict, workdir: Path
 ) -> dict:
     """`variant`: V0-V3, with -paper for the paper's own item layer (no repeat pointer, no IntentMatch:
-    IntentRecConfig.repeat_and_match off), and -full or -sampled for the training's softmax
+    IntentRecConfig.repeat_and_match off), -positions for the repeat pointer over positions rather than
+    titles (pointer_over_titles off), and -full or -sampled for the training's softmax
     (TrainConfig.softmax; without either, the size of the catalogue picks)."""
     model_dir = workdir / f"{log.stem}-{variant}-{seed}"
     ablation, *suffixes = variant.split("-")
     if "paper" in suffixes:
         model_overrides = {**model_overrides, "repeat_and_match": False}
+    if "positions" in suffixes:
+        model_overrides = {**model_overrides, "pointer_over_titles": False}
     for softmax in {"full", "sampled"} & set(suffixes):
         train_config = replace(train_config, softmax=softmax)
     result = train_model(
@@ -205,6 +208,7 @@ def comparisons(rows: dict) -> list[str]:
     pairs = [("V3", name) for name in [*models, *FLOORS] if name != "V3"]
     pairs += [(f"{variant}-paper", "V0-paper") for variant in VARIANTS[1:]]  # the hierarchy without our additions
     pairs += [(variant, f"{variant}-paper") for variant in VARIANTS]  # our item layer against the paper's
+    pairs += [(variant, f"{variant}-positions") for variant in VARIANTS]  # the pointer over titles against positions'
     pairs += [(f"{variant}-sampled", other) for variant in VARIANTS for other in (variant, f"{variant}-full")]
     for name, reference in dict.fromkeys(pairs):  # each pair once, in order
         if name in rows and reference in rows:
@@ -249,7 +253,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", default="synth,movielens")
     parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="V0-V3; -paper for the paper's item layer (no pointer, no IntentMatch), "
+                        help="V0-V3; -paper for the paper's item layer (no pointer, no IntentMatch), -positions for "
+                             "the pointer over positions, "
                              "-full or -sampled for the training's softmax (V3-sampled, V0-paper-full)")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--patience", type=int, default=TrainConfig.patience)

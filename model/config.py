@@ -75,6 +75,10 @@ class IntentRecConfig:
     # gate, and IntentMatch where Z feeds the item encoder. False: the paper's own, a softmax over the
     # catalogue only (bench/results/quality-paper-arch.md compares the two).
     repeat_and_match: bool = True
+    # The repeat pointer over titles rather than positions: each title's latest play is its key, with a
+    # learnt bias for its place among the user's titles by last play and for its plays in the window
+    # (model.intentrec.TitleRecency).
+    pointer_over_titles: bool = True
 
     def __post_init__(self):
         unknown = set(self.intent_tasks) - set(INTENT_TASKS)
@@ -149,6 +153,7 @@ class IntentRecConfig:
         raw = dict(raw)
         raw["intent_tasks"] = tuple(raw.get("intent_tasks", INTENT_TASKS))
         raw.setdefault("relative_positions", False)  # a checkpoint from before them has no distance biases
+        raw.setdefault("pointer_over_titles", False)  # nor one from before the pointer over titles its biases
         return cls(**raw)
 
 

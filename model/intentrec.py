@@ -68,11 +68,21 @@ class Cache:
         return attention_after(q, k, v, self.past_keys_values[layer], mask)
 
     def pointer_positions(self, pointer_keys: torch.Tensor, items: torch.Tensor):
-        """The repeat pointer's keys and items: the cached positions' followed by the new ones'."""
+        """The repeat pointer's keys, items and ages (model.intentrec.key_ages): the cached
+        positions' (in the cache's order, not time's) followed by the new ones'."""
         self.pointer_keys = pointer_keys
+        ages = key_ages(items)
         if self.past_pointer_keys is None:
-            return pointer_keys, items
-        return torch.cat([self.past_pointer_keys, pointer_keys], dim=1), torch.cat([self.past_items, items], dim=1)
+            return pointer_keys, items, ages
+        past_ages = self.past_distances + items.shape[1] - 1
+        return (torch.cat([self.past_pointer_keys, pointer_keys], dim=1), torch.cat([self.past_items, items], dim=1),
+                torch.cat([past_ages, ages], dim=1))
+
+
+def key_ages(items: torch.Tensor) -> torch.Tensor:
+    """(B, T): how many interactions before the newest of the T positions of `items` each is."""
+    T = items.shape[1]
+    return torch.arange(T - 1, -1, -1, device=items.device).expand_as(items)
 
 
 class SelfAttention(nn.Module):
@@ -250,6 +260,34 @@ class IntentFusion(nn.Module):
         return z, weights
 
 
+class TitleRecency(nn.Module):
+    """What a recency list knows, for the repeat pointer: with attention over positions, a show
+    played once between two binges of another gets a share of one position among dozens, below titles
+    never played, though a user comes back to it often (the synthetic world's `continue` of a show
+    not played last, bench/results/backtest/synth-default). Here a title is one key, its latest play
+    within the query's window, and its score gains a learnt bias for its place in the user's titles
+    by last play (0: the title played last) and w x log(its plays in the window) (w starts at 1: the
+    attention over positions' sum, for keys alike)."""
+
+    def __init__(self, window: int):
+        super().__init__()
+        self.rank_bias = nn.Parameter(torch.zeros(window))
+        self.count_weight = nn.Parameter(torch.ones(()))
+
+    def forward(self, key_items: torch.Tensor, key_age: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """key_items (B, P) and key_age (B, P): the keys' titles and how many interactions
+        before the newest position each was; allowed (B, T, P): the keys each query may read. Returns
+        the score bias (B, T, P) and the keys left allowed: each title's latest allowed play."""
+        same = (key_items.unsqueeze(-1) == key_items.unsqueeze(-2)).float()  # (B, P, P)
+        later = (key_age.unsqueeze(-1) > key_age.unsqueeze(-2)).float()  # [j, k]: k after j
+        reads = allowed.float()
+        latest = allowed & ((reads @ (same * later).mT) == 0)  # no allowed later play of the same title
+        plays = reads @ same  # (B, T, P): the key's title's plays among the allowed keys
+        rank = (latest.float() @ later.mT).long()  # latest keys after this one: titles played since
+        bias = self.rank_bias[rank.clamp(max=len(self.rank_bias) - 1)] + self.count_weight * plays.clamp(min=1).log()
+        return bias, latest
+
+
 class ItemEncoder(nn.Module):
     """FC + LayerNorm on F_k (+) S_k (+) Z_k, a causal transformer of its own (not shared with the
     intent encoder), then what the item layer (model.item_layer) needs to give the next-item
@@ -283,6 +321,7 @@ class ItemEncoder(nn.Module):
         self.repeat_query = nn.Linear(config.d_model, config.d_model)
         self.repeat_key = nn.Linear(config.d_model, config.d_model)
         self.repeat_gate = nn.Linear(config.d_model, 1)
+        self.titles = TitleRecency(config.attention_window) if config.pointer_over_titles else None
         if config.feeds_intent and "action" in config.intent_tasks:
             self.intent_gate = nn.Linear(config.n_actions, 1, bias=False)
             self.action_index = config.intent_tasks.index("action")
@@ -295,19 +334,25 @@ class ItemEncoder(nn.Module):
         inputs = self.transformer.embed(x, time_code)
         h = self.transformer.encode(inputs, mask, cache)
         pointer_keys = self.repeat_key(inputs) if self.repeats else inputs[..., :0]
-        key_items = items
+        key_items, key_age = items, key_ages(items)
         if cache is not None:
-            pointer_keys, key_items = cache.pointer_positions(pointer_keys, items)
+            pointer_keys, key_items, key_age = cache.pointer_positions(pointer_keys, items)
         if newest:
             h, mask = h[:, -1:], mask[:, :, -1:]
             intent = intent.newest() if intent is not None else None
-        pointer, gate = self.repeat_pointer(h, pointer_keys, mask, intent) if self.repeats else (None, None)
+        pointer, gate = self.repeat_pointer(h, pointer_keys, key_items, key_age, mask, intent) if self.repeats else (None, None)
         return ItemState(self.to_item_space(h), pointer, key_items, gate, intent)
 
-    def repeat_pointer(self, h, pointer_keys, mask, intent=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attention of each query over the allowed positions (B, T, P), and the gate g (B, T, 1)."""
+    def repeat_pointer(self, h, pointer_keys, key_items, key_age, mask, intent=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention of each query over the allowed positions (B, T, P), and the gate g (B, T, 1).
+        Over titles (config.pointer_over_titles): each title's latest play alone is a key, scored
+        also by how recently and how often the title was played (TitleRecency)."""
+        allowed = mask[:, 0]
         scores = self.repeat_query(h) @ pointer_keys.transpose(1, 2) / math.sqrt(h.shape[-1])
-        pointer = torch.softmax(scores.masked_fill(~mask[:, 0], float("-inf")), dim=-1)
+        if self.titles is not None:
+            bias, allowed = self.titles(key_items, key_age, allowed)
+            scores = scores + bias
+        pointer = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
         gate = self.repeat_gate(h)
         if self.intent_gate is not None:
             gate = gate + self.intent_gate(intent.probs["action"]) * intent.scale(self.action_index)

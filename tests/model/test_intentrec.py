@@ -197,14 +197,15 @@ def test_checkpoint_round_trip(tmp_path):
     assert [s.score for s in scores.next_items] == sorted((s.score for s in scores.next_items), reverse=True)
 
 
-def test_a_checkpoint_from_before_relative_positions_loads_without_them(tmp_path):
-    model = IntentRec(tiny_config(relative_positions=False)).eval()
+@pytest.mark.parametrize("option", ["relative_positions", "pointer_over_titles"])
+def test_a_checkpoint_from_before_an_option_loads_without_it(tmp_path, option):
+    model = IntentRec(tiny_config(**{option: False})).eval()
     save_checkpoint(tmp_path, model, tiny_vocab(), {})
     config = json.loads((tmp_path / "config.json").read_text())
-    del config["model"]["relative_positions"]
+    del config["model"][option]
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded, _, _ = load_checkpoint(tmp_path)
-    assert not loaded.config.relative_positions
+    assert not getattr(loaded.config, option)
     history = random_history(6)
     with torch.no_grad():
         torch.testing.assert_close(run(model, [history]).item_probs, run(loaded, [history]).item_probs)
@@ -273,8 +274,9 @@ def test_the_repeat_pointer_only_reaches_items_in_the_window():
     assert torch.isfinite(explore_only[CATALOGUE]).all()
 
 
-def test_the_repeat_pointer_reaches_a_user_s_unknown_titles_through_their_slots():
-    config = tiny_config(attention_window=8, unknown_slots=3)
+@pytest.mark.parametrize("over_titles", [True, False])
+def test_the_repeat_pointer_reaches_a_user_s_unknown_titles_through_their_slots(over_titles):
+    config = tiny_config(attention_window=8, unknown_slots=3, pointer_over_titles=over_titles)
     model = IntentRec(config).eval()
     history = random_history(6)
     history["item"] = [2, 30, 3, 32, 30, 4]  # slots 0 and 2: two titles the vocabulary lacks
@@ -286,9 +288,37 @@ def test_the_repeat_pointer_reaches_a_user_s_unknown_titles_through_their_slots(
     assert slotted.shape == (config.n_items + config.unknown_slots,)  # no new-title columns without new titles
     assert slotted[30] > 0 and slotted[32] > 0 and slotted[31] == 0  # only played slots get weight
     assert slotted.sum() == pytest.approx(1.0, abs=1e-5)
+    if over_titles:  # each slot is a title of its own, where UNKNOWN stood for both
+        assert slotted[[30, 32]].sum() != pytest.approx(unslotted[UNKNOWN].item(), rel=1e-3)
+        return
     # The slots only direct the pointer: the embeddings see the unknown item, the catalogue is unchanged.
     torch.testing.assert_close(slotted[CATALOGUE], unslotted[CATALOGUE])
     assert slotted[30] + slotted[32] == pytest.approx(unslotted[UNKNOWN].item(), rel=1e-5)
+
+
+def test_the_pointer_over_titles_reads_each_title_once_by_its_place_and_plays():
+    """A show played once between two binges of another: a key for each title (its latest play), scored
+    by its place among the titles by last play and by the log of its plays; equal content scores."""
+    model = IntentRec(tiny_config(attention_window=8)).eval()
+    history = random_history(8)
+    history["item"] = [5, 5, 5, 3, 5, 5, 5, 5]
+    titles = model.item_encoder.titles
+
+    def repeat(rank_bias: list[float], count_weight: float) -> torch.Tensor:
+        with torch.no_grad():
+            model.item_encoder.repeat_gate.bias.fill_(50.0)  # all repeat
+            model.item_encoder.repeat_query.weight.zero_()  # every key scores alike but for the title terms
+            model.item_encoder.repeat_query.bias.zero_()
+            titles.rank_bias.copy_(torch.tensor(rank_bias + [0.0] * (8 - len(rank_bias))))
+            titles.count_weight.fill_(count_weight)
+            return run(model, [history]).item_probs[0, -1]
+
+    assert repeat([0.0], 1.0)[[5, 3]].tolist() == pytest.approx([7 / 8, 1 / 8], abs=1e-5)  # as positions would
+    assert repeat([0.0], 0.0)[[5, 3]].tolist() == pytest.approx([1 / 2, 1 / 2], abs=1e-5)  # one key per title
+    assert repeat([0.0, math.log(3)], 0.0)[[5, 3]].tolist() == pytest.approx([1 / 4, 3 / 4], abs=1e-5)  # 3 is 2nd
+    with torch.no_grad():
+        pointer = model.encode(model_inputs(batch_tensors([history], 8), model.config)).item_state.pointer[0, -1]
+    assert (pointer[[3, 7]] > 0).all() and (pointer[[0, 1, 2, 4, 5, 6]] == 0).all()  # each title's latest play
 
 
 def test_scoring_only_the_newest_positions_equals_the_full_distribution():
