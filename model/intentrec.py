@@ -299,7 +299,8 @@ class ItemEncoder(nn.Module):
     pointer over the user's last L interactions that puts their weight on the items played there.
     A gate learnt from the same state decides between them: p = (1 - g) p_explore + g p_repeat.
     Resuming shows and rewatching are most of streaming; a catalogue softmax alone learns to copy
-    the last item only slowly.
+    the last item only slowly. By default the pointer reads titles rather than positions
+    (TitleRecency).
 
     Where Z feeds the item encoder (V2, V3), the intent probabilities are also read directly, as the
     hierarchy's second addition: IntentMatch (model.item_layer) adds to every item's explore logit how

@@ -44,8 +44,8 @@ def add_training_commands(commands) -> None:
     train.add_argument("--patience", type=positive_int, default=TrainConfig.patience)
     train.add_argument("--seed", type=int, default=TrainConfig.seed)
     train.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=TrainConfig.loss_weighting,
-                       help="watch: each next play weighted by its watch time, as in the paper (default); uniform: "
-                            "every next play alike, for logs whose durations mean nothing")
+                       help="uniform: every next play alike, as ranking metrics count them (default); watch: each "
+                            "next play weighted by its watch time, as in the paper")
     train.add_argument("--ema-decay", type=decay, default=TrainConfig.ema_decay,
                        help="the checkpoint keeps an exponential moving average of the weights with this decay per "
                             f"step (default: {TrainConfig.ema_decay}; 0: the last step's weights)")

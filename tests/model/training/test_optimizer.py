@@ -95,7 +95,10 @@ def test_sparse_and_dense_steps_clip_and_move_the_other_weights_alike():
         optimizer.step(loss_of_batch(model, batch, sampler=sampler))
         results.append(model.state_dict())
     for name, dense_value in results[0].items():
-        torch.testing.assert_close(results[1][name], dense_value, msg=name)
+        # The item table's rows differ by Adam's eps alone: SparseAdam adds it to sqrt(v) before the bias
+        # correction, AdamW after (up to 1.2e-5 of a 2e-3 step, where a row's gradient is small).
+        tolerance = {"atol": 1e-2 * config.lr, "rtol": 0.0} if name == "features.item.weight" else {}
+        torch.testing.assert_close(results[1][name], dense_value, msg=name, **tolerance)
 
 
 def test_the_sparse_steps_average_is_the_average_of_every_steps_weights():

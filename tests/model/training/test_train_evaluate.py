@@ -114,10 +114,10 @@ def test_train_until_keeps_only_the_past(world_log, tmp_path):
 def test_cli_train_and_evaluate(world_log, tmp_path, capsys):
     model_dir = tmp_path / "m"
     assert main(["train", str(world_log), "--out", str(model_dir), "--epochs", "1", "--small", "--variant", "V1",
-                 "--loss-weighting", "uniform", "--ema-decay", "0.9"]) == 0
+                 "--loss-weighting", "watch", "--ema-decay", "0.9"]) == 0
     trained = json.loads((model_dir / "config.json").read_text())["train"]
     assert f"over {trained['validation_targets']} targets" in capsys.readouterr().out
-    assert (trained["loss_weighting"], trained["ema_decay"]) == ("uniform", 0.9)
+    assert (trained["loss_weighting"], trained["ema_decay"]) == ("watch", 0.9)
     assert main(["evaluate", str(model_dir), str(world_log)]) == 0
     printed = capsys.readouterr().out
     assert "NDCG@10" in printed and "overall" in printed
