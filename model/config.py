@@ -153,7 +153,7 @@ class IntentRecConfig:
         raw = dict(raw)
         raw["intent_tasks"] = tuple(raw.get("intent_tasks", INTENT_TASKS))
         raw.setdefault("relative_positions", False)  # a checkpoint from before them has no distance biases
-        raw.setdefault("pointer_over_titles", False)  # nor one from before the pointer over titles its biases
+        raw.setdefault("pointer_over_titles", False)  # one from before it points over positions
         return cls(**raw)
 
 
