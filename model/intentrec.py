@@ -277,7 +277,25 @@ class TitleRecency(nn.Module):
     def forward(self, key_items: torch.Tensor, key_age: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """key_items (B, P) and key_age (B, P): the keys' titles and how many interactions
         before the newest position each was; allowed (B, T, P): the keys each query may read. Returns
-        the score bias (B, T, P) and the keys left allowed: each title's latest allowed play."""
+        the score bias (B, T, P) and the keys left allowed: each title's latest allowed play.
+
+        The pairs of keys are compared among the keys some query may read only (at most L + T - 1 of
+        them: a serving cache holds the whole receptive field, four times L)."""
+        B, T, P = allowed.shape
+        reach = len(self.rank_bias) + T - 1
+        # Padded with `reach` keys no query reads, so that there are always `reach` to choose from
+        # (a shape the compilers need not reason about).
+        never = 1 << 62  # older than any key (exact as the float F.pad takes its value through)
+        readable = F.pad(torch.where(allowed.any(1), key_age, never), (0, reach), value=never)
+        keys = readable.topk(reach, largest=False).indices  # (B, R): every key a query may read among them
+        spread = keys.unsqueeze(1).expand(B, T, reach)
+        bias, latest = self.among(F.pad(key_items, (0, reach)).gather(1, keys), readable.gather(1, keys),
+                                  F.pad(allowed, (0, reach)).gather(2, spread))
+        return (bias.new_zeros(B, T, P + reach).scatter(2, spread, bias)[..., :P],
+                latest.new_zeros(B, T, P + reach).scatter(2, spread, latest)[..., :P])
+
+    def among(self, key_items: torch.Tensor, key_age: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` for every pair of the keys given."""
         same = (key_items.unsqueeze(-1) == key_items.unsqueeze(-2)).float()  # (B, P, P)
         later = (key_age.unsqueeze(-1) > key_age.unsqueeze(-2)).float()  # [j, k]: k after j
         reads = allowed.float()
