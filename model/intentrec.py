@@ -353,8 +353,9 @@ class ItemEncoder(nn.Module):
         inputs = self.transformer.embed(x, time_code)
         h = self.transformer.encode(inputs, mask, cache)
         pointer_keys = self.repeat_key(inputs) if self.repeats else inputs[..., :0]
-        key_items, key_age = items, key_ages(items)
-        if cache is not None:
+        if cache is None:
+            key_items, key_age = items, key_ages(items)
+        else:
             pointer_keys, key_items, key_age = cache.pointer_positions(pointer_keys, items)
         if newest:
             h, mask = h[:, -1:], mask[:, :, -1:]
