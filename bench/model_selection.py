@@ -4,7 +4,8 @@ that model then scores, with the validation of today's defaults beside one targe
     python bench/model_selection.py [--users 80 --days 1500 --titles 5000] [--seeds 3] [--variant V0] [--jobs 2]
 
 The synthetic world of `--users` users over `--days` days (some 2,000 plays each: a household, a
-B2B account, a pilot), split in time at the `--cut` quantile: every model trains on the events
+B2B account, a pilot), moved back by whole weeks to end a day before now (the replay dead-letters
+plays from the future), split in time at the `--cut` quantile: every model trains on the events
 before it (`intentstream train --until`) and `intentstream backtest` replays the whole log and judges
 every update after it, beside its floors (popularity, recency, and raw-id recency: the user's past
 titles by last play, whatever the vocabulary). Two ways to choose the epoch, each with every seed:
@@ -30,7 +31,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from model.config import DAY_MS, TrainConfig  # noqa: E402
 from model.playlogs.files import read_log, write_log  # noqa: E402
-from model.playlogs.synth import generate_world  # noqa: E402
+from model.playlogs.synth import generate_world_and_catalogue, moved_to_end_before  # noqa: E402
 from model.serving.scorer import Scorer  # noqa: E402
 from model.training.evaluate import ndcg_per_case, paired_bootstrap  # noqa: E402
 from model.training.train import train_model  # noqa: E402
@@ -53,14 +53,6 @@ SELECTIONS = {
     "defaults": {},
     "one target": {"validation_share": 1e-9, "refit": False},
 }
-
-
-def in_the_past(events: list) -> list:
-    """The world moved back in time to end a day before now: the replay, as the live flow, dead-letters
-    events from the future (a world of 1,500 days from 2024 would reach 2028)."""
-    shift = max(0, events[-1].ts - (int(time.time() * 1000) - DAY_MS))
-    return [replace(event, ts=event.ts - shift,
-                    release_ts=None if event.release_ts is None else event.release_ts - shift) for event in events]
 
 
 def train_one(log: Path, out: Path, variant: str, cut: int, selection: str, seed: int) -> dict:
@@ -123,7 +115,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         log = work / "long.msgpack"
-        write_log(log, in_the_past(generate_world(seed=0, n_users=args.users, n_titles=args.titles, days=args.days)))
+        world = generate_world_and_catalogue(seed=0, n_users=args.users, n_titles=args.titles, days=args.days)
+        write_log(log, moved_to_end_before(int(time.time() * 1000) - DAY_MS, *world)[1])
         times = np.array([event.ts for event in read_log(log)])
         cut = int(np.quantile(times, args.cut))
         jobs = [(selection, seed) for seed in range(args.seeds) for selection in SELECTIONS]

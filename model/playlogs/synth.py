@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -58,6 +58,7 @@ from schemas.contracts import TS_MAX_MS, PlayEvent
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
 MAX_DAYS = (TS_MAX_MS - WORLD_START_MS) // DAY_MS  # the longest period whose plays fit the contract's ts range
+WEEK_MS = 7 * DAY_MS
 
 MODES = ("explorer", "binge", "rewatcher", "genre_fan", "kids", "new_release")
 ADULT_MODES = tuple(mode for mode in MODES if mode != "kids")
@@ -101,6 +102,22 @@ def generate_world_and_catalogue(
         events.extend(viewer.live())
     events.sort(key=lambda event: (event.ts, event.event_id))
     return titles, events
+
+
+def moved_to_end_before(
+    now_ms: int, titles: list[Title], events: list[PlayEvent]
+) -> tuple[list[Title], list[PlayEvent]]:
+    """The world moved back by whole weeks, so that every play is before `now_ms` (as it is, if it
+    already ends before): a world starts in 2024, and the replay, as the live flow, dead-letters plays
+    from the future. Whole weeks keep each play's hour and weekday, which the model reads."""
+    if not events or events[-1].ts < now_ms:
+        return titles, events
+    shift = ((events[-1].ts - now_ms) // WEEK_MS + 1) * WEEK_MS
+    return (
+        [replace(title, release_ts=title.release_ts - shift) for title in titles],
+        [replace(event, ts=event.ts - shift, release_ts=None if event.release_ts is None else event.release_ts - shift)
+         for event in events],
+    )
 
 
 def user_modes(seed: int = 0, n_users: int = 1000, days: int = 60) -> dict[str, dict[str, float]]:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from model.config import LOSS_WEIGHTINGS, TrainConfig
@@ -21,6 +24,9 @@ def add_training_commands(commands) -> None:
     synth.add_argument("--titles", type=positive_int, default=None, help="number of titles (default: the generator's)")
     synth.add_argument("--days", type=positive_int, default=None,
                        help="days simulated from 2024-01-01 (default: the generator's)")
+    synth.add_argument("--end-before-now", action="store_true",
+                       help="move the world back by whole weeks so that its last play is before now: a replay, as "
+                            "the live flow, dead-letters plays from the future (more than some 1,070 days from 2024)")
     synth.add_argument("--catalogue-out", type=Path, default=None,
                        help="catalogue file, every title played or not: .jsonl or .msgpack, optionally .gz "
                             "(default: beside --out, its name with .catalogue before the suffix)")
@@ -67,7 +73,7 @@ def add_training_commands(commands) -> None:
 
 def data_synth(args: argparse.Namespace) -> None:
     from model.playlogs.files import catalogue_beside, catalogue_format, log_format, write_catalogue, write_log
-    from model.playlogs.synth import MAX_DAYS, generate_world_and_catalogue
+    from model.playlogs.synth import MAX_DAYS, generate_world_and_catalogue, moved_to_end_before
 
     log_format(args.out)
     catalogue_out = args.catalogue_out or catalogue_beside(args.out)
@@ -80,6 +86,13 @@ def data_synth(args: argparse.Namespace) -> None:
     titles, events = generate_world_and_catalogue(
         seed=args.seed, **{name: value for name, value in given.items() if value is not None}
     )
+    now_ms = int(time.time() * 1000)
+    if args.end_before_now:
+        titles, events = moved_to_end_before(now_ms, titles, events)
+    elif events and events[-1].ts > now_ms:
+        last_play = datetime.fromtimestamp(events[-1].ts / 1000, timezone.utc)
+        print(f"intentstream data: the plays run until {last_play:%Y-%m-%d}, after now: a replay dead-letters the "
+              "later ones as from the future (--end-before-now moves the world back)", file=sys.stderr)
     title_count = write_catalogue(catalogue_out, (title.catalogue_entry() for title in titles))
     count = write_log(args.out, events)
     print(f"wrote {count} events to {args.out} and {title_count} titles to {catalogue_out}")

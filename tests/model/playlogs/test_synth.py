@@ -18,6 +18,7 @@ from model.playlogs.synth import (
     _Catalogue,
     generate_world,
     generate_world_and_catalogue,
+    moved_to_end_before,
     user_modes,
 )
 from model.playlogs.synth_titles import (
@@ -437,6 +438,38 @@ def test_data_synth_writes_the_catalogue_where_catalogue_out_says(tmp_path):
     assert main(["data", "synth", "--out", str(out), "--users", "5", "--titles", "40", "--catalogue-out", str(catalogue)]) == 0
     assert [entry.item_id for entry in read_catalogue(catalogue)] == [t.item_id for t in generate_catalogue(n_titles=40)]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["shop", "world.jsonl"]
+
+
+def test_data_synth_warns_of_plays_after_now_and_end_before_now_moves_the_world_back_by_whole_weeks(
+    tmp_path, capsys, monkeypatch
+):
+    now_ms = WORLD_START_MS + 9 * DAY_MS + 1
+    monkeypatch.setattr(time, "time", lambda: now_ms / 1000)
+    arguments = ["--users", "6", "--titles", "60", "--days", "30"]
+    titles, events = generate_world_and_catalogue(n_users=6, n_titles=60, days=30)
+    assert events[-1].ts > now_ms
+
+    as_generated = tmp_path / "as-generated.jsonl"
+    assert main(["data", "synth", "--out", str(as_generated), *arguments]) == 0
+    assert list(read_log(as_generated)) == events
+    assert "the plays run until 2024-01-30, after now" in capsys.readouterr().err
+
+    moved = tmp_path / "moved.jsonl"
+    assert main(["data", "synth", "--out", str(moved), "--end-before-now", *arguments]) == 0
+    assert "after now" not in capsys.readouterr().err
+    moved_events = list(read_log(moved))
+    shift = events[0].ts - moved_events[0].ts
+    assert shift % (7 * DAY_MS) == 0 and moved_events[-1].ts < now_ms <= moved_events[-1].ts + 7 * DAY_MS
+    assert moved_events == [replace(event, ts=event.ts - shift, release_ts=event.release_ts - shift) for event in events]
+    assert [entry.release_ts for entry in read_catalogue(tmp_path / "moved.catalogue.jsonl")] == [
+        title.release_ts - shift for title in titles
+    ]
+
+
+def test_a_world_that_ends_before_now_is_not_moved():
+    titles, events = generate_world_and_catalogue(n_users=3, n_titles=40, days=10)
+    assert moved_to_end_before(events[-1].ts + 1, titles, events) == (titles, events)
+    assert moved_to_end_before(0, titles, []) == (titles, [])
 
 
 @pytest.mark.parametrize(
