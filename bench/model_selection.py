@@ -1,7 +1,7 @@
 """Model selection on a log of few users with long histories: which epoch training keeps, and what
 that model then scores, with the validation of today's defaults beside one target per user.
 
-    python bench/model_selection.py [--users 80 --days 1500 --titles 5000] [--seeds 3] [--variant V0] [--jobs 2]
+    python bench/model_selection.py [--users 80 --days 1500 --titles 5000] [--seeds 3 --first-seed 0] [--variant V0] [--jobs 2]
 
 The synthetic world of `--users` users over `--days` days (some 2,000 plays each: a household, a
 B2B account, a pilot), moved back by whole weeks to end a day before now (the replay dead-letters
@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--titles", type=int, default=5000)
     parser.add_argument("--cut", type=float, default=0.9, help="quantile of event time: train before, judge after")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--variant", default="V0")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "model-selection.md")
@@ -119,7 +120,8 @@ def main() -> None:
         write_log(log, moved_to_end_before(int(time.time() * 1000) - DAY_MS, *world)[1])
         times = np.array([event.ts for event in read_log(log)])
         cut = int(np.quantile(times, args.cut))
-        jobs = [(selection, seed) for seed in range(args.seeds) for selection in SELECTIONS]
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        jobs = [(selection, seed) for seed in seeds for selection in SELECTIONS]
         with ProcessPoolExecutor(args.jobs, multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(train_one, log, work / f"{selection.replace(' ', '-')}-{seed}", args.variant, cut,
                                    selection, seed) for selection, seed in jobs]  # fmt: skip
@@ -133,14 +135,14 @@ def main() -> None:
                 sys.exit(f"{system.log.system} judged nothing (dead letters: {system.replay.dead_letters})")
         users = sorted(set(logs[next(iter(models))].user_id))
         comparisons = []
-        for seed in range(args.seeds):
+        for seed in seeds:
             new, counts = per_user_ndcg(logs[f"defaults {seed}"], users)
             old, _ = per_user_ndcg(logs[f"one target {seed}"], users)
             difference, low, high = paired_bootstrap(new - old, counts)
             comparisons.append(f"seed {seed}: defaults − one target {difference:+.4f} NDCG@{K}, paired 95% interval "
                                f"[{low:+.4f}, {high:+.4f}] over {len(users)} users")  # fmt: skip
         for floor in ("recency", "raw-id recency"):
-            new = np.mean([per_user_ndcg(logs[f"defaults {seed}"], users)[0] for seed in range(args.seeds)], axis=0)
+            new = np.mean([per_user_ndcg(logs[f"defaults {seed}"], users)[0] for seed in seeds], axis=0)
             rule, counts = per_user_ndcg(logs[floor], users)
             difference, low, high = paired_bootstrap(new - rule, counts)
             comparisons.append(f"defaults (mean of seeds) − {floor}: {difference:+.4f} NDCG@{K} [{low:+.4f}, {high:+.4f}]")
