@@ -107,7 +107,7 @@ def generate_world_and_catalogue(
 def moved_to_end_before(
     now_ms: int, titles: list[Title], events: list[PlayEvent]
 ) -> tuple[list[Title], list[PlayEvent]]:
-    """The world moved back by whole weeks, so that every play is before `now_ms` (as it is, if it
+    """The world moved back by whole weeks, so that every play is before `now_ms` (unchanged if it
     already ends before): a world starts in 2024, and the replay, as the live flow, dead-letters plays
     from the future. Whole weeks keep each play's hour and weekday, which the model reads."""
     if not events or events[-1].ts < now_ms:
