@@ -26,7 +26,7 @@ def add_training_commands(commands) -> None:
                        help="days simulated from 2024-01-01 (default: the generator's)")
     synth.add_argument("--end-before-now", action="store_true",
                        help="move the world back by whole weeks so that its last play is before now: a replay, as "
-                            "the live flow, dead-letters plays from the future (more than some 1,070 days from 2024)")
+                            "the live flow, dead-letters plays from the future")
     synth.add_argument("--catalogue-out", type=Path, default=None,
                        help="catalogue file, every title played or not: .jsonl or .msgpack, optionally .gz "
                             "(default: beside --out, its name with .catalogue before the suffix)")
@@ -89,7 +89,7 @@ def data_synth(args: argparse.Namespace) -> None:
     now_ms = int(time.time() * 1000)
     if args.end_before_now:
         titles, events = moved_to_end_before(now_ms, titles, events)
-    elif events and events[-1].ts > now_ms:
+    elif events and events[-1].ts >= now_ms:
         last_play = datetime.fromtimestamp(events[-1].ts / 1000, timezone.utc)
         print(f"intentstream data: the plays run until {last_play:%Y-%m-%d}, after now: a replay dead-letters the "
               "later ones as from the future (--end-before-now moves the world back)", file=sys.stderr)
